@@ -1,0 +1,403 @@
+//! MobileStyleGAN (FFHQ, 1024 px) as native candle code.
+//!
+//! The structure mirrors the exported graph, which is the ground truth for
+//! these weights (an earlier revision of the MobileStyleGAN code than its
+//! current files):
+//!
+//! - mapping: pixel norm, then 8 x (linear, leaky ReLU 0.2, gain sqrt 2);
+//! - synthesis: a constant 512x4x4 input; a dense modulated 3x3 conv; then 7
+//!   blocks of (modulated inverse Haar DWT upsampler, two modulated
+//!   depthwise-separable convs); a modulated 1x1 "to_img" to 12 wavelet
+//!   channels (3 colours x 4 sub-bands) at 512 px; a final inverse DWT to
+//!   1024 px.
+//! - A styled conv is `lrelu(pw(dw(x * s)) + noise + bias)`, where `s` is the
+//!   style's affine projection times a constant gain. Demodulation, weight
+//!   gains and noise strengths were folded into the constants at export.
+//!
+//! Style indices in W+ (23) follow the original code: 0 for the first conv,
+//! `3i+1` for block i's upsampler and first conv, `3i+2` for its second conv,
+//! `3i+3` for its to_img (only the last block's is in the graph). Index 1 is
+//! also the skipped first to_img, and index 22 is not used by this network.
+//!
+//! Speed: the style modulation is folded into the depthwise kernel (one
+//! 3x3 kernel per sample and channel), the pointwise conv is one batched
+//! matmul, and noise + bias + activation run as one in-place pass.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor, D};
+
+use super::convert::{LEAKY_SLOPE, MAPPING_GAIN, PIXEL_NORM_EPS};
+use crate::error::{Error, Result};
+use crate::generator::{seeded_normal, Generator, NoiseMode};
+use crate::ops;
+
+pub const MAPPING_FILE: &str = "mapping.safetensors";
+pub const SYNTHESIS_FILE: &str = "synthesis.safetensors";
+pub const NUM_STYLES: usize = 23;
+const BLOCKS: usize = 7;
+
+/// Tensors of one safetensors file, with errors that name file and tensor.
+pub(crate) struct WeightFile {
+    path: PathBuf,
+    tensors: HashMap<String, Tensor>,
+}
+
+impl WeightFile {
+    pub(crate) fn open(path: &Path, device: &Device) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::MissingWeights {
+                path: path.to_path_buf(),
+                hint: "Run `clip2gan fetch` to download and convert them (or see README.md, \"Models\").".into(),
+            });
+        }
+        let tensors =
+            candle_core::safetensors::load(path, device).map_err(|e| Error::BadWeights {
+                file: path.display().to_string(),
+                detail: format!("cannot read safetensors: {e}"),
+            })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            tensors,
+        })
+    }
+
+    fn bad(&self, detail: String) -> Error {
+        Error::BadWeights {
+            file: self.path.display().to_string(),
+            detail,
+        }
+    }
+
+    /// The named tensor as f32, checked against `shape` (`0` = any size).
+    pub(crate) fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| self.bad(format!("tensor `{name}` is missing")))?;
+        let ok =
+            t.rank() == shape.len() && t.dims().iter().zip(shape).all(|(a, b)| *b == 0 || a == b);
+        if !ok {
+            return Err(self.bad(format!(
+                "tensor `{name}` has shape {:?}, expected {shape:?}",
+                t.dims()
+            )));
+        }
+        Ok(t.to_dtype(DType::F32)?)
+    }
+
+    fn scalar(&self, name: &str) -> Result<f32> {
+        Ok(self.get(name, &[1])?.to_vec1::<f32>()?[0])
+    }
+}
+
+/// `s = (W w + b) * scale`: a style vector's per-channel modulation.
+struct StyleAffine {
+    weight_t: Tensor, // [w_dim, C], transposed once at load
+    bias: Tensor,     // [C]
+    scale: f64,
+}
+
+impl StyleAffine {
+    fn load(f: &WeightFile, prefix: &str, scaled: bool) -> Result<Self> {
+        let weight = f.get(&format!("{prefix}.modulation.weight"), &[0, 512])?;
+        let c = weight.dim(0)?;
+        Ok(Self {
+            weight_t: weight.t()?.contiguous()?,
+            bias: f.get(&format!("{prefix}.modulation.bias"), &[c])?,
+            scale: if scaled {
+                f.scalar(&format!("{prefix}.modulation.scale"))? as f64
+            } else {
+                1.0
+            },
+        })
+    }
+
+    fn channels(&self) -> usize {
+        self.bias.dims()[0]
+    }
+
+    /// `w [n, w_dim]` -> `[n, C]`.
+    fn forward(&self, w: &Tensor) -> Result<Tensor> {
+        let s = w.matmul(&self.weight_t)?.broadcast_add(&self.bias)?;
+        Ok(if self.scale == 1.0 {
+            s
+        } else {
+            (s * self.scale)?
+        })
+    }
+}
+
+/// Noise buffer of a layer plus its strength, for random noise.
+struct Noise {
+    fixed: Tensor, // [1, 1, H, W], already scaled
+    std: f64,
+}
+
+impl Noise {
+    fn load(f: &WeightFile, module: &str, size: usize) -> Result<Self> {
+        let fixed = f.get(&format!("{module}.noise.noise"), &[1, 1, size, size])?;
+        // The exporter stored strength * N(0, 1): its std recovers the strength.
+        let std = fixed
+            .flatten_all()?
+            .sqr()?
+            .mean_all()?
+            .to_scalar::<f32>()?
+            .sqrt() as f64;
+        Ok(Self { fixed, std })
+    }
+
+    fn tensor(&self, mode: NoiseMode, n: usize, layer: u64) -> Result<Tensor> {
+        match mode {
+            NoiseMode::Fixed => Ok(self.fixed.clone()),
+            NoiseMode::Random(seed) => {
+                let (h, w) = (self.fixed.dim(2)?, self.fixed.dim(3)?);
+                let stream = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(layer);
+                let z = seeded_normal(stream, n, h * w, self.fixed.device())?;
+                Ok((z * self.std)?.reshape((n, 1, h, w))?)
+            }
+        }
+    }
+}
+
+/// Modulated depthwise-separable conv with noise, bias and leaky ReLU.
+struct StyledDwConv {
+    affine: StyleAffine,
+    weight_dw: Tensor, // [Cin, 9]
+    weight_pw: Tensor, // [Cout, Cin]
+    noise: Noise,
+    bias: Tensor, // [Cout]
+}
+
+impl StyledDwConv {
+    fn load(f: &WeightFile, module: &str, size: usize) -> Result<Self> {
+        let affine = StyleAffine::load(f, &format!("{module}.conv"), true)?;
+        let cin = affine.channels();
+        let weight_pw = f.get(&format!("{module}.conv.weight_pw"), &[0, cin])?;
+        let cout = weight_pw.dim(0)?;
+        Ok(Self {
+            weight_dw: f
+                .get(&format!("{module}.conv.weight_dw"), &[cin, 1, 3, 3])?
+                .reshape((cin, 9))?,
+            weight_pw,
+            noise: Noise::load(f, module, size)?,
+            bias: f.get(&format!("{module}.bias"), &[cout])?,
+            affine,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, w: &Tensor, noise: NoiseMode, layer: u64) -> Result<Tensor> {
+        let (n, cin, h, wd) = x.dims4()?;
+        let s = self.affine.forward(w)?; // [n, cin]
+                                         // (x * s) conv k == x conv (k * s): fold the style into the kernel.
+        let k = self
+            .weight_dw
+            .unsqueeze(0)?
+            .broadcast_mul(&s.unsqueeze(2)?)?;
+        let y = ops::depthwise3x3(x, &k)?;
+        let cout = self.weight_pw.dim(0)?;
+        let pw = self
+            .weight_pw
+            .unsqueeze(0)?
+            .broadcast_as((n, cout, cin))?
+            .contiguous()?;
+        let y = pw
+            .matmul(&y.reshape((n, cin, h * wd))?)?
+            .reshape((n, cout, h, wd))?;
+        ops::noise_bias_lrelu(
+            y,
+            &self.noise.tensor(noise, n, layer)?,
+            &self.bias,
+            LEAKY_SLOPE,
+        )
+    }
+}
+
+/// The first, dense modulated 3x3 conv on the constant input.
+struct FirstConv {
+    input: Tensor, // [1, 512, 4, 4]
+    affine: StyleAffine,
+    weight: Tensor, // [512, 512, 3, 3]
+    noise: Noise,
+    bias: Tensor,
+}
+
+impl FirstConv {
+    fn forward(&self, w: &Tensor, noise: NoiseMode) -> Result<Tensor> {
+        let n = w.dim(0)?;
+        let s = self.affine.forward(w)?;
+        let x = self.input.broadcast_mul(&s.unsqueeze(2)?.unsqueeze(3)?)?;
+        let y = x.conv2d(&self.weight, 1, 1, 1, 1)?;
+        ops::noise_bias_lrelu(y, &self.noise.tensor(noise, n, 0)?, &self.bias, LEAKY_SLOPE)
+    }
+}
+
+struct Block {
+    up: StyleAffine,
+    conv1: StyledDwConv,
+    conv2: StyledDwConv,
+}
+
+struct ToImg {
+    affine: StyleAffine,
+    weight: Tensor, // [12, C]
+    bias: Tensor,   // [12]
+}
+
+pub struct MobileStyleGan {
+    device: Device,
+    mapping: Vec<(Tensor, Tensor)>, // (weight^T [512,512], bias [512])
+    w_avg: Tensor,
+    first: FirstConv,
+    blocks: Vec<Block>,
+    to_img: ToImg,
+}
+
+impl MobileStyleGan {
+    /// Load `mapping.safetensors` and `synthesis.safetensors` from `dir`.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let m = WeightFile::open(&dir.join(MAPPING_FILE), device)?;
+        let mut mapping = Vec::new();
+        while m
+            .tensors
+            .contains_key(&format!("layers.{}.weight", mapping.len()))
+        {
+            let i = mapping.len();
+            let w = m.get(&format!("layers.{i}.weight"), &[512, 512])?;
+            mapping.push((
+                w.t()?.contiguous()?,
+                m.get(&format!("layers.{i}.bias"), &[512])?,
+            ));
+        }
+        if mapping.len() != 8 {
+            return Err(m.bad(format!(
+                "expected 8 mapping layers, found {}",
+                mapping.len()
+            )));
+        }
+        let w_avg = m.get("w_avg", &[512])?;
+
+        let s = WeightFile::open(&dir.join(SYNTHESIS_FILE), device)?;
+        let first = FirstConv {
+            input: s.get("input.input", &[1, 512, 4, 4])?,
+            affine: StyleAffine::load(&s, "conv1.conv", true)?,
+            weight: s.get("conv1.conv.weight", &[512, 512, 3, 3])?,
+            noise: Noise::load(&s, "conv1", 4)?,
+            bias: s.get("conv1.bias", &[512])?,
+        };
+        let mut blocks = Vec::new();
+        for i in 0..BLOCKS {
+            let size = 8 << i;
+            blocks.push(Block {
+                up: StyleAffine::load(&s, &format!("layers.{i}.up"), false)?,
+                conv1: StyledDwConv::load(&s, &format!("layers.{i}.conv1"), size)?,
+                conv2: StyledDwConv::load(&s, &format!("layers.{i}.conv2"), size)?,
+            });
+        }
+        let last = BLOCKS - 1;
+        let affine = StyleAffine::load(&s, &format!("layers.{last}.to_img.conv"), true)?;
+        let c = affine.channels();
+        let to_img = ToImg {
+            weight: s.get(&format!("layers.{last}.to_img.conv.weight"), &[12, c])?,
+            bias: s.get(&format!("layers.{last}.to_img.bias"), &[12])?,
+            affine,
+        };
+        // Channel counts must chain: the upsampler turns 4C into C.
+        let mut c = 512;
+        for (i, b) in blocks.iter().enumerate() {
+            if b.up.channels() != c || b.conv1.affine.channels() != c / 4 {
+                return Err(s.bad(format!("block {i}: channel counts do not chain ({c} in)")));
+            }
+            c = b.conv2.weight_pw.dim(0)?;
+        }
+        Ok(Self {
+            device: device.clone(),
+            mapping,
+            w_avg,
+            first,
+            blocks,
+            to_img,
+        })
+    }
+
+    fn style(wplus: &Tensor, i: usize) -> Result<Tensor> {
+        Ok(wplus.narrow(1, i, 1)?.squeeze(1)?)
+    }
+}
+
+/// Mapping network on its own, used by `fetch` to compute `w_avg` before the
+/// synthesis weights are loaded.
+pub fn map_z(layers: &[(Tensor, Tensor)], z: &Tensor) -> Result<Tensor> {
+    let norm = (z.sqr()?.mean_keepdim(D::Minus1)? + PIXEL_NORM_EPS as f64)?.sqrt()?;
+    let mut x = z.broadcast_div(&norm)?;
+    for (w_t, b) in layers {
+        let y = x.matmul(w_t)?.broadcast_add(b)?;
+        x = (ops::leaky_relu(&y, LEAKY_SLOPE)? * MAPPING_GAIN as f64)?;
+    }
+    Ok(x)
+}
+
+impl Generator for MobileStyleGan {
+    fn id(&self) -> &str {
+        "mobilestylegan-ffhq"
+    }
+    fn z_dim(&self) -> usize {
+        512
+    }
+    fn w_dim(&self) -> usize {
+        512
+    }
+    fn num_styles(&self) -> usize {
+        NUM_STYLES
+    }
+    fn resolution(&self) -> usize {
+        1024
+    }
+    fn device(&self) -> &Device {
+        &self.device
+    }
+    fn w_avg(&self) -> &Tensor {
+        &self.w_avg
+    }
+
+    fn map(&self, z: &Tensor) -> Result<Tensor> {
+        let (_, d) = z.dims2()?;
+        if d != 512 {
+            return Err(Error::invalid(format!("z must have 512 columns, got {d}")));
+        }
+        map_z(&self.mapping, &z.to_dtype(DType::F32)?)
+    }
+
+    fn synthesize(&self, wplus: &Tensor, noise: NoiseMode) -> Result<Tensor> {
+        let (_, k, d) = wplus.dims3()?;
+        if k != NUM_STYLES || d != 512 {
+            return Err(Error::invalid(format!(
+                "W+ must be [n, {NUM_STYLES}, 512], got {:?}",
+                wplus.dims()
+            )));
+        }
+        let wplus = wplus.to_dtype(DType::F32)?;
+        let mut x = self.first.forward(&Self::style(&wplus, 0)?, noise)?;
+        for (i, b) in self.blocks.iter().enumerate() {
+            let w1 = Self::style(&wplus, 3 * i + 1)?;
+            let w2 = Self::style(&wplus, 3 * i + 2)?;
+            x = ops::idwt_haar(&x, Some(&b.up.forward(&w1)?))?;
+            x = b.conv1.forward(&x, &w1, noise, 2 * i as u64 + 1)?;
+            x = b.conv2.forward(&x, &w2, noise, 2 * i as u64 + 2)?;
+        }
+        let w_img = Self::style(&wplus, 3 * (BLOCKS - 1) + 3)?;
+        let (n, c, h, wd) = x.dims4()?;
+        let s = self.to_img.affine.forward(&w_img)?; // [n, c]
+        let k = self
+            .to_img
+            .weight
+            .unsqueeze(0)?
+            .broadcast_mul(&s.unsqueeze(1)?)?; // [n, 12, c]
+        let freq = k
+            .matmul(&x.reshape((n, c, h * wd))?)?
+            .broadcast_add(&self.to_img.bias.reshape((1, 12, 1))?)?
+            .reshape((n, 12, h, wd))?;
+        ops::idwt_haar(&freq, None)
+    }
+}

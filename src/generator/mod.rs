@@ -1,0 +1,117 @@
+//! Image generators behind one trait, so the pipeline, the engine and the bot
+//! never name a concrete architecture.
+//!
+//! Latent spaces: `z` (Gaussian input of the mapping network), `w` (one style
+//! vector) and `W+` (one style vector per style input of the synthesis
+//! network, `[n, num_styles, w_dim]`).
+
+pub mod mobilestylegan;
+
+use candle_core::{DType, Device, Tensor};
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
+
+use crate::error::{Error, Result};
+
+/// How the per-layer noise inputs are filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NoiseMode {
+    /// The fixed buffers stored with the weights: deterministic output.
+    #[default]
+    Fixed,
+    /// Fresh Gaussian noise from this seed, scaled like the stored buffers.
+    Random(u64),
+}
+
+pub trait Generator: Send + Sync {
+    /// Short identifier stored with mappers trained for this generator.
+    fn id(&self) -> &str;
+    fn z_dim(&self) -> usize;
+    fn w_dim(&self) -> usize;
+    /// Number of style vectors in W+.
+    fn num_styles(&self) -> usize;
+    /// Side of the square output image in pixels.
+    fn resolution(&self) -> usize;
+    fn device(&self) -> &Device;
+    /// Mean of the mapping network's output, `[w_dim]`: the truncation centre.
+    fn w_avg(&self) -> &Tensor;
+    /// `z [n, z_dim]` -> `w [n, w_dim]`.
+    fn map(&self, z: &Tensor) -> Result<Tensor>;
+    /// `W+ [n, num_styles, w_dim]` -> images `[n, 3, R, R]`, RGB, about [-1, 1].
+    fn synthesize(&self, wplus: &Tensor, noise: NoiseMode) -> Result<Tensor>;
+
+    /// Repeat each `w [n, w_dim]` for every style input: `[n, num_styles, w_dim]`.
+    fn broadcast_w(&self, w: &Tensor) -> Result<Tensor> {
+        let (n, d) = w.dims2()?;
+        Ok(w.unsqueeze(1)?
+            .broadcast_as((n, self.num_styles(), d))?
+            .contiguous()?)
+    }
+
+    /// Truncation trick: `w_avg + psi * (w - w_avg)`, for `w` or `W+`.
+    fn truncate(&self, w: &Tensor, psi: f64) -> Result<Tensor> {
+        if psi == 1.0 {
+            return Ok(w.clone());
+        }
+        let avg = self.w_avg();
+        Ok(((w.broadcast_sub(avg)? * psi)?.broadcast_add(avg))?)
+    }
+}
+
+/// Standard-normal `[n, dim]` from a seed, identical on every platform
+/// (ChaCha8 stream; one value after the other, row-major).
+pub fn seeded_normal(seed: u64, n: usize, dim: usize, device: &Device) -> Result<Tensor> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let v: Vec<f32> = (0..n * dim)
+        .map(|_| StandardNormal.sample(&mut rng))
+        .collect();
+    Ok(Tensor::from_vec(v, (n, dim), device)?)
+}
+
+/// Latent `z` for each of `count` seeds starting at `seed` (seed, seed+1, ...),
+/// so image k of a batch is the same as a single run with seed+k.
+pub fn z_for_seeds(seed: u64, count: usize, dim: usize, device: &Device) -> Result<Tensor> {
+    let rows = (0..count)
+        .map(|k| seeded_normal(seed.wrapping_add(k as u64), 1, dim, device))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&rows, 0)?)
+}
+
+/// Check a truncation value.
+pub fn check_truncation(psi: f64) -> Result<()> {
+    if !psi.is_finite() || !(0.0..=2.0).contains(&psi) {
+        return Err(Error::invalid(format!(
+            "truncation {psi} is out of range: use a value in [0, 2] (1 = none, 0.7 = typical)"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuse latents with NaN or infinite values: they would produce a black or
+/// garbage image with no hint why.
+pub fn check_finite(t: &Tensor, what: &str) -> Result<()> {
+    let v: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(Error::invalid(format!(
+            "{what} has a non-finite value ({}) at flat index {i}",
+            v[i]
+        )));
+    }
+    Ok(())
+}
+
+/// Open the configured generator, fetching its weights first if they are
+/// missing and `auto_fetch` is set.
+pub fn open(
+    cfg: &crate::config::Config,
+    device: &Device,
+    auto_fetch: bool,
+) -> Result<Box<dyn Generator>> {
+    let dir = cfg.generator_dir();
+    if auto_fetch {
+        mobilestylegan::fetch::ensure(&cfg.models_dir, &dir)?;
+    }
+    Ok(Box::new(mobilestylegan::MobileStyleGan::load(
+        &dir, device,
+    )?))
+}

@@ -1,0 +1,147 @@
+//! From generator output tensors to images on disk: resizing with an area
+//! filter, RGB8 conversion, grids, and atomic PNG writes.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Tensor};
+use image::RgbImage;
+
+use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
+
+/// Output sizes a 1024 px generator can be reduced to exactly with an area
+/// (box) filter.
+pub fn check_size(size: usize, resolution: usize) -> Result<()> {
+    if size == 0
+        || size > resolution
+        || resolution % size != 0
+        || !(resolution / size).is_power_of_two()
+    {
+        return Err(Error::invalid(format!(
+            "size {size} is not supported: use {resolution} or {resolution} divided by a power of two (e.g. {}, {})",
+            resolution / 2,
+            resolution / 4
+        )));
+    }
+    Ok(())
+}
+
+/// Area-downsample `[n, 3, R, R]` to `size` (R a multiple of size).
+pub fn resize_area(images: &Tensor, size: usize) -> Result<Tensor> {
+    let r = images.dim(3)?;
+    if r == size {
+        return Ok(images.clone());
+    }
+    let k = r / size;
+    Ok(images.avg_pool2d(k)?)
+}
+
+/// `[n, 3, H, W]` in [-1, 1] -> RGB8 images.
+pub fn to_rgb8(images: &Tensor) -> Result<Vec<RgbImage>> {
+    let (n, c, h, w) = images.dims4()?;
+    if c != 3 {
+        return Err(Error::invalid(format!(
+            "expected 3 colour channels, got {c}"
+        )));
+    }
+    let u8s = ((images.to_dtype(DType::F32)? + 1.0)? * 127.5)?
+        .clamp(0.0, 255.0)?
+        .round()?
+        .to_dtype(DType::U8)?
+        .permute((0, 2, 3, 1))?
+        .contiguous()?
+        .flatten_all()?
+        .to_vec1::<u8>()?;
+    let per = h * w * 3;
+    Ok((0..n)
+        .map(|i| {
+            RgbImage::from_raw(w as u32, h as u32, u8s[i * per..(i + 1) * per].to_vec())
+                .expect("sized")
+        })
+        .collect())
+}
+
+/// Tile images in a near-square grid (row-major), black where a row ends early.
+pub fn grid(images: &[RgbImage]) -> RgbImage {
+    let n = images.len().max(1);
+    let cols = (n as f64).sqrt().ceil() as u32;
+    let rows = (n as u32).div_ceil(cols);
+    let (w, h) = images.first().map(|i| i.dimensions()).unwrap_or((1, 1));
+    let mut out = RgbImage::new(w * cols, h * rows);
+    for (k, img) in images.iter().enumerate() {
+        let (x, y) = ((k as u32 % cols) * w, (k as u32 / cols) * h);
+        image::imageops::replace(&mut out, img, x as i64, y as i64);
+    }
+    out
+}
+
+pub fn encode_png(img: &RgbImage) -> Result<Vec<u8>> {
+    let mut buf = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut buf, image::ImageFormat::Png)
+        .map_err(|e| Error::invalid(format!("PNG encoding failed: {e}")))?;
+    Ok(buf.into_inner())
+}
+
+pub fn save_png(path: &Path, img: &RgbImage) -> Result<()> {
+    write_atomic(path, &encode_png(img)?)
+}
+
+/// `out.png`, `out-1.png`, `out-2.png`, ... for image k of a set.
+pub fn numbered_path(base: &Path, k: usize) -> PathBuf {
+    if k == 0 {
+        return base.to_path_buf();
+    }
+    let stem = base
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let ext = base
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "png".into());
+    base.with_file_name(format!("{stem}-{k}.{ext}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn area_resize_averages_blocks() {
+        let t = Tensor::arange(0f32, 16.0, &Device::Cpu)
+            .unwrap()
+            .reshape((1, 1, 4, 4))
+            .unwrap();
+        let r = resize_area(&t, 2)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(r, vec![2.5, 4.5, 10.5, 12.5]);
+    }
+
+    #[test]
+    fn rgb8_maps_range_and_clamps() {
+        let t = Tensor::new(&[-1.5f32, -1.0, 0.0, 1.0, 2.0, 0.5], &Device::Cpu)
+            .unwrap()
+            .reshape((1, 3, 1, 2))
+            .unwrap();
+        let img = &to_rgb8(&t).unwrap()[0];
+        assert_eq!(img.get_pixel(0, 0).0, [0, 128, 255]);
+        assert_eq!(img.get_pixel(1, 0).0, [0, 255, 191]);
+    }
+
+    #[test]
+    fn sizes_and_names() {
+        assert!(check_size(512, 1024).is_ok());
+        assert!(check_size(300, 1024).is_err());
+        assert!(check_size(768, 1024).is_err());
+        assert_eq!(
+            numbered_path(Path::new("a/out.png"), 2),
+            PathBuf::from("a/out-2.png")
+        );
+        assert_eq!(grid(&[RgbImage::new(2, 2); 3]).dimensions(), (4, 4));
+    }
+}

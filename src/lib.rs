@@ -1,0 +1,30 @@
+//! clip2gan: text-to-face generation after CLIP2GAN (arXiv 2211.15045).
+//!
+//! # Layout
+//!
+//! - [`generator`]: the [`generator::Generator`] trait (z -> w -> W+ -> image)
+//!   and its implementations. [`generator::mobilestylegan`] is the default:
+//!   `ir` reads the OpenVINO IR the weights ship in, `convert` walks that
+//!   graph into named tensors, `fetch` downloads and converts once, `model`
+//!   is the native candle network.
+//! - [`ops`]: the kernels candle lacks (depthwise 3x3, fused noise + bias +
+//!   leaky ReLU, inverse Haar DWT), each with a fast CPU path and a portable
+//!   tensor-op path for other devices.
+//! - [`latent`] and [`npy`]: latent files (z, w, W+) in NumPy format.
+//! - [`image_io`]: area resizing, RGB8 conversion, grids, atomic PNG writes.
+//! - [`config`]: `config.toml` + environment + flags; [`device`]: CPU/CUDA choice.
+//! - [`bench`]: the `clip2gan bench` measurements (printed as JSON).
+//! - [`error`]: typed errors that say what to do; [`fsutil`]: atomic writes.
+//!
+//! The binary (`src/main.rs`) is a thin clap front end over these modules.
+
+pub mod bench;
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod fsutil;
+pub mod generator;
+pub mod image_io;
+pub mod latent;
+pub mod npy;
+pub mod ops;

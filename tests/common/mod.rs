@@ -1,0 +1,46 @@
+//! Shared test support: where the fetched weights and fixtures are.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+use clip2gan::generator::mobilestylegan::MobileStyleGan;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    repo().join("tests/fixtures").join(name)
+}
+
+/// The converted MobileStyleGAN weights. Missing weights fail the test with
+/// the command to run: CI fetches them first, and a parity test that skips
+/// silently would prove nothing.
+pub fn mobilestylegan() -> MobileStyleGan {
+    let dir = std::env::var_os("CLIP2GAN_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("models"))
+        .join("mobilestylegan-ffhq");
+    MobileStyleGan::load(&dir, &Device::Cpu)
+        .unwrap_or_else(|e| panic!("{e}\n(run `cargo run --release -- fetch` before the tests)"))
+}
+
+pub fn npy(path: PathBuf) -> clip2gan::npy::Array {
+    clip2gan::npy::read_f32(&path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// (max abs diff, mean abs diff)
+pub fn diff(a: &[f32], b: &[f32]) -> (f32, f32) {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let mut max = 0f32;
+    let mut sum = 0f64;
+    for (x, y) in a.iter().zip(b) {
+        let d = (x - y).abs();
+        assert!(d.is_finite(), "non-finite value");
+        max = max.max(d);
+        sum += d as f64;
+    }
+    (max, (sum / a.len() as f64) as f32)
+}
