@@ -14,7 +14,7 @@ use crate::fsutil::write_atomic;
 pub fn check_size(size: usize, resolution: usize) -> Result<()> {
     if size == 0
         || size > resolution
-        || resolution % size != 0
+        || !resolution.is_multiple_of(size)
         || !(resolution / size).is_power_of_two()
     {
         return Err(Error::invalid(format!(
@@ -142,6 +142,6 @@ mod tests {
             numbered_path(Path::new("a/out.png"), 2),
             PathBuf::from("a/out-2.png")
         );
-        assert_eq!(grid(&[RgbImage::new(2, 2); 3]).dimensions(), (4, 4));
+        assert_eq!(grid(&vec![RgbImage::new(2, 2); 3]).dimensions(), (4, 4));
     }
 }

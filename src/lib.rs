@@ -14,7 +14,8 @@
 //! - [`image_io`]: area resizing, RGB8 conversion, grids, atomic PNG writes.
 //! - [`config`]: `config.toml` + environment + flags; [`device`]: CPU/CUDA choice.
 //! - [`bench`]: the `clip2gan bench` measurements (printed as JSON).
-//! - [`error`]: typed errors that say what to do; [`fsutil`]: atomic writes.
+//! - [`error`]: typed errors that say what to do; [`fsutil`]: atomic writes;
+//!   [`runtime`]: process start-up tuning (allocator).
 //!
 //! The binary (`src/main.rs`) is a thin clap front end over these modules.
 
@@ -28,3 +29,4 @@ pub mod image_io;
 pub mod latent;
 pub mod npy;
 pub mod ops;
+pub mod runtime;

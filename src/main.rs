@@ -104,6 +104,7 @@ enum BenchCommand {
 }
 
 fn main() -> ExitCode {
+    clip2gan::runtime::tune_allocator();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -111,28 +111,240 @@ impl CustomOp1 for Depthwise3x3 {
 
 /// One plane: `dst[y][x] = sum k[dy][dx] * src[y+dy-1][x+dx-1]` (zero outside).
 fn dw_plane(src: &[f32], dst: &mut [f32], k: &[f32], h: usize, w: usize) {
+    let zeros = vec![0f32; w];
     for y in 0..h {
-        let out = &mut dst[y * w..(y + 1) * w];
-        for dy in 0..3 {
-            let sy = y as isize + dy as isize - 1;
-            if sy < 0 || sy >= h as isize {
-                continue;
-            }
-            let row = &src[sy as usize * w..(sy as usize + 1) * w];
-            let (k0, k1, k2) = (k[dy * 3], k[dy * 3 + 1], k[dy * 3 + 2]);
-            if w == 1 {
-                out[0] += k1 * row[0];
-                continue;
-            }
-            // Interior columns: three aligned slices, vectorised by the compiler.
-            let inner = &mut out[1..w - 1];
-            let (l, m, r) = (&row[..w - 2], &row[1..w - 1], &row[2..]);
-            for i in 0..w - 2 {
-                inner[i] += k0 * l[i] + k1 * m[i] + k2 * r[i];
-            }
-            out[0] += k1 * row[0] + k2 * row[1];
-            out[w - 1] += k0 * row[w - 2] + k1 * row[w - 1];
+        dw_row(src, &zeros, y, h, w, k, &mut dst[y * w..(y + 1) * w]);
+    }
+}
+
+/// Output row `y` of a depthwise 3x3 over plane `src` (`h` x `w`), written
+/// (not accumulated) into `out`. `zeros` is a row of `w` zeros standing in
+/// for the padding above the first and below the last row.
+#[inline]
+fn dw_row(src: &[f32], zeros: &[f32], y: usize, h: usize, w: usize, k: &[f32], out: &mut [f32]) {
+    let row = |r: isize| -> &[f32] {
+        if r < 0 || r >= h as isize {
+            zeros
+        } else {
+            &src[r as usize * w..(r as usize + 1) * w]
         }
+    };
+    let (u, m, d) = (row(y as isize - 1), row(y as isize), row(y as isize + 1));
+    if w == 1 {
+        out[0] = k[1] * u[0] + k[4] * m[0] + k[7] * d[0];
+        return;
+    }
+    // Interior columns in one pass. Exact-length slices and hoisted taps let
+    // the compiler drop bounds checks and vectorise the loop.
+    let n = w - 2;
+    let [k0, k1, k2, k3, k4, k5, k6, k7, k8] =
+        [k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7], k[8]];
+    let (ul, uc, ur) = (&u[..n], &u[1..n + 1], &u[2..n + 2]);
+    let (ml, mc, mr) = (&m[..n], &m[1..n + 1], &m[2..n + 2]);
+    let (dl, dc, dr) = (&d[..n], &d[1..n + 1], &d[2..n + 2]);
+    let inner = &mut out[1..n + 1];
+    for i in 0..n {
+        inner[i] = k0 * ul[i]
+            + k1 * uc[i]
+            + k2 * ur[i]
+            + k3 * ml[i]
+            + k4 * mc[i]
+            + k5 * mr[i]
+            + k6 * dl[i]
+            + k7 * dc[i]
+            + k8 * dr[i];
+    }
+    let edge = |c: usize, l: Option<usize>, r: Option<usize>| {
+        let tap = |row: &[f32], o: usize| {
+            let mut v = k[o + 1] * row[c];
+            if let Some(l) = l {
+                v += k[o] * row[l];
+            }
+            if let Some(r) = r {
+                v += k[o + 2] * row[r];
+            }
+            v
+        };
+        tap(u, 0) + tap(m, 3) + tap(d, 6)
+    };
+    out[0] = edge(0, None, Some(1));
+    out[w - 1] = edge(w - 1, Some(w - 2), None);
+}
+
+// ---------------------------------------------------------------------------
+// Fused styled depthwise-separable conv (CPU): dw 3x3 -> pointwise -> noise,
+// bias, leaky ReLU, one band of rows at a time so the intermediate stays in
+// cache and the output is written once.
+
+/// Parameters of one fused styled conv; see [`styled_dwsep_conv`].
+pub struct DwSepParams<'a> {
+    /// `[N, Cin, 3, 3]` per-sample depthwise kernels (style folded in).
+    pub k_dw: &'a Tensor,
+    /// `[Cout, Cin]` pointwise weights.
+    pub w_pw: &'a Tensor,
+    /// `[N or 1, 1, H, W]` noise, already scaled.
+    pub noise: &'a Tensor,
+    /// `[Cout]`
+    pub bias: &'a Tensor,
+    pub slope: f32,
+}
+
+/// `lrelu(pw(dw(x)) + noise + bias)`; `x`: `[N, Cin, H, W]` -> `[N, Cout, H, W]`.
+pub fn styled_dwsep_conv(x: &Tensor, p: &DwSepParams) -> Result<Tensor> {
+    let (n, cin, h, w) = x.dims4()?;
+    let cout = p.w_pw.dim(0)?;
+    if cpu_fast(x) {
+        let nn = p.noise.dim(0)?;
+        if p.noise.dims() != [nn, 1, h, w] || (nn != 1 && nn != n) {
+            return Err(crate::error::Error::invalid(format!(
+                "noise {:?} does not fit {:?}",
+                p.noise.dims(),
+                x.dims()
+            )));
+        }
+        let op = FusedDwSep {
+            k_dw: p
+                .k_dw
+                .reshape((n, cin, 9))?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+            w_pw: p.w_pw.flatten_all()?.to_vec1::<f32>()?,
+            noise: p.noise.flatten_all()?.to_vec1::<f32>()?,
+            noise_per_sample: nn != 1,
+            bias: p.bias.to_vec1::<f32>()?,
+            cout,
+            slope: p.slope,
+        };
+        return Ok(x.contiguous()?.apply_op1_no_bwd(&op)?);
+    }
+    let y = depthwise3x3(x, p.k_dw)?;
+    let pw = p
+        .w_pw
+        .unsqueeze(0)?
+        .broadcast_as((n, cout, cin))?
+        .contiguous()?;
+    let y = pw
+        .matmul(&y.reshape((n, cin, h * w))?)?
+        .reshape((n, cout, h, w))?;
+    noise_bias_lrelu(y, p.noise, p.bias, p.slope)
+}
+
+struct FusedDwSep {
+    k_dw: Vec<f32>,
+    w_pw: Vec<f32>,
+    noise: Vec<f32>,
+    noise_per_sample: bool,
+    bias: Vec<f32>,
+    cout: usize,
+    slope: f32,
+}
+
+/// A raw pointer that may cross threads: tasks write disjoint regions.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// Going through a method makes closures capture the whole wrapper (which
+    /// is Sync), not its raw-pointer field.
+    fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: callers pass offsets inside the allocation.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+/// Pixels per band: the dw output of one band (Cin x BAND_PIXELS floats, at
+/// most 512 KB for Cin = 32 at 512 px) stays in L2 for the pointwise matmul.
+const BAND_PIXELS: usize = 4096;
+
+impl CustomOp1 for FusedDwSep {
+    fn name(&self) -> &'static str {
+        "styled-dwsep-conv"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l)?;
+        let (n, cin, h, w) = l.shape().dims4()?;
+        let cout = self.cout;
+        if self.k_dw.len() != n * cin * 9
+            || self.w_pw.len() != cout * cin
+            || self.bias.len() != cout
+        {
+            candle_core::bail!(
+                "styled-dwsep-conv: parameter sizes do not fit input {:?}",
+                l.shape()
+            );
+        }
+        let plane = h * w;
+        let rows = (BAND_PIXELS / w).clamp(1, h);
+        let bands = h.div_ceil(rows);
+        let len = n * cout * plane;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        let dst = SharedOut(out.as_mut_ptr());
+        (0..n * bands).into_par_iter().for_each(|task| {
+            let (b, band) = (task / bands, task % bands);
+            let y0 = band * rows;
+            let y1 = (y0 + rows).min(h);
+            let px = (y1 - y0) * w;
+            let zeros = vec![0f32; w];
+            let mut mid = vec![0f32; cin * px];
+            for ci in 0..cin {
+                let src = &x[(b * cin + ci) * plane..(b * cin + ci + 1) * plane];
+                let k = &self.k_dw[(b * cin + ci) * 9..(b * cin + ci) * 9 + 9];
+                for y in y0..y1 {
+                    let o = ci * px + (y - y0) * w;
+                    dw_row(src, &zeros, y, h, w, k, &mut mid[o..o + w]);
+                }
+            }
+            let base = dst.at(b * cout * plane + y0 * w);
+            // SAFETY: `base` addresses rows y0..y1 of every output channel of
+            // sample b: an in-bounds region no other task writes. gemm reads
+            // `mid` and `w_pw` and writes each of the cout x px destination
+            // elements (read_dst = false, so uninitialised memory is fine).
+            unsafe {
+                gemm::gemm(
+                    cout,
+                    px,
+                    cin,
+                    base,
+                    1,
+                    plane as isize,
+                    false,
+                    self.w_pw.as_ptr(),
+                    1,
+                    cin as isize,
+                    mid.as_ptr(),
+                    1,
+                    px as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            let noise = if self.noise_per_sample {
+                &self.noise[b * plane + y0 * w..b * plane + y1 * w]
+            } else {
+                &self.noise[y0 * w..y1 * w]
+            };
+            for co in 0..cout {
+                // SAFETY: the same disjoint region, now initialised by gemm.
+                let row = unsafe { std::slice::from_raw_parts_mut(base.add(co * plane), px) };
+                let (bias, slope) = (self.bias[co], self.slope);
+                for (v, nz) in row.iter_mut().zip(noise) {
+                    let t = *v + nz + bias;
+                    // max(t, slope * t) == leaky ReLU for slope < 1; branch-free.
+                    *v = t.max(t * slope);
+                }
+            }
+        });
+        // SAFETY: every element was written above (the bands tile all rows of
+        // every channel of every sample).
+        unsafe { out.set_len(len) };
+        Ok((CpuStorage::F32(out), Shape::from((n, cout, h, w))))
     }
 }
 
@@ -323,4 +535,118 @@ impl CustomOp1 for IdwtHaar {
 /// Leaky ReLU from tensor ops (slope < 1).
 pub fn leaky_relu(x: &Tensor, slope: f32) -> Result<Tensor> {
     Ok(x.maximum(&(x * slope as f64)?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand(seed: u64, shape: &[usize]) -> Tensor {
+        let n: usize = shape.iter().product();
+        crate::generator::seeded_normal(seed, 1, n, &Device::Cpu)
+            .unwrap()
+            .reshape(shape)
+            .unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    fn portable<T>(f: impl FnOnce() -> T) -> T {
+        force_portable(true);
+        let r = f();
+        force_portable(false);
+        r
+    }
+
+    // Odd, tiny and band-splitting shapes: 1-pixel planes, single rows and
+    // columns, widths whose bands do not divide the height.
+    const SHAPES: [(usize, usize, usize, usize); 6] = [
+        (1, 3, 1, 1),
+        (2, 2, 1, 7),
+        (1, 2, 5, 1),
+        (2, 3, 4, 4),
+        (1, 2, 37, 130),
+        (3, 2, 64, 64),
+    ];
+
+    #[test]
+    fn depthwise_fast_matches_portable() {
+        for (i, &(n, c, h, w)) in SHAPES.iter().enumerate() {
+            let x = rand(i as u64, &[n, c, h, w]);
+            let k = rand(100 + i as u64, &[n, c, 3, 3]);
+            let fast = depthwise3x3(&x, &k).unwrap();
+            let slow = depthwise3x3_portable(&x, &k).unwrap();
+            assert!(max_diff(&fast, &slow) < 1e-5, "shape {:?}", (n, c, h, w));
+        }
+    }
+
+    #[test]
+    fn fused_dwsep_matches_portable() {
+        for (i, &(n, cin, h, w)) in SHAPES.iter().enumerate() {
+            let cout = 3 + i;
+            let x = rand(i as u64, &[n, cin, h, w]);
+            let k_dw = rand(10 + i as u64, &[n, cin, 3, 3]);
+            let w_pw = rand(20 + i as u64, &[cout, cin]);
+            let bias = rand(30 + i as u64, &[cout]);
+            for noise_n in [1, n] {
+                let noise = rand(40 + i as u64, &[noise_n, 1, h, w]);
+                let p = DwSepParams {
+                    k_dw: &k_dw,
+                    w_pw: &w_pw,
+                    noise: &noise,
+                    bias: &bias,
+                    slope: 0.2,
+                };
+                let fast = styled_dwsep_conv(&x, &p).unwrap();
+                let slow = portable(|| styled_dwsep_conv(&x, &p).unwrap());
+                assert!(max_diff(&fast, &slow) < 1e-4, "shape {:?}", (n, cin, h, w));
+            }
+        }
+    }
+
+    #[test]
+    fn idwt_fast_matches_portable_and_inverts_haar() {
+        let x = rand(1, &[2, 8, 5, 3]);
+        let scale = rand(2, &[2, 8]);
+        for s in [None, Some(&scale)] {
+            let fast = idwt_haar(&x, s).unwrap();
+            let slow = idwt_haar_portable(&x, s).unwrap();
+            assert_eq!(fast.dims(), [2, 2, 10, 6]);
+            assert!(max_diff(&fast, &slow) < 1e-6);
+        }
+        // A constant low band alone gives a constant image LL/2 (Haar: a^2 = 1/2).
+        let mut v = vec![0f32; 4 * 4];
+        v[..4].fill(2.0);
+        let x = Tensor::from_vec(v, (1, 4, 2, 2), &Device::Cpu).unwrap();
+        let out = idwt_haar(&x, None)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(out.iter().all(|&o| (o - 1.0).abs() < 1e-6), "{out:?}");
+    }
+
+    #[test]
+    fn epilogue_fast_matches_portable() {
+        let x = rand(3, &[2, 3, 4, 5]);
+        let noise = rand(4, &[1, 1, 4, 5]);
+        let bias = rand(5, &[3]);
+        let slow = noise_bias_lrelu_portable(&x, &noise, &bias, 0.2).unwrap();
+        let fast = noise_bias_lrelu(x.copy().unwrap(), &noise, &bias, 0.2).unwrap();
+        assert!(max_diff(&fast, &slow) < 1e-6);
+        assert!(noise_bias_lrelu(x, &rand(6, &[1, 1, 5, 4]), &bias, 0.2).is_err());
+    }
 }

@@ -188,28 +188,23 @@ impl StyledDwConv {
     }
 
     fn forward(&self, x: &Tensor, w: &Tensor, noise: NoiseMode, layer: u64) -> Result<Tensor> {
-        let (n, cin, h, wd) = x.dims4()?;
+        let n = x.dim(0)?;
         let s = self.affine.forward(w)?; // [n, cin]
                                          // (x * s) conv k == x conv (k * s): fold the style into the kernel.
         let k = self
             .weight_dw
             .unsqueeze(0)?
             .broadcast_mul(&s.unsqueeze(2)?)?;
-        let y = ops::depthwise3x3(x, &k)?;
-        let cout = self.weight_pw.dim(0)?;
-        let pw = self
-            .weight_pw
-            .unsqueeze(0)?
-            .broadcast_as((n, cout, cin))?
-            .contiguous()?;
-        let y = pw
-            .matmul(&y.reshape((n, cin, h * wd))?)?
-            .reshape((n, cout, h, wd))?;
-        ops::noise_bias_lrelu(
-            y,
-            &self.noise.tensor(noise, n, layer)?,
-            &self.bias,
-            LEAKY_SLOPE,
+        let noise = self.noise.tensor(noise, n, layer)?;
+        ops::styled_dwsep_conv(
+            x,
+            &ops::DwSepParams {
+                k_dw: &k,
+                w_pw: &self.weight_pw,
+                noise: &noise,
+                bias: &self.bias,
+                slope: LEAKY_SLOPE,
+            },
         )
     }
 }
