@@ -22,19 +22,13 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    // The io::Error is part of the message rather than a `#[source]`, so
+    // that printing the error chain does not repeat it.
+    #[error("cannot write {path}: {err}")]
+    Write { path: PathBuf, err: std::io::Error },
 
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot read {path}: {err}")]
+    Read { path: PathBuf, err: std::io::Error },
 
     #[error("configuration: {0}")]
     Config(String),

@@ -7,9 +7,9 @@ use std::path::Path;
 use crate::error::{Error, Result};
 
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let werr = |source| Error::Write {
+    let werr = |err| Error::Write {
         path: path.to_path_buf(),
-        source,
+        err,
     };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
@@ -41,9 +41,9 @@ pub fn check_writable(path: &Path) -> Result<()> {
         _ => Path::new("."),
     };
     let probe = dir.join(format!(".clip2gan-write-probe-{}", std::process::id()));
-    std::fs::write(&probe, b"").map_err(|source| Error::Write {
+    std::fs::write(&probe, b"").map_err(|err| Error::Write {
         path: path.to_path_buf(),
-        source,
+        err,
     })?;
     let _ = std::fs::remove_file(probe);
     Ok(())

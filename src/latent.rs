@@ -19,6 +19,16 @@ pub enum Space {
     Wplus,
 }
 
+impl Space {
+    pub fn name(self) -> &'static str {
+        match self {
+            Space::Z => "z",
+            Space::W => "w",
+            Space::Wplus => "wplus",
+        }
+    }
+}
+
 /// Read a latent file of `space` and produce W+ with truncation `psi` applied
 /// (for z and w; a W+ file is taken as is unless psi != 1).
 pub fn load_wplus(g: &dyn Generator, path: &Path, space: Space, psi: f64) -> Result<Tensor> {
@@ -44,7 +54,8 @@ pub fn load_wplus(g: &dyn Generator, path: &Path, space: Space, psi: f64) -> Res
                 Space::Wplus => format!("[n, {}, {dim}]", g.num_styles()),
             };
             return Err(bad(format!(
-                "shape {s:?} does not fit --space {space:?}: expected {want}"
+                "shape {s:?} does not fit --space {}: expected {want}",
+                space.name()
             )));
         }
     };

@@ -16,9 +16,9 @@ pub struct Array {
 }
 
 pub fn read_f32(path: &Path) -> Result<Array> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Read {
+    let bytes = std::fs::read(path).map_err(|err| Error::Read {
         path: path.to_path_buf(),
-        source,
+        err,
     })?;
     parse_f32(&bytes).map_err(|detail| Error::BadLatent {
         path: path.to_path_buf(),

@@ -3,9 +3,10 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use candle_core::Device;
-use clip2gan::generator::mobilestylegan::MobileStyleGan;
+use clip2gan::generator::mobilestylegan::{fetch, MobileStyleGan};
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -15,16 +16,21 @@ pub fn fixture(name: &str) -> PathBuf {
     repo().join("tests/fixtures").join(name)
 }
 
-/// The converted MobileStyleGAN weights. Missing weights fail the test with
-/// the command to run: CI fetches them first, and a parity test that skips
+/// The converted MobileStyleGAN weights, fetched on first use exactly as the
+/// CLI does. If they cannot be had the test fails: a parity test that skipped
 /// silently would prove nothing.
 pub fn mobilestylegan() -> MobileStyleGan {
-    let dir = std::env::var_os("CLIP2GAN_MODELS_DIR")
+    static FETCH: Mutex<()> = Mutex::new(());
+    let models = std::env::var_os("CLIP2GAN_MODELS_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("models"))
-        .join("mobilestylegan-ffhq");
-    MobileStyleGan::load(&dir, &Device::Cpu)
-        .unwrap_or_else(|e| panic!("{e}\n(run `cargo run --release -- fetch` before the tests)"))
+        .unwrap_or_else(|| repo().join("models"));
+    let dir = models.join("mobilestylegan-ffhq");
+    {
+        // One fetch per test binary, not one per test thread.
+        let _guard = FETCH.lock().unwrap_or_else(|e| e.into_inner());
+        fetch::ensure(&models, &dir).unwrap_or_else(|e| panic!("cannot fetch the weights: {e}"));
+    }
+    MobileStyleGan::load(&dir, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub fn npy(path: PathBuf) -> clip2gan::npy::Array {

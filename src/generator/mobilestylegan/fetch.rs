@@ -53,9 +53,9 @@ pub fn download_wheel(models_dir: &Path) -> Result<PathBuf> {
         return Ok(target);
     }
     let downloads = target.parent().expect("has parent");
-    std::fs::create_dir_all(downloads).map_err(|source| Error::Write {
+    std::fs::create_dir_all(downloads).map_err(|err| Error::Write {
         path: downloads.to_path_buf(),
-        source,
+        err,
     })?;
     eprintln!("[1/3] downloading {WHEEL_REQUIREMENT} with pip ...");
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
@@ -100,9 +100,9 @@ fn read_member(
         detail: format!("no member {name}: {e}"),
     })?;
     let mut buf = Vec::new();
-    f.read_to_end(&mut buf).map_err(|source| Error::Read {
+    f.read_to_end(&mut buf).map_err(|err| Error::Read {
         path: wheel.to_path_buf(),
-        source,
+        err,
     })?;
     Ok(buf)
 }
@@ -133,9 +133,9 @@ fn load_graph(
 /// Convert the wheel's IR into `mapping.safetensors` (with `w_avg`) and
 /// `synthesis.safetensors` in `dir`.
 pub fn convert_wheel(wheel: &Path, dir: &Path) -> Result<()> {
-    let file = std::fs::File::open(wheel).map_err(|source| Error::Read {
+    let file = std::fs::File::open(wheel).map_err(|err| Error::Read {
         path: wheel.to_path_buf(),
-        source,
+        err,
     })?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| Error::BadWeights {
         file: wheel.display().to_string(),
