@@ -92,6 +92,15 @@ pub fn parse_f32(bytes: &[u8]) -> std::result::Result<Array, String> {
     Ok(Array { data, shape })
 }
 
+/// Serialise as a version-1 `.npy` file.
+///
+/// ```
+/// use clip2gan::npy::{parse_f32, to_bytes, Array};
+/// let a = Array { data: vec![1.0, 2.0, 3.0, 4.0], shape: vec![2, 2] };
+/// let bytes = to_bytes(&a);
+/// assert_eq!(&bytes[..6], b"\x93NUMPY");
+/// assert_eq!(parse_f32(&bytes).unwrap(), a);
+/// ```
 pub fn to_bytes(a: &Array) -> Vec<u8> {
     let dims: Vec<String> = a.shape.iter().map(|d| d.to_string()).collect();
     let shape = if dims.len() == 1 {
