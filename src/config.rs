@@ -16,6 +16,31 @@ pub struct Config {
     /// `auto`, `cpu` or `cuda:N`.
     pub device: String,
     pub generator: GeneratorConfig,
+    pub clip: ClipConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClipConfig {
+    /// A local directory in transformers layout, or a Hugging Face repo id.
+    pub model: String,
+    /// Hub revision (branch, tag or commit) when `model` is a repo id.
+    pub revision: String,
+    /// Hub download cache, relative to `models_dir` unless absolute.
+    pub cache_dir: PathBuf,
+    /// Never touch the network; use the cache only (also: HF_HUB_OFFLINE=1).
+    pub offline: bool,
+}
+
+impl Default for ClipConfig {
+    fn default() -> Self {
+        Self {
+            model: "openai/clip-vit-base-patch32".into(),
+            revision: "main".into(),
+            cache_dir: PathBuf::from("hf"),
+            offline: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -37,6 +62,7 @@ impl Default for Config {
             models_dir: PathBuf::from("models"),
             device: "auto".into(),
             generator: GeneratorConfig::default(),
+            clip: ClipConfig::default(),
         }
     }
 }
@@ -102,6 +128,17 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// Locate (and download if needed) the configured CLIP checkpoint.
+    pub fn clip_files(&self) -> Result<crate::clip::ClipFiles> {
+        let c = &self.clip;
+        crate::clip::hub::resolve(
+            &c.model,
+            &c.revision,
+            &self.models_dir.join(&c.cache_dir),
+            c.offline,
+        )
     }
 
     pub fn generator_dir(&self) -> PathBuf {

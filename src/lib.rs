@@ -20,6 +20,7 @@
 //! The binary (`src/main.rs`) is a thin clap front end over these modules.
 
 pub mod bench;
+pub mod clip;
 pub mod config;
 pub mod device;
 pub mod error;

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use clip2gan::config::Config;
 use clip2gan::error::Error;
 use clip2gan::generator::{self, check_finite, check_truncation, NoiseMode};
-use clip2gan::{bench, device, fsutil, image_io, latent};
+use clip2gan::{bench, clip, device, fsutil, image_io, latent};
 
 #[derive(Parser)]
 #[command(
@@ -35,6 +35,16 @@ enum Command {
     Fetch(FetchArgs),
     /// Generate faces from seeds or from a latent file.
     Generate(GenerateArgs),
+    /// Print the CLIP token ids of a text as a JSON array (start and end
+    /// tokens included, truncated to 77, no padding).
+    Tokenize { text: String },
+    /// CLIP score (100 x cosine) of each image against a text; one JSON line per image.
+    ClipScore {
+        #[arg(long)]
+        text: String,
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
     /// Measure speed; prints one JSON line.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -101,6 +111,11 @@ enum BenchCommand {
         #[arg(long, default_value = "mobilestylegan")]
         kind: String,
     },
+    /// Time CLIP's text and image encoders at ViT-B/32 shapes (random weights).
+    Clip {
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -128,6 +143,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Fetch(a) => fetch(&cfg, a),
         Command::Generate(a) => generate(&cfg, a),
+        Command::Tokenize { text } => {
+            let t = clip::Tokenizer::shared().encode(&text);
+            if t.truncated {
+                eprintln!("note: the text is longer than 77 tokens and was truncated");
+            }
+            println!("{}", serde_json::to_string(&t.ids)?);
+            Ok(())
+        }
+        Command::ClipScore { text, images } => clip_score(&cfg, &text, &images),
+        Command::Bench(BenchCommand::Clip { iters }) => {
+            let dev = device::select(&cfg.device)?;
+            let c = clip::Clip::with_random_weights(clip::config::vit_base_patch32(), &dev)?;
+            let r = bench::clip(&c, "ViT-B/32 shapes, random weights", iters)?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
         Command::Bench(BenchCommand::Generator {
             batch,
             size,
@@ -151,6 +182,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn clip_score(cfg: &Config, text: &str, images: &[PathBuf]) -> anyhow::Result<()> {
+    // Read every image first: a bad file fails before the model loads.
+    let decoded = images
+        .iter()
+        .map(|p| clip::open_image(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let dev = device::select(&cfg.device)?;
+    let model = clip::Clip::load(&cfg.clip_files()?, &dev)?;
+    let (t, tokens) = model.encode_text(&[text])?;
+    if tokens[0].truncated {
+        eprintln!("note: the text is longer than 77 tokens and was truncated");
+    }
+    let e = model.encode_images(&decoded)?;
+    let cos = e.matmul(&t.t()?)?.flatten_all()?.to_vec1::<f32>()?;
+    for (path, c) in images.iter().zip(cos) {
+        let line =
+            serde_json::json!({ "image": path.display().to_string(), "clip_score": 100.0 * c });
+        println!("{line}");
+    }
+    Ok(())
 }
 
 fn fetch(cfg: &Config, a: FetchArgs) -> anyhow::Result<()> {

@@ -1,0 +1,242 @@
+//! CLIP text and image encoders on candle-transformers' CLIP, with the
+//! checks it lacks (every tensor present, supported configuration), an
+//! offline tokenizer and reference-exact image preprocessing.
+//!
+//! Embeddings returned here are L2-normalised, `[n, embed_dim]`.
+
+pub mod config;
+pub mod hub;
+pub mod preprocess;
+pub mod tokenizer;
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::VarBuilder;
+use candle_transformers::models::clip::ClipModel;
+use image::DynamicImage;
+
+use crate::error::{Error, Result};
+pub use hub::ClipFiles;
+pub use preprocess::Preprocessor;
+pub use tokenizer::{Tokenizer, Tokens};
+
+pub struct Clip {
+    model: ClipModel,
+    tokenizer: Tokenizer,
+    pub preprocessor: Preprocessor,
+    pub spec: config::ClipSpec,
+    device: Device,
+}
+
+/// Tensors candle's CLIP would silently invent if absent.
+const MUST_EXIST: [&str; 1] = ["vision_model.embeddings.class_embedding"];
+
+impl Clip {
+    /// Load from resolved checkpoint files.
+    pub fn load(files: &ClipFiles, device: &Device) -> Result<Self> {
+        let spec = config::read(&files.config)?;
+        let preprocessor = config::preprocessor(files.preprocessor.as_deref(), spec.image_size)?;
+        let file = files.weights.display().to_string();
+        let bad = |detail: String| Error::BadWeights {
+            file: file.clone(),
+            detail,
+        };
+        let is_pth = files
+            .weights
+            .extension()
+            .is_some_and(|e| e == "bin" || e == "pt" || e == "pth");
+        let vb = if is_pth {
+            VarBuilder::from_pth(&files.weights, DType::F32, device)
+        } else {
+            // SAFETY: the file is memory-mapped read-only; it must not be
+            // modified while loaded (the same contract as every mmap loader).
+            unsafe { VarBuilder::from_mmaped_safetensors(&[&files.weights], DType::F32, device) }
+        }
+        .map_err(|e| bad(format!("cannot read the weights: {e}")))?;
+        for name in MUST_EXIST {
+            if !vb.contains_tensor(name) {
+                return Err(bad(format!("tensor `{name}` is missing")));
+            }
+        }
+        let model = ClipModel::new(vb, &spec.candle)
+            .map_err(|e| bad(format!("does not fit config.json: {e}")))?;
+        Ok(Self {
+            model,
+            tokenizer: Tokenizer::new(spec.context_length),
+            preprocessor,
+            spec,
+            device: device.clone(),
+        })
+    }
+
+    /// A model with random weights of the given shape (benchmarks and tests:
+    /// speed does not depend on weight values).
+    pub fn with_random_weights(spec: config::ClipSpec, device: &Device) -> Result<Self> {
+        let varmap = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+        let model = ClipModel::new(vb, &spec.candle)?;
+        Ok(Self {
+            model,
+            tokenizer: Tokenizer::new(spec.context_length),
+            preprocessor: config::preprocessor(None, spec.image_size)?,
+            spec,
+            device: device.clone(),
+        })
+    }
+
+    /// Load from a local directory in transformers layout.
+    pub fn from_dir(dir: &Path, device: &Device) -> Result<Self> {
+        Self::load(&hub::from_dir(dir)?, device)
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn embed_dim(&self) -> usize {
+        self.spec.embed_dim
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Token ids, padded with 0 to the longest text: `[n, len]` u32.
+    ///
+    /// Pooling takes the position of the largest id (the end token), so
+    /// padding must be smaller than it; the causal mask means padding after
+    /// the end token changes nothing, so batches need not be padded to 77.
+    fn ids_tensor(&self, tokens: &[Tokens]) -> Result<Tensor> {
+        let len = tokens.iter().map(|t| t.ids.len()).max().unwrap_or(0);
+        let mut data = Vec::with_capacity(tokens.len() * len);
+        for t in tokens {
+            if let Some(bad) = t
+                .ids
+                .iter()
+                .find(|&&id| id as usize >= self.spec.vocab_size)
+            {
+                return Err(Error::invalid(format!(
+                    "token id {bad} is outside the vocabulary"
+                )));
+            }
+            data.extend(t.ids.iter().copied());
+            data.extend(std::iter::repeat_n(0u32, len - t.ids.len()));
+        }
+        Ok(Tensor::from_vec(data, (tokens.len(), len), &self.device)?)
+    }
+
+    /// Projected text features before normalisation, from token ids.
+    pub fn text_features(&self, tokens: &[Tokens]) -> Result<Tensor> {
+        if tokens.is_empty() {
+            return Err(Error::invalid("no texts to encode"));
+        }
+        Ok(self.model.get_text_features(&self.ids_tensor(tokens)?)?)
+    }
+
+    /// L2-normalised text embeddings and the tokens (with truncation flags).
+    ///
+    /// Empty text is encoded as the reference does: start and end token only.
+    pub fn encode_text(&self, texts: &[&str]) -> Result<(Tensor, Vec<Tokens>)> {
+        let tokens: Vec<Tokens> = texts.iter().map(|t| self.tokenizer.encode(t)).collect();
+        Ok((l2_normalize(&self.text_features(&tokens)?)?, tokens))
+    }
+
+    /// Projected image features before normalisation, from preprocessed pixels.
+    pub fn image_features(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (_, c, h, w) = pixels.dims4()?;
+        let s = self.spec.image_size;
+        if c != 3 || h != s || w != s {
+            return Err(Error::invalid(format!(
+                "CLIP expects [n, 3, {s}, {s}] pixels, got {:?}",
+                pixels.dims()
+            )));
+        }
+        Ok(self.model.get_image_features(pixels)?)
+    }
+
+    /// L2-normalised embeddings of preprocessed pixels `[n, 3, S, S]`.
+    pub fn encode_pixels(&self, pixels: &Tensor) -> Result<Tensor> {
+        l2_normalize(&self.image_features(pixels)?)
+    }
+
+    /// L2-normalised embeddings of user images (reference preprocessing).
+    pub fn encode_images(&self, images: &[DynamicImage]) -> Result<Tensor> {
+        if images.is_empty() {
+            return Err(Error::invalid("no images to encode"));
+        }
+        self.encode_pixels(&self.preprocessor.pixels(images, &self.device)?)
+    }
+
+    /// L2-normalised embeddings of generator output in [-1, 1], through the
+    /// differentiable preprocessing path.
+    pub fn encode_generated(&self, images: &Tensor) -> Result<Tensor> {
+        self.encode_pixels(&self.preprocessor.from_generator(images)?)
+    }
+}
+
+/// Write a checkpoint directory (config.json + model.safetensors) with
+/// random weights for the transformers-style `config_json`: for tests and
+/// CPU experiments where real CLIP weights cannot be had. The files go
+/// through the same loader as real checkpoints.
+pub fn save_random_checkpoint(dir: &Path, config_json: &str) -> Result<()> {
+    let file = dir.join("config.json");
+    let spec = config::parse(config_json, &file.display().to_string())?;
+    let varmap = candle_nn::VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    ClipModel::new(vb, &spec.candle)?;
+    let class = candle_core::Var::from_tensor(&Tensor::randn(
+        0f32,
+        1.0,
+        spec.candle.vision_config.embed_dim,
+        &Device::Cpu,
+    )?)?;
+    varmap
+        .data()
+        .lock()
+        .expect("not poisoned")
+        .insert(MUST_EXIST[0].to_string(), class);
+    std::fs::create_dir_all(dir).map_err(|err| Error::Write {
+        path: dir.to_path_buf(),
+        err,
+    })?;
+    crate::fsutil::write_atomic(&file, config_json.as_bytes())?;
+    varmap.save(dir.join("model.safetensors"))?;
+    Ok(())
+}
+
+/// Row-wise L2 normalisation.
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    let norm = x
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12, f64::MAX)?;
+    Ok(x.broadcast_div(&norm)?)
+}
+
+/// Open an image file as RGB-convertible pixels, with errors a person can act on.
+pub fn open_image(path: &Path) -> Result<DynamicImage> {
+    let reader = image::ImageReader::open(path)
+        .map_err(|err| Error::Read {
+            path: path.to_path_buf(),
+            err,
+        })?
+        .with_guessed_format()
+        .map_err(|err| Error::Read {
+            path: path.to_path_buf(),
+            err,
+        })?;
+    let mut reader = reader;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(16_384);
+    limits.max_image_height = Some(16_384);
+    limits.max_alloc = Some(1 << 30);
+    reader.limits(limits);
+    reader.decode().map_err(|e| {
+        Error::invalid(format!(
+            "{} is not a readable image ({e}); use PNG, JPEG, WebP, GIF or BMP up to 16384 px a side",
+            path.display()
+        ))
+    })
+}
