@@ -256,3 +256,32 @@ pub fn preprocessor(
     }
     Ok(p)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_common_openai_shapes() {
+        let b32 = vit_base_patch32();
+        assert_eq!((b32.embed_dim, b32.context_length, b32.image_size), (512, 77, 224));
+        assert_eq!(b32.candle.vision_config.patch_size, 32);
+        // ViT-B/16 differs only in the patch size.
+        let b16 = parse(r#"{"vision_config": {"patch_size": 16}}"#, "b16").unwrap();
+        assert_eq!(b16.candle.vision_config.patch_size, 16);
+        // ViT-L/14 as its config.json spells it.
+        let l14 = parse(
+            r#"{"projection_dim": 768,
+                "text_config": {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12},
+                "vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_attention_heads": 16,
+                                  "num_hidden_layers": 24, "patch_size": 14}}"#,
+            "l14",
+        )
+        .unwrap();
+        assert_eq!(l14.embed_dim, 768);
+        assert_eq!(l14.candle.text_config.embed_dim, 768);
+        assert_eq!(l14.candle.vision_config.num_hidden_layers, 24);
+        let bad = parse(r#"{"text_config": {"hidden_act": "gelu"}}"#, "x").unwrap_err();
+        assert!(bad.to_string().contains("quick_gelu"));
+    }
+}
