@@ -7,6 +7,12 @@
 //!   `ir` reads the OpenVINO IR the weights ship in, `convert` walks that
 //!   graph into named tensors, `fetch` downloads and converts once, `model`
 //!   is the native candle network.
+//! - [`clip`]: CLIP text and image encoders (on candle-transformers' CLIP):
+//!   `tokenizer` (offline, with the original clean-up), `preprocess`
+//!   (PIL-exact resize + crop, and a differentiable path for training),
+//!   `config` (transformers `config.json`), `hub` (local dir or hub download).
+//! - [`mapper`]: the CLIP2GAN mapping network (CLIP embedding -> W+ residual
+//!   over `w_avg`), its file format and compatibility checks.
 //! - [`ops`]: the kernels candle lacks (depthwise 3x3, fused noise + bias +
 //!   leaky ReLU, inverse Haar DWT), each with a fast CPU path and a portable
 //!   tensor-op path for other devices.
@@ -28,6 +34,7 @@ pub mod fsutil;
 pub mod generator;
 pub mod image_io;
 pub mod latent;
+pub mod mapper;
 pub mod npy;
 pub mod ops;
 pub mod runtime;

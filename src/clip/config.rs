@@ -264,7 +264,10 @@ mod tests {
     #[test]
     fn reads_the_common_openai_shapes() {
         let b32 = vit_base_patch32();
-        assert_eq!((b32.embed_dim, b32.context_length, b32.image_size), (512, 77, 224));
+        assert_eq!(
+            (b32.embed_dim, b32.context_length, b32.image_size),
+            (512, 77, 224)
+        );
         assert_eq!(b32.candle.vision_config.patch_size, 32);
         // ViT-B/16 differs only in the patch size.
         let b16 = parse(r#"{"vision_config": {"patch_size": 16}}"#, "b16").unwrap();

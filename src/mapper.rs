@@ -1,0 +1,398 @@
+//! The CLIP2GAN mapper: an MLP from a CLIP embedding to a W+ latent,
+//! predicting the residual over the generator's `w_avg` (so an untrained or
+//! uncertain mapper lands on the average face, not on noise).
+//!
+//! A mapper file is safetensors with its metadata (`clip2gan.mapper`, JSON):
+//! which CLIP and generator it was trained for, its architecture, training
+//! settings, step and metrics. Loading checks the metadata against the CLIP
+//! and generator in use and says what does not fit.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{Init, LayerNorm, Linear, Module, VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
+
+pub const META_KEY: &str = "clip2gan.mapper";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    LeakyRelu,
+    Gelu,
+    Silu,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MapperConfig {
+    /// Hidden layers.
+    pub depth: usize,
+    /// Width of the hidden layers.
+    pub width: usize,
+    /// LayerNorm after each hidden linear layer.
+    pub layer_norm: bool,
+    pub activation: Activation,
+}
+
+impl Default for MapperConfig {
+    fn default() -> Self {
+        Self {
+            depth: 4,
+            width: 1024,
+            layer_norm: true,
+            activation: Activation::LeakyRelu,
+        }
+    }
+}
+
+/// What a mapper was built for, plus its training record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MapperMeta {
+    /// CLIP checkpoint (hub id or directory) whose embeddings it maps.
+    pub clip_model: String,
+    pub clip_dim: usize,
+    /// `Generator::id()` of the generator whose W+ it predicts.
+    pub generator: String,
+    pub num_styles: usize,
+    pub w_dim: usize,
+    pub config: MapperConfig,
+    /// Optimiser steps taken.
+    #[serde(default)]
+    pub step: u64,
+    /// Training settings (free-form JSON written by `clip2gan train`).
+    #[serde(default)]
+    pub training: serde_json::Value,
+    /// Latest evaluation metrics.
+    #[serde(default)]
+    pub metrics: serde_json::Value,
+}
+
+/// The CLIP and generator a mapper is about to be used with.
+#[derive(Debug, Clone)]
+pub struct Compat<'a> {
+    pub clip_model: &'a str,
+    pub clip_dim: usize,
+    pub generator: &'a str,
+    pub num_styles: usize,
+    pub w_dim: usize,
+}
+
+impl MapperMeta {
+    /// Hard mismatches are errors (the shapes or the latent space differ); a
+    /// different CLIP name with the same dimension is only a warning, since
+    /// the same weights can live under another path.
+    pub fn check(&self, c: &Compat) -> Result<Vec<String>> {
+        let mut errors = Vec::new();
+        if self.clip_dim != c.clip_dim {
+            errors.push(format!(
+                "CLIP dimension {} (mapper) vs {} (loaded CLIP)",
+                self.clip_dim, c.clip_dim
+            ));
+        }
+        if self.generator != c.generator {
+            errors.push(format!(
+                "generator {:?} (mapper) vs {:?} (in use)",
+                self.generator, c.generator
+            ));
+        }
+        if self.num_styles != c.num_styles || self.w_dim != c.w_dim {
+            errors.push(format!(
+                "W+ shape {}x{} (mapper) vs {}x{} (generator)",
+                self.num_styles, self.w_dim, c.num_styles, c.w_dim
+            ));
+        }
+        if !errors.is_empty() {
+            return Err(Error::invalid(format!(
+                "the mapper does not fit: {}. Train one for this CLIP and generator with `clip2gan train`.",
+                errors.join("; ")
+            )));
+        }
+        let mut warnings = Vec::new();
+        if self.clip_model != c.clip_model {
+            warnings.push(format!(
+                "mapper was trained with CLIP {:?}, the loaded CLIP is {:?}",
+                self.clip_model, c.clip_model
+            ));
+        }
+        Ok(warnings)
+    }
+}
+
+pub struct Mapper {
+    hidden: Vec<(Linear, Option<LayerNorm>)>,
+    out: Linear,
+    w_avg: Tensor, // [w_dim]
+    pub meta: MapperMeta,
+}
+
+impl Mapper {
+    /// Build on a `VarBuilder`: random init from a `VarMap` (training), or
+    /// weights from a file (inference).
+    pub fn new(vb: VarBuilder, meta: MapperMeta) -> Result<Self> {
+        let c = &meta.config;
+        if c.depth == 0 || c.width == 0 {
+            return Err(Error::invalid("mapper depth and width must be at least 1"));
+        }
+        let mut hidden = Vec::with_capacity(c.depth);
+        let mut fan_in = meta.clip_dim;
+        for i in 0..c.depth {
+            let vb = vb.pp(format!("hidden.{i}"));
+            let lin = candle_nn::linear(fan_in, c.width, vb.pp("linear"))?;
+            let norm = if c.layer_norm {
+                Some(candle_nn::layer_norm(c.width, 1e-5, vb.pp("norm"))?)
+            } else {
+                None
+            };
+            hidden.push((lin, norm));
+            fan_in = c.width;
+        }
+        let out_dim = meta.num_styles * meta.w_dim;
+        // A small output layer: training starts near w_avg.
+        let ovb = vb.pp("out");
+        let w = ovb.get_with_hints(
+            (out_dim, fan_in),
+            "weight",
+            Init::Randn {
+                mean: 0.0,
+                stdev: 0.01 / (fan_in as f64).sqrt(),
+            },
+        )?;
+        let b = ovb.get_with_hints(out_dim, "bias", Init::Const(0.0))?;
+        let w_avg = vb.get_with_hints(meta.w_dim, "w_avg", Init::Const(0.0))?;
+        Ok(Self {
+            hidden,
+            out: Linear::new(w, Some(b)),
+            w_avg,
+            meta,
+        })
+    }
+
+    /// A fresh, trainable mapper whose variables live in `varmap`; `w_avg`
+    /// is the generator's.
+    pub fn init(
+        varmap: &VarMap,
+        meta: MapperMeta,
+        w_avg: &Tensor,
+        device: &Device,
+    ) -> Result<Self> {
+        let vb = VarBuilder::from_varmap(varmap, DType::F32, device);
+        let m = Self::new(vb, meta)?;
+        // w_avg is a buffer, not a parameter: set it, keep it out of training.
+        let mut data = varmap.data().lock().expect("not poisoned");
+        data.remove("w_avg");
+        drop(data);
+        Ok(Self {
+            w_avg: w_avg.to_dtype(DType::F32)?.to_device(device)?,
+            ..m
+        })
+    }
+
+    pub fn w_avg(&self) -> &Tensor {
+        &self.w_avg
+    }
+
+    /// CLIP embeddings `[n, clip_dim]` -> W+ `[n, num_styles, w_dim]`.
+    pub fn forward(&self, e: &Tensor) -> Result<Tensor> {
+        let (n, d) = e.dims2()?;
+        if d != self.meta.clip_dim {
+            return Err(Error::invalid(format!(
+                "embedding has {d} dimensions, the mapper expects {}",
+                self.meta.clip_dim
+            )));
+        }
+        let mut x = e.to_dtype(DType::F32)?;
+        for (lin, norm) in &self.hidden {
+            x = lin.forward(&x)?;
+            if let Some(norm) = norm {
+                x = norm.forward(&x)?;
+            }
+            x = match self.meta.config.activation {
+                Activation::LeakyRelu => crate::ops::leaky_relu(&x, 0.2)?,
+                Activation::Gelu => x.gelu()?,
+                Activation::Silu => x.silu()?,
+            };
+        }
+        let residual = self
+            .out
+            .forward(&x)?
+            .reshape((n, self.meta.num_styles, self.meta.w_dim))?;
+        Ok(residual.broadcast_add(&self.w_avg)?)
+    }
+
+    /// Load a mapper file and check it against the CLIP and generator in use.
+    /// Returns the mapper and any warnings for the caller to show.
+    pub fn load(path: &Path, compat: &Compat, device: &Device) -> Result<(Self, Vec<String>)> {
+        let meta = read_meta(path)?;
+        let warnings = meta.check(compat)?;
+        let bad = |detail: String| Error::BadWeights {
+            file: path.display().to_string(),
+            detail,
+        };
+        // SAFETY: read-only memory map of a file we do not modify while loaded.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, device) }
+            .map_err(|e| bad(format!("cannot read: {e}")))?;
+        if !vb.contains_tensor("w_avg") {
+            return Err(bad("tensor `w_avg` is missing".into()));
+        }
+        let m =
+            Self::new(vb, meta).map_err(|e| bad(format!("does not match its metadata: {e}")))?;
+        Ok((m, warnings))
+    }
+}
+
+/// The metadata of a mapper file, without loading its weights.
+pub fn read_meta(path: &Path) -> Result<MapperMeta> {
+    if !path.exists() {
+        return Err(Error::MissingWeights {
+            path: path.to_path_buf(),
+            hint: "Train a mapper with `clip2gan train` (see README.md, \"Training the mapper\") \
+                   or set mapper.path in config.toml."
+                .into(),
+        });
+    }
+    let bad = |detail: String| Error::BadWeights {
+        file: path.display().to_string(),
+        detail,
+    };
+    let bytes = std::fs::read(path).map_err(|err| Error::Read {
+        path: path.to_path_buf(),
+        err,
+    })?;
+    let (_, st_meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let json = st_meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(META_KEY))
+        .ok_or_else(|| {
+            bad(format!(
+                "no `{META_KEY}` metadata: not a clip2gan mapper file"
+            ))
+        })?;
+    serde_json::from_str(json).map_err(|e| bad(format!("bad mapper metadata: {e}")))
+}
+
+/// Save the variables of `varmap` plus `w_avg` with metadata, atomically.
+pub fn save(path: &Path, varmap: &VarMap, w_avg: &Tensor, meta: &MapperMeta) -> Result<()> {
+    let mut tensors: HashMap<String, Tensor> = varmap
+        .data()
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect();
+    tensors.insert("w_avg".into(), w_avg.clone());
+    let mut data: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::with_capacity(tensors.len());
+    for (k, t) in tensors {
+        let t = t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        let shape = t.dims().to_vec();
+        let bytes = t
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        data.push((k, bytes, shape));
+    }
+    let views = data
+        .iter()
+        .map(|(k, b, s)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .map(|v| (k.clone(), v))
+                .map_err(|e| Error::invalid(format!("tensor {k}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let meta_json = serde_json::to_string(meta).map_err(|e| Error::invalid(e.to_string()))?;
+    let bytes = safetensors::serialize(
+        views,
+        Some(HashMap::from([(META_KEY.to_string(), meta_json)])),
+    )
+    .map_err(|e| Error::invalid(format!("cannot serialise the mapper: {e}")))?;
+    write_atomic(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta() -> MapperMeta {
+        MapperMeta {
+            clip_model: "tiny".into(),
+            clip_dim: 8,
+            generator: "g".into(),
+            num_styles: 3,
+            w_dim: 4,
+            config: MapperConfig {
+                depth: 2,
+                width: 16,
+                ..Default::default()
+            },
+            step: 7,
+            training: serde_json::json!({"lr": 1e-3}),
+            metrics: serde_json::Value::Null,
+        }
+    }
+
+    fn compat(m: &MapperMeta) -> Compat<'_> {
+        Compat {
+            clip_model: &m.clip_model,
+            clip_dim: m.clip_dim,
+            generator: &m.generator,
+            num_styles: m.num_styles,
+            w_dim: m.w_dim,
+        }
+    }
+
+    #[test]
+    fn save_load_roundtrip_and_compat() {
+        let dev = Device::Cpu;
+        let varmap = VarMap::new();
+        let w_avg = Tensor::new(&[1f32, 2.0, 3.0, 4.0], &dev).unwrap();
+        let m = Mapper::init(&varmap, meta(), &w_avg, &dev).unwrap();
+        let e = Tensor::randn(0f32, 1.0, (5, 8), &dev).unwrap();
+        let y = m.forward(&e).unwrap();
+        assert_eq!(y.dims(), [5, 3, 4]);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.safetensors");
+        save(&p, &varmap, &w_avg, &m.meta).unwrap();
+        let meta = read_meta(&p).unwrap();
+        assert_eq!(meta, m.meta);
+        let (loaded, warnings) = Mapper::load(&p, &compat(&meta), &dev).unwrap();
+        assert!(warnings.is_empty());
+        let y2 = loaded.forward(&e).unwrap();
+        let d: f32 = (y - y2)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert_eq!(d, 0.0);
+
+        let mut other = meta.clone();
+        other.clip_dim = 512;
+        other.generator = "h".into();
+        let err = Mapper::load(&p, &compat(&other), &dev)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("CLIP dimension 8 (mapper) vs 512") && err.contains("generator"),
+            "{err}"
+        );
+        other = meta.clone();
+        other.clip_model = "another".into();
+        assert_eq!(Mapper::load(&p, &compat(&other), &dev).unwrap().1.len(), 1);
+        let err = read_meta(&dir.path().join("none.safetensors"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("clip2gan train"), "{err}");
+    }
+}
