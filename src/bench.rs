@@ -119,3 +119,147 @@ pub fn clip(c: &crate::clip::Clip, model: &str, iters: usize) -> Result<ClipBenc
         image_batch8_ms: image(8)?,
     })
 }
+
+/// A pipeline with real generator weights, a random ViT-B/32-shaped CLIP and
+/// a random mapper: the speed of the real thing, without trained weights.
+pub fn random_pipeline(
+    cfg: &crate::config::Config,
+    device: &candle_core::Device,
+) -> Result<crate::pipeline::Pipeline> {
+    let clip =
+        crate::clip::Clip::with_random_weights(crate::clip::config::vit_base_patch32(), device)?;
+    let generator = crate::generator::open(cfg, device, true)?;
+    let meta = crate::mapper::MapperMeta {
+        clip_model: "random".into(),
+        clip_dim: clip.embed_dim(),
+        generator: generator.id().into(),
+        num_styles: generator.num_styles(),
+        w_dim: generator.w_dim(),
+        config: Default::default(),
+        step: 0,
+        training: serde_json::Value::Null,
+        metrics: serde_json::Value::Null,
+    };
+    let varmap = candle_nn::VarMap::new();
+    let mapper = crate::mapper::Mapper::init(&varmap, meta, generator.w_avg(), device)?;
+    Ok(crate::pipeline::Pipeline {
+        clip,
+        mapper,
+        generator,
+        settings: cfg.pipeline_settings(),
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct EngineRun {
+    pub max_batch: usize,
+    pub images: usize,
+    pub wall_s: f64,
+    pub images_per_s: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EngineBench {
+    pub bench: &'static str,
+    pub device: String,
+    pub concurrency: usize,
+    pub jobs_per_client: usize,
+    pub output_size: usize,
+    pub batched: EngineRun,
+    pub unbatched: EngineRun,
+    /// images/s batched / images/s unbatched
+    pub speedup: f64,
+}
+
+/// `concurrency` clients, each submitting `jobs` one-image /imagine jobs one
+/// after the other, against the engine with batching on and off.
+pub fn engine(
+    cfg: &crate::config::Config,
+    device: &candle_core::Device,
+    concurrency: usize,
+    jobs: usize,
+    max_batch: usize,
+) -> Result<EngineBench> {
+    use crate::engine::{Engine, EngineConfig, PipelineBackend, Request};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| crate::error::Error::Config(e.to_string()))?;
+    let run = |max_batch: usize| -> Result<EngineRun> {
+        let ecfg = EngineConfig {
+            queue_capacity: concurrency.max(1) * 2,
+            max_batch,
+            per_user_limit: 1,
+            ..cfg.engine.clone()
+        };
+        let (c2, d2) = (cfg.clone(), device.clone());
+        let output_size = ecfg.output_size;
+        let engine = std::sync::Arc::new(Engine::start(ecfg, move || {
+            Ok(PipelineBackend {
+                pipeline: random_pipeline(&c2, &d2)?,
+                output_size,
+            })
+        })?);
+        let t0 = Instant::now();
+        let mut latencies: Vec<f64> = rt
+            .block_on(async {
+                let mut tasks = Vec::new();
+                for client in 0..concurrency {
+                    let engine = engine.clone();
+                    tasks.push(tokio::spawn(async move {
+                        let mut lat = Vec::new();
+                        for j in 0..jobs {
+                            let t = Instant::now();
+                            let req = Request::Imagine {
+                                prompt: format!("a portrait of person number {client}"),
+                                count: 1,
+                                seed: (client * 1000 + j) as u64,
+                                truncation: None,
+                                candidates: 1,
+                            };
+                            let out = engine
+                                .submit(client as u64, req)
+                                .map_err(|e| e.to_string())?
+                                .wait()
+                                .await;
+                            out.map_err(|e| e.to_string())?;
+                            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                        }
+                        Ok::<_, String>(lat)
+                    }));
+                }
+                let mut all = Vec::new();
+                for t in tasks {
+                    all.extend(t.await.map_err(|e| e.to_string())??);
+                }
+                Ok::<_, String>(all)
+            })
+            .map_err(crate::error::Error::Config)?;
+        let wall = t0.elapsed().as_secs_f64();
+        engine.shutdown(true);
+        latencies.sort_by(f64::total_cmp);
+        let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
+        Ok(EngineRun {
+            max_batch,
+            images: latencies.len(),
+            wall_s: wall,
+            images_per_s: latencies.len() as f64 / wall,
+            p50_ms: pct(0.5),
+            p95_ms: pct(0.95),
+        })
+    };
+    let batched = run(max_batch)?;
+    let unbatched = run(1)?;
+    Ok(EngineBench {
+        bench: "engine",
+        device: crate::device::describe(device),
+        concurrency,
+        jobs_per_client: jobs,
+        output_size: cfg.engine.output_size,
+        speedup: batched.images_per_s / unbatched.images_per_s,
+        batched,
+        unbatched,
+    })
+}

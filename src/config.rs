@@ -17,6 +17,47 @@ pub struct Config {
     pub device: String,
     pub generator: GeneratorConfig,
     pub clip: ClipConfig,
+    pub mapper: MapperFileConfig,
+    pub pipeline: PipelineConfig,
+    pub engine: crate::engine::EngineConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MapperFileConfig {
+    /// The trained mapper `imagine` and `edit` use, relative to `models_dir`
+    /// unless absolute.
+    pub path: PathBuf,
+}
+
+impl Default for MapperFileConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("mapper.safetensors"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Truncation of mapped latents toward w_avg (1 = none).
+    pub truncation: f64,
+    /// Perturbation of the text embedding per seed (variety between images).
+    pub variation_xi: f64,
+    /// Blend of a seeded random style into the fine layers.
+    pub fine_mix: f64,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        let s = crate::pipeline::Settings::default();
+        Self {
+            truncation: s.truncation,
+            variation_xi: s.variation_xi,
+            fine_mix: s.fine_mix,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -63,6 +104,9 @@ impl Default for Config {
             device: "auto".into(),
             generator: GeneratorConfig::default(),
             clip: ClipConfig::default(),
+            mapper: MapperFileConfig::default(),
+            pipeline: PipelineConfig::default(),
+            engine: crate::engine::EngineConfig::default(),
         }
     }
 }
@@ -116,6 +160,13 @@ impl Config {
 
     pub fn validate(&self) -> Result<()> {
         crate::generator::check_truncation(self.generator.truncation)?;
+        let p = &self.pipeline;
+        if !(0.0..=1.0).contains(&p.variation_xi) || !(0.0..=1.0).contains(&p.fine_mix) {
+            return Err(Error::Config(
+                "pipeline.variation_xi and fine_mix must be in [0, 1]".into(),
+            ));
+        }
+        crate::generator::check_truncation(p.truncation)?;
         if self.generator.max_batch == 0 {
             return Err(Error::Config(
                 "generator.max_batch must be at least 1".into(),
@@ -139,6 +190,21 @@ impl Config {
             &self.models_dir.join(&c.cache_dir),
             c.offline,
         )
+    }
+
+    pub fn mapper_path(&self) -> PathBuf {
+        self.models_dir.join(&self.mapper.path)
+    }
+
+    /// Pipeline settings from `[pipeline]` and `[generator]`.
+    pub fn pipeline_settings(&self) -> crate::pipeline::Settings {
+        crate::pipeline::Settings {
+            truncation: self.pipeline.truncation,
+            variation_xi: self.pipeline.variation_xi,
+            fine_mix: self.pipeline.fine_mix,
+            max_batch: self.generator.max_batch,
+            noise: crate::generator::NoiseMode::Fixed,
+        }
     }
 
     pub fn generator_dir(&self) -> PathBuf {

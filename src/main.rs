@@ -35,6 +35,10 @@ enum Command {
     Fetch(FetchArgs),
     /// Generate faces from seeds or from a latent file.
     Generate(GenerateArgs),
+    /// Text to faces with the trained mapper; writes images and their W+ latents (.npy).
+    Imagine(ImagineArgs),
+    /// Edit a saved latent with an instruction ("add smile", "make older", ...).
+    Edit(EditArgs),
     /// Print the CLIP token ids of a text as a JSON array (start and end
     /// tokens included, truncated to 77, no padding).
     Tokenize { text: String },
@@ -97,6 +101,48 @@ struct GenerateArgs {
     output: PathBuf,
 }
 
+#[derive(Args)]
+struct ImagineArgs {
+    prompt: String,
+    /// Number of images (1 to 16); image k uses seed + k.
+    #[arg(long, short = 'n', default_value_t = 1)]
+    count: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Truncation toward the average face (default: pipeline.truncation).
+    #[arg(long)]
+    truncation: Option<f64>,
+    /// Draw this many candidates and keep the best `count` by CLIP score.
+    #[arg(long)]
+    candidates: Option<usize>,
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// One grid image instead of out.png, out-1.png, ...
+    #[arg(long)]
+    grid: bool,
+    #[arg(long, short = 'o', default_value = "imagine.png")]
+    output: PathBuf,
+}
+
+#[derive(Args)]
+struct EditArgs {
+    /// What to change: "add smile", "remove beard", "make older", "more happy", ...
+    instruction: String,
+    /// The latent to edit (.npy W+ [23,512] or [1,23,512], e.g. from imagine).
+    #[arg(long)]
+    latent: PathBuf,
+    /// -3 to 3; negative reverses the edit.
+    #[arg(long, default_value_t = 1.0)]
+    strength: f64,
+    /// Restrict the edit to coarse, middle or fine layers.
+    #[arg(long, value_enum, default_value = "all")]
+    layers: clip2gan::pipeline::Layers,
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    #[arg(long, short = 'o', default_value = "edited.png")]
+    output: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Time the image generator (z -> image).
@@ -110,6 +156,15 @@ enum BenchCommand {
         /// Generator kind (only mobilestylegan in this build).
         #[arg(long, default_value = "mobilestylegan")]
         kind: String,
+    },
+    /// Concurrent clients against the inference engine, batching on and off.
+    Engine {
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 2)]
+        jobs_per_client: usize,
+        #[arg(long, default_value_t = 8)]
+        max_batch: usize,
     },
     /// Time CLIP's text and image encoders at ViT-B/32 shapes (random weights).
     Clip {
@@ -152,6 +207,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::ClipScore { text, images } => clip_score(&cfg, &text, &images),
+        Command::Imagine(a) => imagine(&cfg, a),
+        Command::Edit(a) => edit(&cfg, a),
+        Command::Bench(BenchCommand::Engine {
+            concurrency,
+            jobs_per_client,
+            max_batch,
+        }) => {
+            if concurrency == 0 || jobs_per_client == 0 || max_batch == 0 {
+                return Err(Error::invalid(
+                    "--concurrency, --jobs-per-client and --max-batch must be at least 1",
+                )
+                .into());
+            }
+            let dev = device::select(&cfg.device)?;
+            let r = bench::engine(&cfg, &dev, concurrency, jobs_per_client, max_batch)?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
         Command::Bench(BenchCommand::Clip { iters }) => {
             let dev = device::select(&cfg.device)?;
             let c = clip::Clip::with_random_weights(clip::config::vit_base_patch32(), &dev)?;
@@ -182,6 +255,79 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn load_pipeline(cfg: &Config) -> anyhow::Result<clip2gan::pipeline::Pipeline> {
+    let dev = device::select(&cfg.device)?;
+    let (p, warnings) = clip2gan::pipeline::Pipeline::load(cfg, &dev)?;
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(p)
+}
+
+/// Write images (numbered or as a grid) and each image's W+ beside it.
+fn write_results(
+    out: &std::path::Path,
+    grid: bool,
+    size: usize,
+    r: &clip2gan::pipeline::Rendered,
+) -> anyhow::Result<()> {
+    let images = image_io::to_rgb8(&image_io::resize_area(&r.images, size)?)?;
+    if grid {
+        image_io::save_png(out, &image_io::grid(&images))?;
+        println!("{}", out.display());
+        latent::save_wplus(&out.with_extension("npy"), &r.latents)?;
+        return Ok(());
+    }
+    for (k, img) in images.iter().enumerate() {
+        let path = image_io::numbered_path(out, k);
+        image_io::save_png(&path, img)?;
+        latent::save_wplus(&path.with_extension("npy"), &r.latents.narrow(0, k, 1)?)?;
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
+fn imagine(cfg: &Config, a: ImagineArgs) -> anyhow::Result<()> {
+    image_io::check_size(a.size, 1024)?;
+    fsutil::check_writable(&a.output)?;
+    let p = load_pipeline(cfg)?;
+    let req = clip2gan::pipeline::ImagineRequest {
+        prompt: a.prompt,
+        count: a.count,
+        seed: a.seed,
+        truncation: a.truncation,
+        candidates: a.candidates.unwrap_or(a.count),
+    };
+    let r = p.imagine(std::slice::from_ref(&req))?.remove(0);
+    if r.truncated {
+        eprintln!("note: the prompt is longer than 77 CLIP tokens; the end was cut");
+    }
+    write_results(&a.output, a.grid, a.size, &r)
+}
+
+fn edit(cfg: &Config, a: EditArgs) -> anyhow::Result<()> {
+    image_io::check_size(a.size, 1024)?;
+    fsutil::check_writable(&a.output)?;
+    let p = load_pipeline(cfg)?;
+    let w = latent::load_wplus(p.generator.as_ref(), &a.latent, latent::Space::Wplus, 1.0)?;
+    if w.dim(0)? != 1 {
+        return Err(Error::invalid(format!(
+            "{} holds {} latents; edit takes one ([23, 512] or [1, 23, 512])",
+            a.latent.display(),
+            w.dim(0)?
+        ))
+        .into());
+    }
+    let req = clip2gan::pipeline::EditRequest {
+        latent: w.squeeze(0)?,
+        instruction: a.instruction,
+        strength: a.strength,
+        layers: a.layers,
+    };
+    let r = p.edit(std::slice::from_ref(&req))?.remove(0);
+    write_results(&a.output, false, a.size, &r)
 }
 
 fn clip_score(cfg: &Config, text: &str, images: &[PathBuf]) -> anyhow::Result<()> {

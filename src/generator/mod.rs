@@ -40,6 +40,17 @@ pub trait Generator: Send + Sync {
     /// `W+ [n, num_styles, w_dim]` -> images `[n, 3, R, R]`, RGB, about [-1, 1].
     fn synthesize(&self, wplus: &Tensor, noise: NoiseMode) -> Result<Tensor>;
 
+    /// Style indices of the coarse (pose, face shape), middle (features,
+    /// hair style) and fine (colour, texture) layers, in that order. The
+    /// default splits W+ at 30% and 57%, which for StyleGAN-like 1024 px
+    /// generators puts <= 16 px in coarse and >= 128 px in fine.
+    fn layer_groups(&self) -> [std::ops::Range<usize>; 3] {
+        let n = self.num_styles();
+        let a = ((n as f64) * 0.30).round() as usize;
+        let b = ((n as f64) * 0.57).round() as usize;
+        [0..a, a..b, b..n]
+    }
+
     /// Repeat each `w [n, w_dim]` for every style input: `[n, num_styles, w_dim]`.
     fn broadcast_w(&self, w: &Tensor) -> Result<Tensor> {
         let (n, d) = w.dims2()?;

@@ -1,0 +1,198 @@
+//! What the engine's worker runs: a [`Backend`] turns a batch of requests
+//! into images. [`PipelineBackend`] is the real one (CLIP + mapper +
+//! generator); tests also use small fakes to exercise the queue.
+
+use std::io::Cursor;
+
+use candle_core::Tensor;
+use image::RgbImage;
+
+use super::types::{EngineError, Latent, Request};
+use crate::image_io;
+use crate::pipeline::{EditRequest, ImagineRequest, Pipeline, Rendered};
+
+/// A request whose latent references were resolved to data.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub request: Request,
+    /// Latents the request refers to, in the order they appear in it.
+    pub latents: Vec<Latent>,
+}
+
+/// Images and latents of one job, before encoding.
+#[derive(Debug, Clone)]
+pub struct RawOutput {
+    pub images: Vec<RgbImage>,
+    pub latents: Vec<Latent>,
+    /// Encode the images as one animation instead of separate PNGs.
+    pub animate: bool,
+    pub truncated_prompt: bool,
+    pub scores: Option<Vec<f32>>,
+}
+
+pub trait Backend: Send + 'static {
+    /// Shape of this backend's latents: (styles, dim).
+    fn latent_shape(&self) -> (usize, usize);
+    /// Run requests of one batch kind together; one result per request, in order.
+    fn run(&mut self, batch: &[Resolved]) -> Vec<Result<RawOutput, EngineError>>;
+}
+
+pub struct PipelineBackend {
+    pub pipeline: Pipeline,
+    /// Side of the delivered images (area-downscaled from the generator's).
+    pub output_size: usize,
+}
+
+fn failed(e: impl std::fmt::Display) -> EngineError {
+    // Validation problems surface as InvalidArgument from the pipeline.
+    let msg = e.to_string();
+    match msg.strip_prefix("invalid argument: ") {
+        Some(m) => EngineError::InvalidRequest(m.to_string()),
+        None => EngineError::Failed(msg),
+    }
+}
+
+impl PipelineBackend {
+    fn tensor(&self, l: &Latent) -> Result<Tensor, EngineError> {
+        let dev = self.pipeline.generator.device();
+        Tensor::from_vec(l.data.clone(), (l.styles, l.dim), dev).map_err(failed)
+    }
+
+    fn output(&self, r: Rendered, animate: bool) -> Result<RawOutput, EngineError> {
+        let images =
+            image_io::to_rgb8(&image_io::resize_area(&r.images, self.output_size).map_err(failed)?)
+                .map_err(failed)?;
+        let (n, s, d) = r.latents.dims3().map_err(failed)?;
+        let flat = r
+            .latents
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(failed)?;
+        let latents = (0..n)
+            .map(|i| Latent {
+                styles: s,
+                dim: d,
+                data: flat[i * s * d..(i + 1) * s * d].to_vec(),
+            })
+            .collect();
+        Ok(RawOutput {
+            images,
+            latents,
+            animate,
+            truncated_prompt: r.truncated,
+            scores: r.scores,
+        })
+    }
+
+    fn run_one(&self, job: &Resolved) -> Result<RawOutput, EngineError> {
+        let p = &self.pipeline;
+        match &job.request {
+            Request::Invert { image } => {
+                let img = image::ImageReader::new(Cursor::new(image))
+                    .with_guessed_format()
+                    .map_err(failed)?
+                    .decode()
+                    .map_err(|e| {
+                        EngineError::InvalidRequest(format!(
+                            "that file is not a readable image ({e})"
+                        ))
+                    })?;
+                let r = p.invert(&[img]).map_err(failed)?;
+                self.output(r.into_iter().next().expect("one result"), false)
+            }
+            Request::Variations {
+                seed,
+                count,
+                amount,
+                ..
+            } => {
+                let lat = self.tensor(&job.latents[0])?;
+                self.output(
+                    p.variations(&lat, *seed, *count, *amount).map_err(failed)?,
+                    false,
+                )
+            }
+            Request::Interpolate { frames, .. } => {
+                let a = self.tensor(&job.latents[0])?;
+                let b = self.tensor(&job.latents[1])?;
+                self.output(p.interpolate(&a, &b, *frames).map_err(failed)?, true)
+            }
+            _ => {
+                let mut v = self.run_batch(std::slice::from_ref(job))?;
+                Ok(v.remove(0))
+            }
+        }
+    }
+
+    /// Imagine or edit requests in one forward pass.
+    fn run_batch(&self, batch: &[Resolved]) -> Result<Vec<RawOutput>, EngineError> {
+        let p = &self.pipeline;
+        let rendered = match &batch[0].request {
+            Request::Imagine { .. } => {
+                let reqs = batch
+                    .iter()
+                    .map(|j| match &j.request {
+                        Request::Imagine {
+                            prompt,
+                            count,
+                            seed,
+                            truncation,
+                            candidates,
+                        } => Ok(ImagineRequest {
+                            prompt: prompt.clone(),
+                            count: *count,
+                            seed: *seed,
+                            truncation: *truncation,
+                            candidates: *candidates,
+                        }),
+                        _ => Err(EngineError::Failed("mixed batch".into())),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                p.imagine(&reqs).map_err(failed)?
+            }
+            Request::Edit { .. } => {
+                let reqs = batch
+                    .iter()
+                    .map(|j| match &j.request {
+                        Request::Edit {
+                            instruction,
+                            strength,
+                            layers,
+                            ..
+                        } => Ok(EditRequest {
+                            latent: self.tensor(&j.latents[0])?,
+                            instruction: instruction.clone(),
+                            strength: *strength,
+                            layers: *layers,
+                        }),
+                        _ => Err(EngineError::Failed("mixed batch".into())),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                p.edit(&reqs).map_err(failed)?
+            }
+            _ => return Err(EngineError::Failed("not a batchable request".into())),
+        };
+        rendered
+            .into_iter()
+            .map(|r| self.output(r, false))
+            .collect()
+    }
+}
+
+impl Backend for PipelineBackend {
+    fn latent_shape(&self) -> (usize, usize) {
+        let g = &self.pipeline.generator;
+        (g.num_styles(), g.w_dim())
+    }
+
+    fn run(&mut self, batch: &[Resolved]) -> Vec<Result<RawOutput, EngineError>> {
+        if batch.len() == 1 {
+            return vec![self.run_one(&batch[0])];
+        }
+        match self.run_batch(batch) {
+            Ok(v) => v.into_iter().map(Ok).collect(),
+            // One bad request must not fail its neighbours: retry one by one.
+            Err(_) => batch.iter().map(|j| self.run_one(j)).collect(),
+        }
+    }
+}

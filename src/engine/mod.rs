@@ -1,0 +1,553 @@
+//! The inference engine: one worker thread owns the models and the device;
+//! clients submit jobs from async code and await the result.
+//!
+//! - A bounded FIFO queue; a full queue rejects at once ([`EngineError::QueueFull`]).
+//! - A per-user limit on jobs queued or running.
+//! - Dynamic batching: the worker takes the oldest job, waits up to
+//!   `max_wait` for more jobs of the same kind (imagine with imagine, edit
+//!   with edit) from any user, and runs up to `max_batch` images in one pass.
+//! - Queue positions can be asked, queued jobs cancelled.
+//! - A panic or error inside a batch is retried job by job, so it fails only
+//!   the job that caused it; the worker keeps serving.
+//! - Shutdown either drains the queue or answers every queued job with
+//!   [`EngineError::ShuttingDown`].
+//! - PNG/GIF encoding happens in the awaiting task (a blocking thread), not
+//!   on the inference thread.
+
+pub mod backend;
+pub mod types;
+
+use std::collections::{HashMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tokio::sync::oneshot;
+
+pub use backend::{Backend, PipelineBackend, RawOutput, Resolved};
+pub use types::*;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Jobs waiting at most; more are rejected.
+    pub queue_capacity: usize,
+    /// Images per forward pass (1 turns batching off).
+    pub max_batch: usize,
+    /// How long the oldest job may wait for others to join its batch.
+    pub max_wait_ms: u64,
+    /// Jobs one user may have queued or running.
+    pub per_user_limit: usize,
+    /// Side of delivered images in pixels.
+    pub output_size: usize,
+    /// Latents kept in memory for follow-up requests (oldest evicted first).
+    pub latent_cache: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            queue_capacity: 64,
+            max_batch: 8,
+            max_wait_ms: 25,
+            per_user_limit: 2,
+            output_size: 512,
+            latent_cache: 10_000,
+        }
+    }
+}
+
+struct Queued {
+    id: JobId,
+    user: UserId,
+    request: Request,
+    tx: oneshot::Sender<Result<RawOutput, EngineError>>,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Queued>,
+    per_user: HashMap<UserId, usize>,
+    next_id: u64,
+    next_latent: u64,
+    shutting_down: bool,
+    drain: bool,
+    /// Bounded latent store: insertion order for eviction.
+    latents: HashMap<LatentId, Latent>,
+    latent_order: VecDeque<LatentId>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+    config: EngineConfig,
+    latent_shape: (usize, usize),
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The lock is never held across model code, so poisoning means a bug
+        // in this module; keep serving with the data as it is.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn finish(&self, user: UserId) {
+        let mut s = self.lock();
+        if let Some(n) = s.per_user.get_mut(&user) {
+            *n -= 1;
+            if *n == 0 {
+                s.per_user.remove(&user);
+            }
+        }
+    }
+}
+
+pub struct Engine {
+    shared: Arc<Shared>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A submitted job: await [`JobHandle::wait`] for its output.
+pub struct JobHandle {
+    pub id: JobId,
+    rx: oneshot::Receiver<Result<RawOutput, EngineError>>,
+    shared: Arc<Shared>,
+}
+
+impl Engine {
+    /// Start the worker thread; `make_backend` runs on it (models are loaded
+    /// where they are used). Fails if the backend cannot be built.
+    pub fn start<B, F>(config: EngineConfig, make_backend: F) -> crate::error::Result<Engine>
+    where
+        B: Backend,
+        F: FnOnce() -> crate::error::Result<B> + Send + 'static,
+    {
+        if config.queue_capacity == 0 || config.max_batch == 0 || config.per_user_limit == 0 {
+            return Err(crate::error::Error::Config(
+                "engine.queue_capacity, max_batch and per_user_limit must be at least 1".into(),
+            ));
+        }
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let config2 = config.clone();
+        let handle = std::thread::Builder::new()
+            .name("clip2gan-inference".into())
+            .spawn(move || {
+                let backend = match make_backend() {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let shared = Arc::new(Shared {
+                    state: Mutex::new(State::default()),
+                    wake: Condvar::new(),
+                    config: config2,
+                    latent_shape: backend.latent_shape(),
+                });
+                let _ = ready_tx.send(Ok(shared.clone()));
+                worker(shared, backend);
+            })
+            .map_err(|e| {
+                crate::error::Error::Config(format!("cannot start the inference thread: {e}"))
+            })?;
+        let shared = ready_rx.recv().map_err(|_| {
+            crate::error::Error::Config("the inference thread died while starting".into())
+        })??;
+        Ok(Engine {
+            shared,
+            worker: Mutex::new(Some(handle)),
+        })
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.shared.config
+    }
+
+    /// (styles, dim) of the latents this engine produces and accepts.
+    pub fn latent_shape(&self) -> (usize, usize) {
+        self.shared.latent_shape
+    }
+
+    /// Queue a job. Fails at once when the request is invalid, the queue is
+    /// full, the user has too many jobs, or the engine is shutting down.
+    pub fn submit(&self, user: UserId, request: Request) -> Result<JobHandle, EngineError> {
+        validate(&request, self.shared.latent_shape)?;
+        let mut s = self.shared.lock();
+        if s.shutting_down {
+            return Err(EngineError::ShuttingDown);
+        }
+        if s.queue.len() >= self.shared.config.queue_capacity {
+            return Err(EngineError::QueueFull {
+                capacity: self.shared.config.queue_capacity,
+            });
+        }
+        let limit = self.shared.config.per_user_limit;
+        if s.per_user.get(&user).copied().unwrap_or(0) >= limit {
+            return Err(EngineError::UserBusy { limit });
+        }
+        s.next_id += 1;
+        let id = JobId(s.next_id);
+        let (tx, rx) = oneshot::channel();
+        *s.per_user.entry(user).or_default() += 1;
+        s.queue.push_back(Queued {
+            id,
+            user,
+            request,
+            tx,
+        });
+        drop(s);
+        self.shared.wake.notify_all();
+        Ok(JobHandle {
+            id,
+            rx,
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// Jobs ahead of `id` in the queue; `None` once it runs or is done.
+    pub fn position(&self, id: JobId) -> Option<usize> {
+        self.shared.lock().queue.iter().position(|q| q.id == id)
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.shared.lock().queue.len()
+    }
+
+    /// Cancel a queued job (running jobs finish). True if it was cancelled.
+    pub fn cancel(&self, id: JobId) -> bool {
+        let mut s = self.shared.lock();
+        let Some(i) = s.queue.iter().position(|q| q.id == id) else {
+            return false;
+        };
+        let q = s.queue.remove(i).expect("index from position");
+        drop(s);
+        let _ = q.tx.send(Err(EngineError::Cancelled));
+        self.shared.finish(q.user);
+        true
+    }
+
+    /// A latent kept by the engine.
+    pub fn latent(&self, id: LatentId) -> Option<Latent> {
+        self.shared.lock().latents.get(&id).cloned()
+    }
+
+    /// Stop taking jobs. With `drain`, queued jobs still run; otherwise each
+    /// is answered with [`EngineError::ShuttingDown`]. Returns when the
+    /// worker has stopped.
+    pub fn shutdown(&self, drain: bool) {
+        {
+            let mut s = self.shared.lock();
+            s.shutting_down = true;
+            s.drain = drain;
+        }
+        self.shared.wake.notify_all();
+        if let Some(h) = self.worker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown(false);
+    }
+}
+
+impl JobHandle {
+    /// Wait for the result; images are encoded (PNG, or GIF for animations)
+    /// on a blocking thread.
+    pub async fn wait(self) -> Result<Output, EngineError> {
+        let raw = self.rx.await.map_err(|_| EngineError::ShuttingDown)??;
+        let ids = {
+            let mut s = self.shared.lock();
+            let cap = self.shared.config.latent_cache.max(1);
+            raw.latents
+                .iter()
+                .map(|l| {
+                    s.next_latent += 1;
+                    let id = LatentId(s.next_latent);
+                    s.latents.insert(id, l.clone());
+                    s.latent_order.push_back(id);
+                    while s.latent_order.len() > cap {
+                        if let Some(old) = s.latent_order.pop_front() {
+                            s.latents.remove(&old);
+                        }
+                    }
+                    id
+                })
+                .collect::<Vec<_>>()
+        };
+        let RawOutput {
+            images,
+            latents,
+            animate,
+            truncated_prompt,
+            scores,
+        } = raw;
+        let images = tokio::task::spawn_blocking(move || encode(&images, animate))
+            .await
+            .map_err(|e| EngineError::Failed(format!("encoding task failed: {e}")))??;
+        Ok(Output {
+            images,
+            latents: ids.into_iter().zip(latents).collect(),
+            truncated_prompt,
+            scores,
+        })
+    }
+}
+
+fn encode(images: &[image::RgbImage], animate: bool) -> Result<Vec<Vec<u8>>, EngineError> {
+    let fail =
+        |e: &dyn std::fmt::Display| EngineError::Failed(format!("encoding the image failed: {e}"));
+    if !animate {
+        return images
+            .iter()
+            .map(|i| crate::image_io::encode_png(i).map_err(|e| fail(&e)))
+            .collect();
+    }
+    let mut buf = Vec::new();
+    {
+        let mut enc = image::codecs::gif::GifEncoder::new_with_speed(&mut buf, 10);
+        enc.set_repeat(image::codecs::gif::Repeat::Infinite)
+            .map_err(|e| fail(&e))?;
+        for img in images {
+            let rgba = image::DynamicImage::ImageRgb8(img.clone()).to_rgba8();
+            let frame =
+                image::Frame::from_parts(rgba, 0, 0, image::Delay::from_numer_denom_ms(100, 1));
+            enc.encode_frame(frame).map_err(|e| fail(&e))?;
+        }
+    }
+    Ok(vec![buf])
+}
+
+/// Cheap checks done at submit time, so a bad request never joins a batch.
+fn validate(r: &Request, shape: (usize, usize)) -> Result<(), EngineError> {
+    use crate::pipeline::{MAX_COUNT, STRENGTH_RANGE};
+    let bad = |m: String| Err(EngineError::InvalidRequest(m));
+    let check_latent = |l: &LatentRef| match l {
+        LatentRef::Data(d) if (d.styles, d.dim) != shape || d.data.len() != d.styles * d.dim => {
+            bad(format!(
+                "the latent has shape {}x{} ({} values); this generator needs {}x{}",
+                d.styles,
+                d.dim,
+                d.data.len(),
+                shape.0,
+                shape.1
+            ))
+        }
+        LatentRef::Data(d) if d.data.iter().any(|v| !v.is_finite()) => {
+            bad("the latent has NaN or infinite values".into())
+        }
+        _ => Ok(()),
+    };
+    match r {
+        Request::Imagine {
+            prompt,
+            count,
+            candidates,
+            truncation,
+            ..
+        } => {
+            if prompt.trim().is_empty() {
+                return bad(
+                    "the prompt is empty: describe a face, e.g. \"a man with a beard\"".into(),
+                );
+            }
+            if !(1..=MAX_COUNT).contains(count) {
+                return bad(format!("count must be 1 to {MAX_COUNT}"));
+            }
+            if *candidates < *count || *candidates > 4 * MAX_COUNT {
+                return bad(format!(
+                    "candidates must be between count and {}",
+                    4 * MAX_COUNT
+                ));
+            }
+            if let Some(t) = truncation {
+                crate::generator::check_truncation(*t)
+                    .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
+            }
+            Ok(())
+        }
+        Request::Edit {
+            latent,
+            instruction,
+            strength,
+            ..
+        } => {
+            if instruction.trim().is_empty() {
+                return bad("the edit is empty: say what to change, e.g. \"add smile\"".into());
+            }
+            if !strength.is_finite() || !STRENGTH_RANGE.contains(strength) {
+                return bad(format!("strength {strength} is out of range: use -3 to 3"));
+            }
+            check_latent(latent)
+        }
+        Request::Invert { image } => {
+            if image.is_empty() {
+                return bad("the image is empty".into());
+            }
+            Ok(())
+        }
+        Request::Variations {
+            latent,
+            count,
+            amount,
+            ..
+        } => {
+            if !(1..=MAX_COUNT).contains(count) || !(0.0..=1.0).contains(amount) {
+                return bad(format!("variations: count 1 to {MAX_COUNT}, amount 0 to 1"));
+            }
+            check_latent(latent)
+        }
+        Request::Interpolate { a, b, frames } => {
+            if !(2..=64).contains(frames) {
+                return bad("frames must be 2 to 64".into());
+            }
+            check_latent(a)?;
+            check_latent(b)
+        }
+    }
+}
+
+/// Take the next batch: the oldest job, plus (if batchable) later jobs of
+/// the same kind up to `max_batch` images, waiting up to `max_wait` for them.
+fn next_batch(shared: &Shared) -> Option<Vec<Queued>> {
+    let cfg = &shared.config;
+    let mut s = shared.lock();
+    loop {
+        if s.shutting_down && (!s.drain || s.queue.is_empty()) {
+            let rest: Vec<Queued> = s.queue.drain(..).collect();
+            drop(s);
+            for q in rest {
+                let _ = q.tx.send(Err(EngineError::ShuttingDown));
+                shared.finish(q.user);
+            }
+            return None;
+        }
+        if s.queue.is_empty() {
+            s = shared.wake.wait(s).unwrap_or_else(|e| e.into_inner());
+            continue;
+        }
+        let kind = s.queue[0].request.batch_kind();
+        let batching = kind.is_some() && cfg.max_batch > 1;
+        if batching {
+            let deadline = Instant::now() + Duration::from_millis(cfg.max_wait_ms);
+            loop {
+                let images: usize = s
+                    .queue
+                    .iter()
+                    .filter(|q| q.request.batch_kind() == kind)
+                    .map(|q| q.request.images())
+                    .sum();
+                let now = Instant::now();
+                if images >= cfg.max_batch
+                    || now >= deadline
+                    || s.shutting_down
+                    || s.queue.is_empty()
+                {
+                    break;
+                }
+                s = shared
+                    .wake
+                    .wait_timeout(s, deadline - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+        }
+        // Jobs may have been cancelled while we waited: start over if the
+        // queue emptied or its head changed kind.
+        if s.queue.is_empty() || s.queue[0].request.batch_kind() != kind {
+            continue;
+        }
+        // The oldest job always goes; others of its kind join while they fit.
+        let first = s.queue.pop_front().expect("queue is not empty");
+        let mut images = first.request.images();
+        let mut batch = vec![first];
+        if batching {
+            let mut i = 0;
+            while i < s.queue.len() {
+                let q = &s.queue[i];
+                if q.request.batch_kind() == kind && images + q.request.images() <= cfg.max_batch {
+                    images += q.request.images();
+                    batch.push(s.queue.remove(i).expect("index in range"));
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        return Some(batch);
+    }
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+fn worker<B: Backend>(shared: Arc<Shared>, mut backend: B) {
+    while let Some(batch) = next_batch(&shared) {
+        // Resolve latent ids now: an evicted latent fails only its job.
+        let mut ready = Vec::new();
+        for q in batch {
+            match resolve(&shared, &q.request) {
+                Ok(r) => ready.push((q, r)),
+                Err(e) => {
+                    let _ = q.tx.send(Err(e));
+                    shared.finish(q.user);
+                }
+            }
+        }
+        if ready.is_empty() {
+            continue;
+        }
+        let jobs: Vec<Resolved> = ready.iter().map(|(_, r)| r.clone()).collect();
+        let results = match catch_unwind(AssertUnwindSafe(|| backend.run(&jobs))) {
+            Ok(r) if r.len() == jobs.len() => r,
+            // A panic (or a malformed answer): run each job alone so only the
+            // culprit fails.
+            _ => jobs
+                .iter()
+                .map(|j| {
+                    catch_unwind(AssertUnwindSafe(|| backend.run(std::slice::from_ref(j))))
+                        .map_err(|p| {
+                            EngineError::Failed(format!("internal error ({})", panic_message(&*p)))
+                        })
+                        .and_then(|mut v| {
+                            v.pop()
+                                .unwrap_or_else(|| Err(EngineError::Failed("no result".into())))
+                        })
+                })
+                .collect(),
+        };
+        for ((q, _), r) in ready.into_iter().zip(results) {
+            let _ = q.tx.send(r);
+            shared.finish(q.user);
+        }
+    }
+}
+
+fn resolve(shared: &Shared, r: &Request) -> Result<Resolved, EngineError> {
+    let get = |l: &LatentRef| match l {
+        LatentRef::Data(d) => Ok(d.clone()),
+        LatentRef::Id(id) => shared
+            .lock()
+            .latents
+            .get(id)
+            .cloned()
+            .ok_or(EngineError::UnknownLatent(*id)),
+    };
+    let latents = match r {
+        Request::Edit { latent, .. } | Request::Variations { latent, .. } => vec![get(latent)?],
+        Request::Interpolate { a, b, .. } => vec![get(a)?, get(b)?],
+        _ => Vec::new(),
+    };
+    Ok(Resolved {
+        request: r.clone(),
+        latents,
+    })
+}

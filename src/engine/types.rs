@@ -1,0 +1,116 @@
+//! The engine's API in plain types: what the bot and the CLI send and get
+//! back. Nothing here is a tensor.
+
+use serde::{Deserialize, Serialize};
+
+pub use crate::pipeline::Layers;
+
+/// Who asked (a Discord user id, or anything unique per client).
+pub type UserId = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct JobId(pub u64);
+
+/// A latent kept by the engine for follow-up requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct LatentId(pub u64);
+
+/// A W+ latent as plain data, `styles x dim` floats, row-major.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Latent {
+    pub styles: usize,
+    pub dim: usize,
+    pub data: Vec<f32>,
+}
+
+/// A latent by id (kept by the engine) or by value (e.g. from a store on disk).
+#[derive(Debug, Clone)]
+pub enum LatentRef {
+    Id(LatentId),
+    Data(Latent),
+}
+
+#[derive(Debug, Clone)]
+pub enum Request {
+    Imagine {
+        prompt: String,
+        count: usize,
+        seed: u64,
+        truncation: Option<f64>,
+        /// Draw this many (>= count) and keep the best by CLIP score.
+        candidates: usize,
+    },
+    Edit {
+        latent: LatentRef,
+        instruction: String,
+        strength: f64,
+        layers: Layers,
+    },
+    /// Encoded image bytes (PNG, JPEG, ...) to turn into an editable latent.
+    Invert { image: Vec<u8> },
+    Variations {
+        latent: LatentRef,
+        seed: u64,
+        count: usize,
+        amount: f64,
+    },
+    /// An animation from `a` to `b`.
+    Interpolate {
+        a: LatentRef,
+        b: LatentRef,
+        frames: usize,
+    },
+}
+
+impl Request {
+    /// Requests of the same kind can share one forward pass.
+    pub(crate) fn batch_kind(&self) -> Option<u8> {
+        match self {
+            Request::Imagine { .. } => Some(0),
+            Request::Edit { .. } => Some(1),
+            _ => None,
+        }
+    }
+
+    /// Images this request renders (its weight in a batch).
+    pub(crate) fn images(&self) -> usize {
+        match self {
+            Request::Imagine { candidates, .. } => *candidates,
+            Request::Variations { count, .. } => *count,
+            Request::Interpolate { frames, .. } => *frames,
+            Request::Edit { .. } | Request::Invert { .. } => 1,
+        }
+    }
+}
+
+/// What a finished job returns.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// PNG files, one per image; for `Interpolate`, one animated GIF.
+    pub images: Vec<Vec<u8>>,
+    /// The latent of each image, kept by the engine under these ids.
+    pub latents: Vec<(LatentId, Latent)>,
+    /// The prompt was longer than CLIP's 77 tokens and was cut.
+    pub truncated_prompt: bool,
+    /// CLIP scores of the kept candidates, when candidates were ranked.
+    pub scores: Option<Vec<f32>>,
+}
+
+/// Why a job did not produce images. Messages are written for the end user.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    #[error("the queue is full ({capacity} jobs waiting); please try again in a minute")]
+    QueueFull { capacity: usize },
+    #[error("you already have {limit} jobs in progress; wait for one to finish")]
+    UserBusy { limit: usize },
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("that result is no longer in memory; create a new one with /imagine")]
+    UnknownLatent(LatentId),
+    #[error("the job was cancelled")]
+    Cancelled,
+    #[error("the image service is shutting down; please try again later")]
+    ShuttingDown,
+    #[error("generation failed: {0}")]
+    Failed(String),
+}

@@ -1,0 +1,114 @@
+//! The edit grammar: turning "add smile" into a target and a neutral phrase.
+//!
+//! | instruction                         | target phrase                      | neutral phrase          |
+//! |-------------------------------------|------------------------------------|-------------------------|
+//! | `add X`, `with X`, `give X`         | a photo of a face with X           | a photo of a face       |
+//! | `remove X`, `without X`, `no X`     | a photo of a face                  | a photo of a face with X|
+//! | `make X`, `make it X`, `more X`     | a photo of a/an X face             | a photo of a face       |
+//! | `less X`, `not X`                   | a photo of a face                  | a photo of a/an X face  |
+//! | anything else                       | the text as written                | a photo of a face       |
+//!
+//! Words are matched case-insensitively; the direction applied to a latent
+//! is `M(target) - M(neutral)` (M = CLIP text encoder, then the mapper).
+
+pub const NEUTRAL: &str = "a photo of a face";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EditPhrases {
+    pub target: String,
+    pub neutral: String,
+}
+
+fn article(word: &str) -> &'static str {
+    match word.chars().next().map(|c| c.to_ascii_lowercase()) {
+        Some('a' | 'e' | 'i' | 'o' | 'u') => "an",
+        _ => "a",
+    }
+}
+
+fn with(x: &str) -> String {
+    format!("{NEUTRAL} with {x}")
+}
+
+fn adjective(x: &str) -> String {
+    format!("a photo of {} {x} face", article(x))
+}
+
+/// Parse an instruction; `None` for empty text.
+pub fn parse(instruction: &str) -> Option<EditPhrases> {
+    let text = instruction.split_whitespace().collect::<Vec<_>>().join(" ");
+    if text.is_empty() {
+        return None;
+    }
+    let lower = text.to_lowercase();
+    let rest = |prefix: &str| -> Option<&str> {
+        lower
+            .strip_prefix(prefix)
+            .filter(|r| r.starts_with(' '))
+            .map(|_| text[prefix.len()..].trim())
+            .filter(|r| !r.is_empty())
+    };
+    let phrases = |target: String, neutral: String| Some(EditPhrases { target, neutral });
+    for p in ["add", "with", "give"] {
+        if let Some(x) = rest(p) {
+            return phrases(with(x), NEUTRAL.into());
+        }
+    }
+    for p in ["remove", "without", "no"] {
+        if let Some(x) = rest(p) {
+            return phrases(NEUTRAL.into(), with(x));
+        }
+    }
+    for p in ["make it", "make", "more"] {
+        if let Some(x) = rest(p) {
+            return phrases(adjective(x), NEUTRAL.into());
+        }
+    }
+    for p in ["less", "not"] {
+        if let Some(x) = rest(p) {
+            return phrases(NEUTRAL.into(), adjective(x));
+        }
+    }
+    phrases(text, NEUTRAL.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grammar() {
+        let p = parse("Add  smile").unwrap();
+        assert_eq!(p.target, "a photo of a face with smile");
+        assert_eq!(p.neutral, NEUTRAL);
+        let p = parse("remove beard").unwrap();
+        assert_eq!(
+            (p.target.as_str(), p.neutral.as_str()),
+            (NEUTRAL, "a photo of a face with beard")
+        );
+        assert_eq!(
+            parse("make older").unwrap().target,
+            "a photo of an older face"
+        );
+        assert_eq!(
+            parse("more happy").unwrap().target,
+            "a photo of a happy face"
+        );
+        assert_eq!(
+            parse("less angry").unwrap().neutral,
+            "a photo of an angry face"
+        );
+        assert_eq!(
+            parse("with glasses").unwrap().target,
+            "a photo of a face with glasses"
+        );
+        assert_eq!(parse("red lipstick").unwrap().target, "red lipstick");
+        // A verb alone is raw text, not an empty attribute.
+        assert_eq!(parse("add").unwrap().target, "add");
+        assert_eq!(
+            parse("additional light").unwrap().target,
+            "additional light"
+        );
+        assert!(parse("   ").is_none());
+    }
+}

@@ -1,0 +1,414 @@
+//! Text-to-image and edits on top of CLIP, the mapper and a generator.
+//!
+//! Every operation takes a slice of requests and runs them as one batch
+//! (one CLIP call, one mapper call, generator calls of at most `max_batch`
+//! images), which is what lets the engine merge concurrent users' work.
+//! Results are tensors; the engine turns them into plain bytes.
+
+pub mod instruction;
+
+use candle_core::{DType, Device, Tensor, D};
+
+use crate::clip::{l2_normalize, Clip};
+use crate::error::{Error, Result};
+use crate::generator::{seeded_normal, z_for_seeds, Generator, NoiseMode};
+use crate::mapper::Mapper;
+
+/// Most images one request may ask for.
+pub const MAX_COUNT: usize = 16;
+/// Edit strengths outside this range distort faces beyond recognition.
+pub const STRENGTH_RANGE: std::ops::RangeInclusive<f64> = -3.0..=3.0;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Truncation applied to mapped latents (1 = none: the mapper's output
+    /// already sits near `w_avg`).
+    pub truncation: f64,
+    /// LAFITE-style perturbation of the text embedding per seed, for variety.
+    pub variation_xi: f64,
+    /// Blend of a seeded random style into the fine layers (colour, texture).
+    pub fine_mix: f64,
+    /// Images per generator call.
+    pub max_batch: usize,
+    pub noise: NoiseMode,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            truncation: 1.0,
+            variation_xi: 0.15,
+            fine_mix: 0.5,
+            max_batch: 8,
+            noise: NoiseMode::Fixed,
+        }
+    }
+}
+
+/// Which W+ layers an edit may change.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Layers {
+    #[default]
+    All,
+    Coarse,
+    Middle,
+    Fine,
+}
+
+#[derive(Debug, Clone)]
+pub struct ImagineRequest {
+    pub prompt: String,
+    pub count: usize,
+    pub seed: u64,
+    /// None: the pipeline's setting.
+    pub truncation: Option<f64>,
+    /// Draw this many candidates (>= count) and keep the best by CLIP score.
+    pub candidates: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct EditRequest {
+    /// W+ `[num_styles, w_dim]`.
+    pub latent: Tensor,
+    pub instruction: String,
+    pub strength: f64,
+    pub layers: Layers,
+}
+
+/// Latents and images of one request.
+#[derive(Debug, Clone)]
+pub struct Rendered {
+    /// `[n, num_styles, w_dim]`
+    pub latents: Tensor,
+    /// `[n, 3, R, R]` in about [-1, 1]
+    pub images: Tensor,
+    /// The prompt had more than 77 tokens and was cut.
+    pub truncated: bool,
+    /// CLIP score (100 x cosine) of each image, when candidates were ranked.
+    pub scores: Option<Vec<f32>>,
+}
+
+pub struct Pipeline {
+    pub clip: Clip,
+    pub mapper: Mapper,
+    pub generator: Box<dyn Generator>,
+    pub settings: Settings,
+}
+
+/// LAFITE's perturbation: `normalise((1 - xi) e + xi n / |n|)`.
+pub fn perturb(e: &Tensor, xi: f64, seed: u64) -> Result<Tensor> {
+    let (n, d) = e.dims2()?;
+    let noise = l2_normalize(&seeded_normal(seed, n, d, e.device())?)?;
+    l2_normalize(&((e * (1.0 - xi))? + (noise * xi)?)?)
+}
+
+impl Pipeline {
+    /// Load CLIP, the generator and the mapper named in the configuration,
+    /// checking that the mapper fits the other two. Warnings (e.g. a mapper
+    /// trained with a differently named CLIP) are returned for display.
+    pub fn load(cfg: &crate::config::Config, device: &Device) -> Result<(Pipeline, Vec<String>)> {
+        let mapper_path = cfg.mapper_path();
+        // Cheap checks first: a missing mapper should not cost a CLIP download.
+        crate::mapper::read_meta(&mapper_path)?;
+        let clip = Clip::load(&cfg.clip_files()?, device)?;
+        let generator = crate::generator::open(cfg, device, true)?;
+        let compat = crate::mapper::Compat {
+            clip_model: &cfg.clip.model,
+            clip_dim: clip.embed_dim(),
+            generator: generator.id(),
+            num_styles: generator.num_styles(),
+            w_dim: generator.w_dim(),
+        };
+        let (mapper, warnings) = Mapper::load(&mapper_path, &compat, device)?;
+        Ok((
+            Pipeline {
+                clip,
+                mapper,
+                generator,
+                settings: cfg.pipeline_settings(),
+            },
+            warnings,
+        ))
+    }
+
+    fn device(&self) -> &Device {
+        self.generator.device()
+    }
+
+    /// Run the generator in chunks of `max_batch`.
+    pub fn render(&self, wplus: &Tensor) -> Result<Tensor> {
+        let n = wplus.dim(0)?;
+        let mut out = Vec::new();
+        for start in (0..n).step_by(self.settings.max_batch.max(1)) {
+            let len = self.settings.max_batch.max(1).min(n - start);
+            out.push(
+                self.generator
+                    .synthesize(&wplus.narrow(0, start, len)?, self.settings.noise)?,
+            );
+        }
+        Ok(Tensor::cat(&out, 0)?)
+    }
+
+    fn check_truncation(&self, psi: Option<f64>) -> Result<f64> {
+        let psi = psi.unwrap_or(self.settings.truncation);
+        crate::generator::check_truncation(psi)?;
+        Ok(psi)
+    }
+
+    /// Text to faces for several requests in one batch.
+    pub fn imagine(&self, reqs: &[ImagineRequest]) -> Result<Vec<Rendered>> {
+        for r in reqs {
+            if r.prompt.trim().is_empty() {
+                return Err(Error::invalid(
+                    "the prompt is empty: describe a face, e.g. \"a man with a beard\"",
+                ));
+            }
+            if !(1..=MAX_COUNT).contains(&r.count)
+                || r.candidates < r.count
+                || r.candidates > 4 * MAX_COUNT
+            {
+                return Err(Error::invalid(format!(
+                    "count {} / candidates {} out of range: count 1 to {MAX_COUNT}, candidates count to {}",
+                    r.count,
+                    r.candidates,
+                    4 * MAX_COUNT
+                )));
+            }
+            self.check_truncation(r.truncation)?;
+        }
+        let prompts: Vec<&str> = reqs.iter().map(|r| r.prompt.as_str()).collect();
+        let (text, tokens) = self.clip.encode_text(&prompts)?;
+        let g = &self.generator;
+        let fine = g.layer_groups()[2].clone();
+        let mut wplus = Vec::new();
+        for (i, r) in reqs.iter().enumerate() {
+            let e = text.narrow(0, i, 1)?;
+            // Candidate k uses seed + k everywhere, so one image of a batch
+            // equals the same seed asked alone.
+            let es = (0..r.candidates)
+                .map(|k| {
+                    perturb(
+                        &e,
+                        self.settings.variation_xi,
+                        r.seed.wrapping_add(k as u64),
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let mut w = self.mapper.forward(&Tensor::cat(&es, 0)?)?;
+            if self.settings.fine_mix > 0.0 && !fine.is_empty() {
+                let z = z_for_seeds(r.seed, r.candidates, g.z_dim(), self.device())?;
+                let rand = g
+                    .broadcast_w(&g.map(&z)?)?
+                    .narrow(1, fine.start, fine.len())?;
+                let ours = w.narrow(1, fine.start, fine.len())?;
+                let mixed =
+                    ((ours * (1.0 - self.settings.fine_mix))? + (rand * self.settings.fine_mix)?)?;
+                w = w.slice_assign(&[0..r.candidates, fine.clone(), 0..g.w_dim()], &mixed)?;
+            }
+            wplus.push(g.truncate(&w, self.check_truncation(r.truncation)?)?);
+        }
+        let all = Tensor::cat(&wplus, 0)?;
+        let images = self.render(&all)?;
+        let mut out = Vec::with_capacity(reqs.len());
+        let mut offset = 0;
+        for (i, r) in reqs.iter().enumerate() {
+            let lat = all.narrow(0, offset, r.candidates)?;
+            let img = images.narrow(0, offset, r.candidates)?;
+            offset += r.candidates;
+            let (lat, img, scores) = if r.candidates > r.count {
+                let e_img = self.clip.encode_generated(&img)?;
+                let cos = e_img
+                    .matmul(&text.narrow(0, i, 1)?.t()?)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                let mut order: Vec<usize> = (0..cos.len()).collect();
+                order.sort_by(|a, b| cos[*b].total_cmp(&cos[*a]));
+                order.truncate(r.count);
+                let idx = Tensor::new(
+                    order.iter().map(|&k| k as u32).collect::<Vec<_>>(),
+                    self.device(),
+                )?;
+                let scores = order.iter().map(|&k| 100.0 * cos[k]).collect();
+                (
+                    lat.index_select(&idx, 0)?,
+                    img.index_select(&idx, 0)?,
+                    Some(scores),
+                )
+            } else {
+                (lat, img, None)
+            };
+            out.push(Rendered {
+                latents: lat,
+                images: img,
+                truncated: tokens[i].truncated,
+                scores,
+            });
+        }
+        Ok(out)
+    }
+
+    /// `M(target) - M(neutral)` for each instruction: `[n, styles, w_dim]`.
+    pub fn directions(&self, instructions: &[&str]) -> Result<Tensor> {
+        let mut texts = Vec::with_capacity(2 * instructions.len());
+        for ins in instructions {
+            let p = instruction::parse(ins).ok_or_else(|| {
+                Error::invalid("the edit is empty: say what to change, e.g. \"add smile\"")
+            })?;
+            texts.push(p.target);
+            texts.push(p.neutral);
+        }
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let (e, _) = self.clip.encode_text(&refs)?;
+        let w = self.mapper.forward(&e)?; // [2n, S, D], target/neutral interleaved
+        let (s, d) = (w.dim(1)?, w.dim(2)?);
+        let pairs = w.reshape((instructions.len(), 2, s, d))?;
+        Ok((pairs.narrow(1, 0, 1)? - pairs.narrow(1, 1, 1)?)?.squeeze(1)?)
+    }
+
+    fn layer_mask(&self, layers: Layers) -> Result<Tensor> {
+        let n = self.generator.num_styles();
+        let [c, m, f] = self.generator.layer_groups();
+        let range = match layers {
+            Layers::All => 0..n,
+            Layers::Coarse => c,
+            Layers::Middle => m,
+            Layers::Fine => f,
+        };
+        let v: Vec<f32> = (0..n)
+            .map(|i| if range.contains(&i) { 1.0 } else { 0.0 })
+            .collect();
+        Ok(Tensor::from_vec(v, (n, 1), self.device())?)
+    }
+
+    /// The paper's edit: add the mapped text direction to each latent.
+    pub fn edit(&self, reqs: &[EditRequest]) -> Result<Vec<Rendered>> {
+        if reqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let shape = (self.generator.num_styles(), self.generator.w_dim());
+        for r in reqs {
+            if !STRENGTH_RANGE.contains(&r.strength) || !r.strength.is_finite() {
+                return Err(Error::invalid(format!(
+                    "strength {} is out of range: use -3 to 3",
+                    r.strength
+                )));
+            }
+            if r.latent.dims2()? != shape {
+                return Err(Error::invalid(format!(
+                    "latent has shape {:?}, this generator needs [{}, {}]",
+                    r.latent.dims(),
+                    shape.0,
+                    shape.1
+                )));
+            }
+        }
+        let ins: Vec<&str> = reqs.iter().map(|r| r.instruction.as_str()).collect();
+        let dirs = self.directions(&ins)?;
+        let mut latents = Vec::with_capacity(reqs.len());
+        for (i, r) in reqs.iter().enumerate() {
+            let d = dirs.get(i)?.broadcast_mul(&self.layer_mask(r.layers)?)?;
+            let lat = r.latent.to_device(self.device())?.to_dtype(DType::F32)?;
+            latents.push((lat + (d * r.strength)?)?.unsqueeze(0)?);
+        }
+        self.render_each(&Tensor::cat(&latents, 0)?)
+    }
+
+    /// Photos to editable latents: CLIP image embedding -> mapper.
+    pub fn invert(&self, images: &[image::DynamicImage]) -> Result<Vec<Rendered>> {
+        let e = self.clip.encode_images(images)?;
+        self.render_each(&self.mapper.forward(&e)?)
+    }
+
+    /// `count` variations of a latent: a seeded random style blended into the
+    /// middle and fine layers by `amount` (0 = none, 1 = strong).
+    pub fn variations(
+        &self,
+        latent: &Tensor,
+        seed: u64,
+        count: usize,
+        amount: f64,
+    ) -> Result<Rendered> {
+        if !(0.0..=1.0).contains(&amount) || !(1..=MAX_COUNT).contains(&count) {
+            return Err(Error::invalid(format!(
+                "variations: amount {amount} must be in [0, 1], count {count} in 1 to {MAX_COUNT}"
+            )));
+        }
+        let g = &self.generator;
+        let z = z_for_seeds(seed, count, g.z_dim(), self.device())?;
+        let rand = g.broadcast_w(&g.map(&z)?)?;
+        let from = g.layer_groups()[1].start;
+        let n = g.num_styles();
+        let mask: Vec<f32> = (0..n)
+            .map(|i| if i >= from { amount as f32 } else { 0.0 })
+            .collect();
+        let mask = Tensor::from_vec(mask, (1, n, 1), self.device())?;
+        let base = latent
+            .to_device(self.device())?
+            .unsqueeze(0)?
+            .broadcast_as(rand.shape())?;
+        let w = (&base + (rand - &base)?.broadcast_mul(&mask)?)?;
+        let images = self.render(&w)?;
+        Ok(Rendered {
+            latents: w,
+            images,
+            truncated: false,
+            scores: None,
+        })
+    }
+
+    /// `frames` images from latent `a` to `b` (linear in W+), both ends included.
+    pub fn interpolate(&self, a: &Tensor, b: &Tensor, frames: usize) -> Result<Rendered> {
+        if !(2..=64).contains(&frames) {
+            return Err(Error::invalid(format!(
+                "frames {frames} out of range: use 2 to 64"
+            )));
+        }
+        let mut w = Vec::with_capacity(frames);
+        for k in 0..frames {
+            let t = k as f64 / (frames - 1) as f64;
+            w.push(((a * (1.0 - t))? + (b * t)?)?.unsqueeze(0)?);
+        }
+        let w = Tensor::cat(&w, 0)?.to_device(self.device())?;
+        let images = self.render(&w)?;
+        Ok(Rendered {
+            latents: w,
+            images,
+            truncated: false,
+            scores: None,
+        })
+    }
+
+    fn render_each(&self, w: &Tensor) -> Result<Vec<Rendered>> {
+        let images = self.render(w)?;
+        (0..w.dim(0)?)
+            .map(|i| {
+                Ok(Rendered {
+                    latents: w.narrow(0, i, 1)?,
+                    images: images.narrow(0, i, 1)?,
+                    truncated: false,
+                    scores: None,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Mean absolute difference of two image batches (tests and diagnostics).
+pub fn mean_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    Ok((a - b)?
+        .abs()?
+        .flatten_all()?
+        .mean(D::Minus1)?
+        .to_scalar::<f32>()?)
+}

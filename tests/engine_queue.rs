@@ -1,0 +1,275 @@
+//! The engine's queue mechanics with a fake backend: capacity, per-user
+//! limits, cancellation, positions, batching, panics and shutdown.
+
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use clip2gan::engine::*;
+
+/// Prompts of each batch the fake ran, in order.
+type Batches = Arc<Mutex<Vec<Vec<String>>>>;
+
+/// Answers each imagine job with one 1x1 image; "panic" panics, and while
+/// `gate` is set each batch waits for a message before running.
+struct Fake {
+    batches: Batches,
+    gate: Option<mpsc::Receiver<()>>,
+}
+
+impl Backend for Fake {
+    fn latent_shape(&self) -> (usize, usize) {
+        (2, 3)
+    }
+
+    fn run(&mut self, batch: &[Resolved]) -> Vec<Result<RawOutput, EngineError>> {
+        if let Some(g) = &self.gate {
+            let _ = g.recv_timeout(Duration::from_secs(10));
+        }
+        let prompts: Vec<String> = batch
+            .iter()
+            .map(|j| match &j.request {
+                Request::Imagine { prompt, .. } => prompt.clone(),
+                Request::Edit { instruction, .. } => format!("edit:{instruction}"),
+                _ => "other".into(),
+            })
+            .collect();
+        self.batches.lock().unwrap().push(prompts.clone());
+        prompts
+            .iter()
+            .map(|p| {
+                if p == "panic" {
+                    panic!("boom");
+                }
+                Ok(RawOutput {
+                    images: vec![image::RgbImage::new(1, 1)],
+                    latents: vec![Latent {
+                        styles: 2,
+                        dim: 3,
+                        data: vec![0.5; 6],
+                    }],
+                    animate: false,
+                    truncated_prompt: false,
+                    scores: None,
+                })
+            })
+            .collect()
+    }
+}
+
+fn engine(cfg: EngineConfig, gated: bool) -> (Engine, Batches, Option<mpsc::Sender<()>>) {
+    let batches = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = mpsc::channel();
+    let b = batches.clone();
+    let e = Engine::start(cfg, move || {
+        Ok(Fake {
+            batches: b,
+            gate: gated.then_some(rx),
+        })
+    })
+    .unwrap();
+    (e, batches, gated.then_some(tx))
+}
+
+fn imagine(p: &str) -> Request {
+    Request::Imagine {
+        prompt: p.into(),
+        count: 1,
+        seed: 0,
+        truncation: None,
+        candidates: 1,
+    }
+}
+
+fn cfg(capacity: usize, max_batch: usize, wait_ms: u64, per_user: usize) -> EngineConfig {
+    EngineConfig {
+        queue_capacity: capacity,
+        max_batch,
+        max_wait_ms: wait_ms,
+        per_user_limit: per_user,
+        ..Default::default()
+    }
+}
+
+/// Wait until the worker has taken the head job (the queue shrank).
+fn wait_queue_len(e: &Engine, n: usize) {
+    for _ in 0..500 {
+        if e.queue_len() == n {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("queue never reached {n}");
+}
+
+#[tokio::test]
+async fn full_queue_rejects_at_once_and_positions_are_reported() {
+    let (e, _, gate) = engine(cfg(2, 1, 0, 10), true);
+    let a = e.submit(1, imagine("a")).unwrap();
+    wait_queue_len(&e, 0); // a is running (held by the gate)
+    let b = e.submit(2, imagine("b")).unwrap();
+    let c = e.submit(3, imagine("c")).unwrap();
+    assert_eq!(e.position(a.id), None);
+    assert_eq!(e.position(b.id), Some(0));
+    assert_eq!(e.position(c.id), Some(1));
+    assert_eq!(
+        e.submit(4, imagine("d")).err(),
+        Some(EngineError::QueueFull { capacity: 2 })
+    );
+    let gate = gate.unwrap();
+    for _ in 0..3 {
+        gate.send(()).unwrap();
+    }
+    for h in [a, b, c] {
+        assert_eq!(h.wait().await.unwrap().images.len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn cancellation_removes_a_queued_job() {
+    let (e, batches, gate) = engine(cfg(8, 1, 0, 10), true);
+    let a = e.submit(1, imagine("a")).unwrap();
+    wait_queue_len(&e, 0);
+    let b = e.submit(1, imagine("b")).unwrap();
+    let c = e.submit(2, imagine("c")).unwrap();
+    assert!(e.cancel(b.id));
+    assert!(!e.cancel(b.id), "cancelling twice");
+    assert!(!e.cancel(a.id), "a running job is not cancelled");
+    let gate = gate.unwrap();
+    gate.send(()).unwrap();
+    gate.send(()).unwrap();
+    assert_eq!(b.wait().await.err(), Some(EngineError::Cancelled));
+    a.wait().await.unwrap();
+    c.wait().await.unwrap();
+    let seen: Vec<String> = batches.lock().unwrap().iter().flatten().cloned().collect();
+    assert_eq!(seen, vec!["a", "c"], "the cancelled job never ran");
+}
+
+#[tokio::test]
+async fn per_user_limit_holds_and_frees_up() {
+    let (e, _, gate) = engine(cfg(8, 1, 0, 1), true);
+    let a = e.submit(7, imagine("a")).unwrap();
+    assert_eq!(
+        e.submit(7, imagine("b")).err(),
+        Some(EngineError::UserBusy { limit: 1 })
+    );
+    let other = e.submit(8, imagine("c")).unwrap();
+    let gate = gate.unwrap();
+    gate.send(()).unwrap();
+    gate.send(()).unwrap();
+    a.wait().await.unwrap();
+    other.wait().await.unwrap();
+    // Done jobs no longer count.
+    let again = e.submit(7, imagine("d")).unwrap();
+    gate.send(()).unwrap();
+    again.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_jobs_of_different_users_share_a_batch() {
+    let (e, batches, _) = engine(cfg(16, 4, 300, 2), false);
+    let hs: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .enumerate()
+        .map(|(u, p)| e.submit(u as u64, imagine(p)).unwrap())
+        .collect();
+    for h in hs {
+        h.wait().await.unwrap();
+    }
+    assert_eq!(batches.lock().unwrap().clone(), vec![vec!["a", "b", "c"]]);
+    // Batching off: one job per pass.
+    let (e, batches, _) = engine(cfg(16, 1, 300, 2), false);
+    let hs: Vec<_> = ["a", "b"]
+        .iter()
+        .enumerate()
+        .map(|(u, p)| e.submit(u as u64, imagine(p)).unwrap())
+        .collect();
+    for h in hs {
+        h.wait().await.unwrap();
+    }
+    assert_eq!(batches.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_panicking_job_fails_alone_and_the_worker_keeps_serving() {
+    let (e, _, _) = engine(cfg(16, 4, 200, 2), false);
+    let bad = e.submit(1, imagine("panic")).unwrap();
+    let good = e.submit(2, imagine("fine")).unwrap();
+    let err = bad.wait().await.err().unwrap();
+    assert!(
+        matches!(&err, EngineError::Failed(m) if m.contains("boom")),
+        "{err:?}"
+    );
+    good.wait().await.unwrap();
+    let next = e.submit(1, imagine("next")).unwrap();
+    next.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_requests_and_unknown_latents_are_refused() {
+    let (e, _, _) = engine(cfg(16, 1, 0, 2), false);
+    assert!(matches!(
+        e.submit(1, imagine("   ")),
+        Err(EngineError::InvalidRequest(_))
+    ));
+    let edit = |latent, strength| Request::Edit {
+        latent,
+        instruction: "add smile".into(),
+        strength,
+        layers: Layers::All,
+    };
+    let wrong = Latent {
+        styles: 3,
+        dim: 3,
+        data: vec![0.0; 9],
+    };
+    assert!(matches!(
+        e.submit(1, edit(LatentRef::Data(wrong), 1.0)),
+        Err(EngineError::InvalidRequest(_))
+    ));
+    let ok = Latent {
+        styles: 2,
+        dim: 3,
+        data: vec![0.0; 6],
+    };
+    assert!(matches!(
+        e.submit(1, edit(LatentRef::Data(ok), 9.0)),
+        Err(EngineError::InvalidRequest(_))
+    ));
+    let h = e
+        .submit(1, edit(LatentRef::Id(LatentId(12345)), 1.0))
+        .unwrap();
+    assert_eq!(
+        h.wait().await.err(),
+        Some(EngineError::UnknownLatent(LatentId(12345)))
+    );
+    // A latent the engine produced can be edited by id.
+    let out = e.submit(1, imagine("x")).unwrap().wait().await.unwrap();
+    let (id, _) = out.latents[0];
+    assert!(e.latent(id).is_some());
+    e.submit(1, edit(LatentRef::Id(id), 1.0))
+        .unwrap()
+        .wait()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_answers_queued_jobs() {
+    let (e, _, gate) = engine(cfg(8, 1, 0, 10), true);
+    let a = e.submit(1, imagine("a")).unwrap();
+    wait_queue_len(&e, 0);
+    let b = e.submit(2, imagine("b")).unwrap();
+    let gate = gate.unwrap();
+    let e = Arc::new(e);
+    let e2 = e.clone();
+    let stopper = std::thread::spawn(move || e2.shutdown(false));
+    std::thread::sleep(Duration::from_millis(50));
+    gate.send(()).unwrap();
+    stopper.join().unwrap();
+    a.wait().await.unwrap();
+    assert_eq!(b.wait().await.err(), Some(EngineError::ShuttingDown));
+    assert_eq!(
+        e.submit(3, imagine("c")).err(),
+        Some(EngineError::ShuttingDown)
+    );
+}
