@@ -224,8 +224,8 @@ impl Engine {
         };
         let q = s.queue.remove(i).expect("index from position");
         drop(s);
-        let _ = q.tx.send(Err(EngineError::Cancelled));
         self.shared.finish(q.user);
+        let _ = q.tx.send(Err(EngineError::Cancelled));
         true
     }
 
@@ -422,8 +422,8 @@ fn next_batch(shared: &Shared) -> Option<Vec<Queued>> {
             let rest: Vec<Queued> = s.queue.drain(..).collect();
             drop(s);
             for q in rest {
-                let _ = q.tx.send(Err(EngineError::ShuttingDown));
                 shared.finish(q.user);
+                let _ = q.tx.send(Err(EngineError::ShuttingDown));
             }
             return None;
         }
@@ -497,8 +497,8 @@ fn worker<B: Backend>(shared: Arc<Shared>, mut backend: B) {
             match resolve(&shared, &q.request) {
                 Ok(r) => ready.push((q, r)),
                 Err(e) => {
-                    let _ = q.tx.send(Err(e));
                     shared.finish(q.user);
+                    let _ = q.tx.send(Err(e));
                 }
             }
         }
@@ -524,9 +524,11 @@ fn worker<B: Backend>(shared: Arc<Shared>, mut backend: B) {
                 })
                 .collect(),
         };
+        // Release the user's slot before answering: a client that gets its
+        // result may submit its next job at once.
         for ((q, _), r) in ready.into_iter().zip(results) {
-            let _ = q.tx.send(r);
             shared.finish(q.user);
+            let _ = q.tx.send(r);
         }
     }
 }
