@@ -38,5 +38,6 @@ pub mod latent;
 pub mod mapper;
 pub mod npy;
 pub mod ops;
+pub mod parity;
 pub mod pipeline;
 pub mod runtime;

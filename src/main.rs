@@ -52,6 +52,12 @@ enum Command {
     /// Measure speed; prints one JSON line.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Compare the generator on the configured device with the reference
+    /// fixtures; prints JSON, exits 1 outside the tolerances.
+    Parity {
+        #[arg(long, default_value = "tests/fixtures/mobilestylegan")]
+        fixtures: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -207,6 +213,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::ClipScore { text, images } => clip_score(&cfg, &text, &images),
+        Command::Parity { fixtures } => {
+            let dev = device::select(&cfg.device)?;
+            let g = generator::open(&cfg, &dev, true)?;
+            let r = clip2gan::parity::generator_vs_fixtures(g.as_ref(), &fixtures)?;
+            println!("{}", serde_json::to_string(&r)?);
+            if !r.pass {
+                return Err(Error::invalid("the generator is outside the parity tolerances").into());
+            }
+            Ok(())
+        }
         Command::Imagine(a) => imagine(&cfg, a),
         Command::Edit(a) => edit(&cfg, a),
         Command::Bench(BenchCommand::Engine {
