@@ -219,7 +219,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let r = clip2gan::parity::generator_vs_fixtures(g.as_ref(), &fixtures)?;
             println!("{}", serde_json::to_string(&r)?);
             if !r.pass {
-                return Err(Error::invalid("the generator is outside the parity tolerances").into());
+                return Err(
+                    Error::invalid("the generator is outside the parity tolerances").into(),
+                );
             }
             Ok(())
         }

@@ -57,8 +57,13 @@ pub fn generator_vs_fixtures(g: &dyn Generator, dir: &Path) -> Result<ParityRepo
     let n = z.shape[0];
     let z = Tensor::from_vec(z.data, (n, 512), g.device())?;
     let w = g.map(&z)?;
-    let (w_max, _) = diff(&w.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?, &read(dir, "w.npy")?.data)?;
-    let img = g.synthesize(&g.broadcast_w(&w)?, NoiseMode::Fixed)?.to_device(&Device::Cpu)?;
+    let (w_max, _) = diff(
+        &w.to_device(&Device::Cpu)?.flatten_all()?.to_vec1()?,
+        &read(dir, "w.npy")?.data,
+    )?;
+    let img = g
+        .synthesize(&g.broadcast_w(&w)?, NoiseMode::Fixed)?
+        .to_device(&Device::Cpu)?;
     let mut crops = Vec::new();
     for i in 0..n {
         for (y, x) in CROPS {

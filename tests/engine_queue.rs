@@ -273,3 +273,22 @@ async fn shutdown_answers_queued_jobs() {
         Some(EngineError::ShuttingDown)
     );
 }
+
+#[tokio::test]
+async fn draining_shutdown_runs_queued_jobs() {
+    let (e, batches, gate) = engine(cfg(8, 1, 0, 10), true);
+    let a = e.submit(1, imagine("a")).unwrap();
+    wait_queue_len(&e, 0);
+    let b = e.submit(2, imagine("b")).unwrap();
+    let gate = gate.unwrap();
+    let e = Arc::new(e);
+    let e2 = e.clone();
+    let stopper = std::thread::spawn(move || e2.shutdown(true));
+    std::thread::sleep(Duration::from_millis(50));
+    gate.send(()).unwrap();
+    gate.send(()).unwrap();
+    stopper.join().unwrap();
+    a.wait().await.unwrap();
+    b.wait().await.unwrap();
+    assert_eq!(batches.lock().unwrap().len(), 2);
+}

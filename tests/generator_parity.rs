@@ -12,7 +12,6 @@ use clip2gan::generator::{Generator, NoiseMode};
 use clip2gan::ops;
 use common::{diff, fixture, npy};
 
-
 fn check(label: &str) {
     let g = common::mobilestylegan();
     let r = clip2gan::parity::generator_vs_fixtures(&g, &fixture("mobilestylegan")).unwrap();

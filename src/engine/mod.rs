@@ -457,9 +457,13 @@ fn next_batch(shared: &Shared) -> Option<Vec<Queued>> {
                     .0;
             }
         }
-        // Jobs may have been cancelled while we waited: start over if the
-        // queue emptied or its head changed kind.
-        if s.queue.is_empty() || s.queue[0].request.batch_kind() != kind {
+        // Jobs may have been cancelled, or shutdown requested, while we
+        // waited: start over if the queue emptied, its head changed kind, or
+        // queued jobs are to be rejected.
+        if s.queue.is_empty()
+            || s.queue[0].request.batch_kind() != kind
+            || (s.shutting_down && !s.drain)
+        {
             continue;
         }
         // The oldest job always goes; others of its kind join while they fit.
