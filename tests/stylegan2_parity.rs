@@ -212,9 +212,7 @@ fn bad_checkpoints_fail_clearly() {
     assert!(e.contains("no known StyleGAN2 generator layout"), "{e}");
     assert!(e.contains("found 1 tensor(s): encoder.weight"), "{e}");
 
-    // A .pt without g_ema or generator tensors: net32.pt's top level is
-    // {g_ema, latent_avg, args}; make one with only latent_avg visible by
-    // asking for a missing key path instead: a copy under another name.
+    // A damaged .pt.
     let p = tmp.path().join("truncated.pt");
     let bytes = std::fs::read(net_path("net32.pt")).unwrap();
     std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();

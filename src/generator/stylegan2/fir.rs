@@ -145,24 +145,136 @@ impl UpFirDn {
             .squeeze(dim + 1)?)
     }
 
-    /// One 1-D pass over `src` (length `len`, stride `stride` between
-    /// samples), for output sample `j`: sum of taps times zero-inserted,
-    /// padded input.
-    #[inline]
-    fn sample(&self, src: &[f32], len: usize, stride: usize, j: usize) -> f32 {
-        let mut acc = 0f32;
-        let base = (j * self.down) as isize - self.pad.0;
-        for (t, &k) in self.taps.iter().enumerate() {
-            let u = base + t as isize;
-            if u < 0 || u as usize % self.up != 0 {
-                continue;
-            }
-            let i = u as usize / self.up;
-            if i < len {
-                acc += k * src[i * stride];
+    /// Horizontal pass over one row: zero insertion and padding into
+    /// `buf`, correlation over contiguous slices (vectorisable), every
+    /// `down`th sample kept. `out.len()` is `out_len(src.len())`.
+    fn row(&self, src: &[f32], buf: &mut Vec<f32>, full: &mut Vec<f32>, out: &mut [f32]) {
+        let k = self.taps.len();
+        let len = (src.len() * self.up) as isize + self.pad.0 + self.pad.1;
+        buf.clear();
+        buf.resize(len.max(0) as usize, 0.0);
+        for (i, &v) in src.iter().enumerate() {
+            let at = (i * self.up) as isize + self.pad.0;
+            if at >= 0 && at < len {
+                buf[at as usize] = v;
             }
         }
-        acc
+        let n = buf.len() + 1 - k;
+        let dst: &mut [f32] = if self.down == 1 {
+            &mut out[..n]
+        } else {
+            full.clear();
+            full.resize(n, 0.0);
+            full
+        };
+        dst.fill(0.0);
+        for (t, &c) in self.taps.iter().enumerate() {
+            for (o, v) in dst.iter_mut().zip(&buf[t..t + n]) {
+                *o += c * v;
+            }
+        }
+        if self.down > 1 {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = full[i * self.down];
+            }
+        }
+    }
+
+    /// Vertical pass: `tmp` holds `rows` rows of `width`; writes
+    /// `out_len(rows)` rows into `dst`, whole rows at a time.
+    fn columns(&self, tmp: &[f32], rows: usize, width: usize, dst: &mut [f32]) {
+        dst.fill(0.0);
+        for (j, out_row) in dst.chunks_mut(width).enumerate() {
+            let base = (j * self.down) as isize - self.pad.0;
+            for (t, &k) in self.taps.iter().enumerate() {
+                let u = base + t as isize;
+                if u < 0 || !(u as usize).is_multiple_of(self.up) || u as usize / self.up >= rows {
+                    continue;
+                }
+                let i = u as usize / self.up;
+                for (o, v) in out_row.iter_mut().zip(&tmp[i * width..(i + 1) * width]) {
+                    *o += k * v;
+                }
+            }
+        }
+    }
+}
+
+/// The four output phases of a stride-2 transposed conv, interleaved into
+/// one image and FIR-filtered, in one pass per plane.
+///
+/// `p`: `[N, 4C, H, W]`, channel `(2a + b) C + c` holding the samples at
+/// rows `2m + a`, columns `2k + b` of the interleaved `[2H, 2W]` image `Y`.
+/// Returns `fir(Y)`. The portable version interleaves with a permute first.
+pub fn interleave_phases_fir(p: &Tensor, fir: &UpFirDn) -> Result<Tensor> {
+    let (n, c4, h, w) = p.dims4()?;
+    if c4 % 4 != 0 {
+        return Err(Error::invalid(format!(
+            "phase interleave needs 4C channels, got {c4}"
+        )));
+    }
+    let fast = matches!(p.device(), Device::Cpu) && p.dtype() == DType::F32 && !portable_forced();
+    if fast {
+        fir.out_len(2 * h)?;
+        fir.out_len(2 * w)?;
+        return Ok(p.contiguous()?.apply_op1_no_bwd(&PhasesFir(fir.clone()))?);
+    }
+    let c = c4 / 4;
+    let y = p
+        .reshape((n, 2, 2, c, h, w))?
+        .permute((0, 3, 4, 1, 5, 2))?
+        .reshape((n, c, 2 * h, 2 * w))?;
+    fir.forward_portable(&y)
+}
+
+struct PhasesFir(UpFirDn);
+
+impl CustomOp1 for PhasesFir {
+    fn name(&self) -> &'static str {
+        "interleave-phases-fir"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l)?;
+        let (n, c4, h, w) = l.shape().dims4()?;
+        let c = c4 / 4;
+        let fir = &self.0;
+        let err = |e: Error| candle_core::Error::Msg(e.to_string());
+        let (oh, ow) = (
+            fir.out_len(2 * h).map_err(err)?,
+            fir.out_len(2 * w).map_err(err)?,
+        );
+        let plane = h * w;
+        let mut out = vec![0f32; n * c * oh * ow];
+        out.par_chunks_mut(oh * ow)
+            .enumerate()
+            .for_each(|(pi, dst)| {
+                let (b, ch) = (pi / c, pi % c);
+                let phase = |ph: usize| &x[(b * c4 + ph * c + ch) * plane..][..plane];
+                let mut tmp = vec![0f32; 2 * h * ow];
+                let (mut line, mut buf, mut full) = (vec![0f32; 2 * w], Vec::new(), Vec::new());
+                for r in 0..2 * h {
+                    let (a, m) = (r % 2, r / 2);
+                    let (p0, p1) = (phase(2 * a), phase(2 * a + 1));
+                    for k in 0..w {
+                        line[2 * k] = p0[m * w + k];
+                        line[2 * k + 1] = p1[m * w + k];
+                    }
+                    fir.row(&line, &mut buf, &mut full, &mut tmp[r * ow..(r + 1) * ow]);
+                }
+                fir.columns(&tmp, 2 * h, ow, dst);
+            });
+        Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
+    }
+}
+
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(data) = s else {
+        candle_core::bail!("expected f32 storage")
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("expected a contiguous tensor"),
     }
 }
 
@@ -188,13 +300,7 @@ impl CustomOp1 for UpFirDn {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = s else {
-            candle_core::bail!("upfirdn2d: expected f32 storage")
-        };
-        let Some((a, b)) = l.contiguous_offsets() else {
-            candle_core::bail!("upfirdn2d: expected a contiguous tensor")
-        };
-        let x = &data[a..b];
+        let x = contiguous_f32(s, l)?;
         let (n, c, h, w) = l.shape().dims4()?;
         let err = |e: Error| candle_core::Error::Msg(e.to_string());
         let (oh, ow) = (self.out_len(h).map_err(err)?, self.out_len(w).map_err(err)?);
@@ -202,29 +308,12 @@ impl CustomOp1 for UpFirDn {
         out.par_chunks_mut(oh * ow)
             .zip(x.par_chunks(h * w))
             .for_each(|(dst, src)| {
-                // Horizontal pass into `tmp` [h, ow], then vertical, row by row
-                // so the inner loop runs over contiguous memory.
                 let mut tmp = vec![0f32; h * ow];
-                for y in 0..h {
-                    let row = &src[y * w..(y + 1) * w];
-                    for (j, v) in tmp[y * ow..(y + 1) * ow].iter_mut().enumerate() {
-                        *v = self.sample(row, w, 1, j);
-                    }
+                let (mut buf, mut full) = (Vec::new(), Vec::new());
+                for (y, row) in src.chunks(w).enumerate() {
+                    self.row(row, &mut buf, &mut full, &mut tmp[y * ow..(y + 1) * ow]);
                 }
-                for (j, out_row) in dst.chunks_mut(ow).enumerate() {
-                    let base = (j * self.down) as isize - self.pad.0;
-                    for (t, &k) in self.taps.iter().enumerate() {
-                        let u = base + t as isize;
-                        if u < 0 || u as usize % self.up != 0 || u as usize / self.up >= h {
-                            continue;
-                        }
-                        let i = u as usize / self.up;
-                        let in_row = &tmp[i * ow..(i + 1) * ow];
-                        for (o, v) in out_row.iter_mut().zip(in_row) {
-                            *o += k * v;
-                        }
-                    }
-                }
+                self.columns(&tmp, h, ow, dst);
             });
         Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
     }
@@ -303,7 +392,8 @@ mod tests {
     fn fast_and_portable_match_the_definition() {
         // An asymmetric filter catches a missing flip.
         let skew = [0.1f32, 0.5, 0.3, 0.1];
-        let cases: Vec<(UpFirDn, &[f32], usize, usize, (isize, isize), f32)> = vec![
+        type Case<'a> = (UpFirDn, &'a [f32], usize, usize, (isize, isize), f32);
+        let cases: Vec<Case> = vec![
             (UpFirDn::upsample2(&skew), &skew, 2, 1, (2, 1), 4.0),
             (UpFirDn::downsample2(&skew), &skew, 1, 2, (1, 1), 1.0),
             (
@@ -340,6 +430,23 @@ mod tests {
                 assert!(max_diff(&fast, &want) < 1e-5, "case {i} fast {shape:?}");
                 assert!(max_diff(&slow, &want) < 1e-5, "case {i} portable {shape:?}");
             }
+        }
+    }
+
+    #[test]
+    fn interleaved_phases_fast_matches_portable() {
+        let fir = UpFirDn::new(&[0.1, 0.5, 0.3, 0.1], 1, 1, (1, 0), 4.0);
+        for shape in [[2, 12, 5, 7], [1, 4, 2, 2], [1, 8, 9, 9]] {
+            let x = rand(7, &shape);
+            let fast = interleave_phases_fir(&x, &fir).unwrap();
+            force_portable(true);
+            let slow = interleave_phases_fir(&x, &fir).unwrap();
+            force_portable(false);
+            assert_eq!(
+                fast.dims(),
+                [shape[0], shape[1] / 4, 2 * shape[2] - 2, 2 * shape[3] - 2]
+            );
+            assert!(max_diff(&fast, &slow) < 1e-5, "{shape:?}");
         }
     }
 

@@ -20,6 +20,8 @@
 //! (NVIDIA: transposed 3x3 conv, stride 2, then a 4x4 FIR) is run as one
 //! ordinary 2x2 conv with the four output phases of the transposed conv as
 //! extra output channels, interleaved, then the FIR filter as two 1-D passes.
+//! On the CPU, convs run on gemm (`conv`), FIR and epilogue on fused kernels;
+//! elsewhere on candle ops.
 //!
 //! W+ layout (`2 log2(R) - 2` styles): index 0 drives the 4 px conv, 1 the
 //! 4 px ToRGB and the 8 px upsampling conv, then per block of resolution
@@ -30,7 +32,8 @@ use std::path::Path;
 use candle_core::{CpuStorage, DType, Device, InplaceOp1, Layout, Tensor, D};
 use rayon::prelude::*;
 
-use super::fir::{UpFirDn, FILTER_1331};
+use super::conv::Conv2d;
+use super::fir::{interleave_phases_fir, UpFirDn, FILTER_1331};
 use super::load::{Arch, Checkpoint, LoadOptions, Naming, RawConv, RawParams, RawRgb};
 use crate::error::{Error, Result};
 use crate::generator::{seeded_normal, Generator, NoiseMode};
@@ -72,13 +75,16 @@ struct ModConv {
     affine: Affine,
     /// `[c_out, c_in, 3, 3]` times `1 / sqrt(fan_in)`; for an upsampling
     /// conv, the polyphase `[4 c_out, c_in, 2, 2]` form of it.
-    weight: Tensor,
+    conv: Conv2d,
     /// `sum_k weight^2`, transposed: `[c_in, c_out]`, for demodulation.
     weight_sq: Tensor,
     demod_eps: f64,
     bias: Tensor, // [c_out]
     noise: Option<Noise>,
     up: bool,
+    /// NVIDIA's FIR after the transposed conv: gain 4, padding 1 on each
+    /// side of its `2h + 1` rows, i.e. (1, 0) on the `2h + 2` interleaved ones.
+    up_fir: UpFirDn,
     clamp: Option<f32>,
 }
 
@@ -96,7 +102,7 @@ impl ModConv {
                 1.0 / (arch.w_dim as f64).sqrt(),
                 device,
             )?,
-            weight: weight.to_device(device)?,
+            conv: Conv2d::new(&weight.to_device(device)?, 1)?,
             weight_sq: weight_sq.to_device(device)?,
             // NVIDIA adds 1e-8 to the sum over unscaled weights, rosinality
             // over scaled ones: the same eps relative to each.
@@ -113,33 +119,25 @@ impl ModConv {
                 None => None,
             },
             up,
+            up_fir: UpFirDn::new(&FILTER_1331, 1, 1, (1, 0), 4.0),
             clamp: arch.conv_clamp,
         })
-    }
-
-    fn c_out(&self) -> Result<usize> {
-        Ok(self.bias.dim(0)?)
     }
 
     /// `x [n, c_in, h, w]` -> `[n, c_out, h', w']`; `noise`: unscaled
     /// `[n or 1, 1, h', w']` N(0, 1) values, or none.
     fn forward(&self, x: &Tensor, w: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
-        let (n, c_in, h, wd) = x.dims4()?;
+        let (n, c_in, _, _) = x.dims4()?;
         let s = self.affine.forward(w)?; // [n, c_in]
         let xs = x.broadcast_mul(&s.reshape((n, c_in, 1, 1))?)?;
         let y = if self.up {
             // Phases (a, b) of the transposed conv as channel groups, then
             // interleaved: row 2m + a, column 2k + b. The last row and column
             // come out zero, which is the FIR filter's right-hand padding.
-            let c_out = self.c_out()?;
-            let p = xs.conv2d(&self.weight, 1, 1, 1, 1)?; // [n, 4 c_out, h+1, w+1]
-            let p = p
-                .reshape((n, 2, 2, c_out, h + 1, wd + 1))?
-                .permute((0, 3, 4, 1, 5, 2))?
-                .reshape((n, c_out, 2 * h + 2, 2 * wd + 2))?;
-            UpFirDn::new(&FILTER_1331, 1, 1, (1, 0), 4.0).forward(&p)?
+            let p = self.conv.forward(&xs)?; // [n, 4 c_out, h+1, w+1]
+            interleave_phases_fir(&p, &self.up_fir)?
         } else {
-            xs.conv2d(&self.weight, 1, 1, 1, 1)?
+            self.conv.forward(&xs)?
         };
         let demod = (s.sqr()?.matmul(&self.weight_sq)? + self.demod_eps)?
             .sqrt()?
