@@ -23,9 +23,9 @@ use rayon::prelude::*;
 use super::fir::portable_forced;
 use crate::error::Result;
 
-/// Output pixels (padded width) per band: the band's output (`c_out` x this)
-/// and inputs stay in cache across the tap loop.
-const BAND_PIXELS: usize = 4096;
+/// Output floats per band (`c_out` x padded pixels): the band's accumulator
+/// stays in cache across the tap loop.
+const BAND_FLOATS: usize = 1 << 18;
 
 pub struct Conv2d {
     /// `[c_out, c_in, k, k]`, for devices other than the CPU.
@@ -158,7 +158,16 @@ impl CustomOp1 for CpuConvOp {
                 }
             });
 
-        let rows_per_band = (BAND_PIXELS / wp).clamp(1, ho);
+        // Bands of rows: small enough for the cache, and enough of them to
+        // keep every thread busy (low resolutions have few rows but many
+        // channels), split evenly.
+        let pixels = (BAND_FLOATS / c.c_out).clamp(256, 8192);
+        let min_tasks = 2 * rayon::current_num_threads();
+        let bands = ho
+            .div_ceil((pixels / wp).max(1))
+            .max(min_tasks.div_ceil(n))
+            .min(ho);
+        let rows_per_band = ho.div_ceil(bands);
         let bands = ho.div_ceil(rows_per_band);
         let plane = ho * wo;
         let mut out: Vec<f32> = Vec::with_capacity(n * c.c_out * plane);
