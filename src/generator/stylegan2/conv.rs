@@ -92,16 +92,39 @@ impl Conv2d {
 
     /// `[n, c_in, h, w]` -> `[n, c_out, h + 2p - k + 1, w + 2p - k + 1]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_scaled(x, None)
+    }
+
+    /// The conv of `x * scale` for a per-channel `scale` `[n, c_in]` (the
+    /// style modulation); on the CPU the scaling happens while padding.
+    pub fn forward_scaled(&self, x: &Tensor, scale: Option<&Tensor>) -> Result<Tensor> {
         if matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 && !portable_forced() {
-            return Ok(x
-                .contiguous()?
-                .apply_op1_no_bwd(&CpuConvOp(self.cpu.clone()))?);
+            let scale = match scale {
+                Some(s) => Some(s.flatten_all()?.to_vec1::<f32>()?),
+                None => None,
+            };
+            let op = CpuConvOp {
+                conv: self.cpu.clone(),
+                scale,
+            };
+            return Ok(x.contiguous()?.apply_op1_no_bwd(&op)?);
         }
+        let x = match scale {
+            Some(s) => {
+                let (n, c) = s.dims2()?;
+                x.broadcast_mul(&s.reshape((n, c, 1, 1))?)?
+            }
+            None => x.clone(),
+        };
         Ok(x.conv2d(&self.weight.to_device(x.device())?, self.pad, 1, 1, 1)?)
     }
 }
 
-struct CpuConvOp(Arc<CpuConv>);
+struct CpuConvOp {
+    conv: Arc<CpuConv>,
+    /// `[n * c_in]` input channel scales.
+    scale: Option<Vec<f32>>,
+}
 
 /// A raw pointer that may cross threads: tasks write disjoint regions.
 #[derive(Clone, Copy)]
@@ -123,7 +146,7 @@ impl CustomOp1 for CpuConvOp {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let c = &*self.0;
+        let c = &*self.conv;
         let CpuStorage::F32(data) = s else {
             candle_core::bail!("stylegan2-conv2d: expected f32 storage")
         };
@@ -132,7 +155,8 @@ impl CustomOp1 for CpuConvOp {
         };
         let x = &data[a..b];
         let (n, c_in, h, w) = l.shape().dims4()?;
-        if c_in != c.c_in || h + 2 * c.pad < c.k || w + 2 * c.pad < c.k {
+        let bad_scale = self.scale.as_ref().is_some_and(|s| s.len() != n * c_in);
+        if c_in != c.c_in || h + 2 * c.pad < c.k || w + 2 * c.pad < c.k || bad_scale {
             candle_core::bail!(
                 "stylegan2-conv2d: input {:?} does not fit {}x{} kernel over {} channels",
                 l.shape(),
@@ -151,10 +175,14 @@ impl CustomOp1 for CpuConvOp {
         xp[..n * sample]
             .par_chunks_mut(chan)
             .zip(x.par_chunks(h * w))
-            .for_each(|(dst, src)| {
+            .enumerate()
+            .for_each(|(p, (dst, src))| {
+                let s = self.scale.as_ref().map_or(1.0, |s| s[p]);
                 for (y, row) in src.chunks(w).enumerate() {
                     let at = (y + c.pad) * wp + c.pad;
-                    dst[at..at + w].copy_from_slice(row);
+                    for (d, v) in dst[at..at + w].iter_mut().zip(row) {
+                        *d = v * s;
+                    }
                 }
             });
 
@@ -271,8 +299,15 @@ mod tests {
                 .unwrap();
                 wt = (wt * mask).unwrap();
             }
-            let want = x.conv2d(&wt, p, 1, 1, 1).unwrap();
-            let got = Conv2d::new(&wt, p).unwrap().forward(&x).unwrap();
+            let scale = rand(90 + i as u64, &[n, ci]);
+            let xs = x
+                .broadcast_mul(&scale.reshape((n, ci, 1, 1)).unwrap())
+                .unwrap();
+            let want = xs.conv2d(&wt, p, 1, 1, 1).unwrap();
+            let got = Conv2d::new(&wt, p)
+                .unwrap()
+                .forward_scaled(&x, Some(&scale))
+                .unwrap();
             assert_eq!(got.dims(), want.dims());
             let d: f32 = (got - want)
                 .unwrap()

@@ -127,17 +127,15 @@ impl ModConv {
     /// `x [n, c_in, h, w]` -> `[n, c_out, h', w']`; `noise`: unscaled
     /// `[n or 1, 1, h', w']` N(0, 1) values, or none.
     fn forward(&self, x: &Tensor, w: &Tensor, noise: Option<&Tensor>) -> Result<Tensor> {
-        let (n, c_in, _, _) = x.dims4()?;
         let s = self.affine.forward(w)?; // [n, c_in]
-        let xs = x.broadcast_mul(&s.reshape((n, c_in, 1, 1))?)?;
         let y = if self.up {
             // Phases (a, b) of the transposed conv as channel groups, then
             // interleaved: row 2m + a, column 2k + b. The last row and column
             // come out zero, which is the FIR filter's right-hand padding.
-            let p = self.conv.forward(&xs)?; // [n, 4 c_out, h+1, w+1]
+            let p = self.conv.forward_scaled(x, Some(&s))?; // [n, 4 c_out, h+1, w+1]
             interleave_phases_fir(&p, &self.up_fir)?
         } else {
-            self.conv.forward(&xs)?
+            self.conv.forward_scaled(x, Some(&s))?
         };
         let demod = (s.sqr()?.matmul(&self.weight_sq)? + self.demod_eps)?
             .sqrt()?
