@@ -356,7 +356,7 @@ impl Checkpoint {
         let mut fan_in = z_dim;
         while let Some(d) = self.dims(&names.mapping(mapping.len()).0) {
             let (w, b) = names.mapping(mapping.len());
-            let out = d[0];
+            let out = d.first().copied().unwrap_or(0); // a bad rank fails in get()
             mapping.push((self.get(&w, &[out, fan_in])?, self.get(&b, &[out])?));
             dims.push(out);
             fan_in = out;
