@@ -87,10 +87,22 @@ impl Default for ClipConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GeneratorConfig {
-    /// Generator architecture; `mobilestylegan` is the one built in.
+    /// Generator architecture: `mobilestylegan` (default, fetched
+    /// automatically) or `stylegan2` (a checkpoint you provide).
     pub kind: String,
     /// Directory of the converted weights, relative to `models_dir` unless absolute.
     pub weights: PathBuf,
+    /// `stylegan2`: the checkpoint file (`.pt` or `.safetensors`), relative
+    /// to `models_dir` unless absolute.
+    pub checkpoint: Option<PathBuf>,
+    /// `stylegan2`: if set, refuse a checkpoint of another resolution.
+    pub resolution: Option<usize>,
+    /// `stylegan2`: if set, refuse a checkpoint whose channels differ from
+    /// this channel multiplier's (2 = config-f).
+    pub channel_multiplier: Option<usize>,
+    /// `stylegan2`: clamp conv outputs to +-X (ADA's `conv_clamp`); 0 = off.
+    /// Unset: the checkpoint's metadata, else off.
+    pub conv_clamp: Option<f64>,
     /// Default truncation psi for seeds and prompts.
     pub truncation: f64,
     /// Images per forward pass; bounds memory (about 1 GB per 1024 px image on CPU).
@@ -116,6 +128,10 @@ impl Default for GeneratorConfig {
         Self {
             kind: "mobilestylegan".into(),
             weights: PathBuf::from("mobilestylegan-ffhq"),
+            checkpoint: None,
+            resolution: None,
+            channel_multiplier: None,
+            conv_clamp: None,
             truncation: 0.7,
             max_batch: 8,
         }
@@ -172,11 +188,39 @@ impl Config {
                 "generator.max_batch must be at least 1".into(),
             ));
         }
-        if self.generator.kind != "mobilestylegan" {
-            return Err(Error::Config(format!(
-                "generator.kind = {:?} is not available; this build has \"mobilestylegan\"",
-                self.generator.kind
-            )));
+        let g = &self.generator;
+        match g.kind.as_str() {
+            "mobilestylegan" => {}
+            "stylegan2" => {
+                if g.checkpoint.is_none() {
+                    return Err(Error::Config(
+                        "generator.kind = \"stylegan2\" needs generator.checkpoint (a .pt or .safetensors file)".into(),
+                    ));
+                }
+                if let Some(r) = g.resolution {
+                    crate::generator::stylegan2::load::check_resolution(r)
+                        .map_err(|_| Error::Config(format!(
+                            "generator.resolution = {r} is not a power of two between 4 and 4096"
+                        )))?;
+                }
+                if g.channel_multiplier == Some(0) {
+                    return Err(Error::Config(
+                        "generator.channel_multiplier must be at least 1 (2 = config-f)".into(),
+                    ));
+                }
+                if let Some(c) = g.conv_clamp {
+                    if !c.is_finite() || c < 0.0 {
+                        return Err(Error::Config(format!(
+                            "generator.conv_clamp = {c}: use a positive number, or 0 for none"
+                        )));
+                    }
+                }
+            }
+            other => {
+                return Err(Error::Config(format!(
+                    "generator.kind = {other:?} is not available; this build has \"mobilestylegan\" and \"stylegan2\""
+                )))
+            }
         }
         Ok(())
     }
@@ -207,6 +251,14 @@ impl Config {
         }
     }
 
+    /// The StyleGAN2 checkpoint path, resolved against `models_dir`.
+    pub fn checkpoint_path(&self) -> Option<PathBuf> {
+        self.generator
+            .checkpoint
+            .as_ref()
+            .map(|c| self.models_dir.join(c))
+    }
+
     pub fn generator_dir(&self) -> PathBuf {
         self.models_dir.join(&self.generator.weights)
     }
@@ -226,7 +278,10 @@ mod tests {
         )
         .unwrap();
         let c = Config::load(Some(&p)).unwrap();
-        assert_eq!(c.models_dir, PathBuf::from("/tmp/m"));
+        // The environment wins over the file (tests often run with it set).
+        let want = std::env::var_os("CLIP2GAN_MODELS_DIR")
+            .map_or_else(|| PathBuf::from("/tmp/m"), PathBuf::from);
+        assert_eq!(c.models_dir, want);
         assert_eq!(c.generator.truncation, 0.5);
         assert_eq!(c.generator.max_batch, 8);
         std::fs::write(&p, "[generator]\ntruncation = 7.0\n").unwrap();
@@ -237,5 +292,27 @@ mod tests {
         std::fs::write(&p, "[generator]\ntruncaton = 0.5\n").unwrap();
         assert!(Config::load(Some(&p)).is_err(), "unknown keys are rejected");
         assert!(Config::load(Some(&dir.path().join("missing.toml"))).is_err());
+    }
+
+    #[test]
+    fn stylegan2_settings_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        let load = |body: &str| {
+            std::fs::write(&p, format!("models_dir = \"/m\"\n[generator]\n{body}")).unwrap();
+            Config::load(Some(&p)).map_err(|e| e.to_string())
+        };
+        let c = load("kind = \"stylegan2\"\ncheckpoint = \"ffhq.pt\"\nresolution = 1024\nchannel_multiplier = 2\n").unwrap();
+        assert_eq!(c.checkpoint_path(), Some(c.models_dir.join("ffhq.pt")));
+        let e = load("kind = \"stylegan2\"\n").unwrap_err();
+        assert!(e.contains("needs generator.checkpoint"), "{e}");
+        let e =
+            load("kind = \"stylegan2\"\ncheckpoint = \"a.pt\"\nresolution = 1000\n").unwrap_err();
+        assert!(e.contains("resolution = 1000 is not a power of two"), "{e}");
+        let e = load("kind = \"stylegan2\"\ncheckpoint = \"a.pt\"\nchannel_multiplier = 0\n")
+            .unwrap_err();
+        assert!(e.contains("channel_multiplier must be at least 1"), "{e}");
+        let e = load("kind = \"biggan\"\n").unwrap_err();
+        assert!(e.contains("\"stylegan2\""), "{e}");
     }
 }

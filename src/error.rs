@@ -35,6 +35,10 @@ pub enum Error {
 
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+
+    /// A user-supplied checkpoint (e.g. StyleGAN2) that cannot be used as is.
+    #[error("{file}: {detail}")]
+    BadCheckpoint { file: String, detail: String },
 }
 
 impl Error {

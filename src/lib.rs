@@ -6,7 +6,9 @@
 //!   and its implementations. [`generator::mobilestylegan`] is the default:
 //!   `ir` reads the OpenVINO IR the weights ship in, `convert` walks that
 //!   graph into named tensors, `fetch` downloads and converts once, `model`
-//!   is the native candle network.
+//!   is the native candle network. [`generator::stylegan2`] runs StyleGAN2
+//!   checkpoints users bring (`load`: rosinality `.pt` / safetensors in
+//!   either naming; `model`; `fir`: upfirdn2d resampling).
 //! - [`clip`]: CLIP text and image encoders (on candle-transformers' CLIP):
 //!   `tokenizer` (offline, with the original clean-up), `preprocess`
 //!   (PIL-exact resize + crop, and a differentiable path for training),

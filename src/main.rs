@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use clip2gan::config::Config;
 use clip2gan::error::Error;
+use clip2gan::generator::stylegan2::StyleGan2;
 use clip2gan::generator::{self, check_finite, check_truncation, NoiseMode};
 use clip2gan::{bench, clip, device, fsutil, image_io, latent};
 
@@ -81,19 +82,21 @@ struct GenerateArgs {
     /// Truncation psi in [0, 2] (default: the config's for seeds, 1 for latent files).
     #[arg(long)]
     truncation: Option<f64>,
-    /// Output side in pixels: 1024, 512, 256, ...
-    #[arg(long, default_value_t = 1024)]
-    size: usize,
+    /// Output side in pixels: the generator's resolution (default; 1024 for
+    /// MobileStyleGAN) or that divided by a power of two.
+    #[arg(long)]
+    size: Option<usize>,
     /// Latent file (.npy, float32) to render instead of seeds.
     #[arg(long)]
     latent: Option<PathBuf>,
-    /// Space of --latent: z [n,512], w [n,512] or wplus [n,23,512].
+    /// Space of --latent: z [n,512], w [n,512] or wplus [n,styles,512]
+    /// (23 styles for MobileStyleGAN, 18 for a 1024 px StyleGAN2).
     #[arg(long, value_enum, requires = "latent")]
     space: Option<latent::Space>,
     /// Write all images into one grid image instead of out.png, out-1.png, ...
     #[arg(long)]
     grid: bool,
-    /// Also save the W+ latents used (float32 .npy, [n,23,512]).
+    /// Also save the W+ latents used (float32 .npy, [n,styles,512]).
     #[arg(long)]
     save_latent: Option<PathBuf>,
     /// Noise: the fixed buffers shipped with the weights (deterministic), or random.
@@ -155,13 +158,18 @@ enum BenchCommand {
     Generator {
         #[arg(long, default_value_t = 1)]
         batch: usize,
-        #[arg(long, default_value_t = 1024)]
-        size: usize,
+        /// Output side (default: the generator's resolution).
+        #[arg(long)]
+        size: Option<usize>,
         #[arg(long, default_value_t = 5)]
         iters: usize,
-        /// Generator kind (only mobilestylegan in this build).
+        /// mobilestylegan (the fetched weights) or stylegan2 (random
+        /// config-f weights at --resolution: no checkpoint needed).
         #[arg(long, default_value = "mobilestylegan")]
         kind: String,
+        /// Resolution of the random StyleGAN2 (--kind stylegan2).
+        #[arg(long, default_value_t = 1024)]
+        resolution: usize,
     },
     /// Concurrent clients against the inference engine, batching on and off.
     Engine {
@@ -255,18 +263,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             size,
             iters,
             kind,
+            resolution,
         }) => {
-            if kind != "mobilestylegan" {
-                return Err(Error::invalid(format!(
-                    "generator kind {kind:?} is not in this build"
-                ))
-                .into());
-            }
             if batch == 0 {
                 return Err(Error::invalid("--batch must be at least 1").into());
             }
             let dev = device::select(&cfg.device)?;
-            let g = generator::open(&cfg, &dev, true)?;
+            let g: Box<dyn generator::Generator> = match kind.as_str() {
+                "mobilestylegan" => {
+                    let mut cfg = cfg.clone();
+                    cfg.generator.kind = kind;
+                    generator::open(&cfg, &dev, true)?
+                }
+                "stylegan2" => Box::new(StyleGan2::random_config_f(resolution, 0, &dev)?),
+                _ => {
+                    return Err(Error::invalid(format!(
+                    "generator kind {kind:?} is not in this build: use mobilestylegan or stylegan2"
+                ))
+                    .into())
+                }
+            };
+            let size = size.unwrap_or(g.resolution());
             image_io::check_size(size, g.resolution())?;
             let r = bench::generator(g.as_ref(), batch, size, iters)?;
             println!("{}", serde_json::to_string(&r)?);
@@ -400,7 +417,15 @@ fn generate(cfg: &Config, a: GenerateArgs) -> anyhow::Result<()> {
             Error::invalid(format!("--count {} is out of range: use 1 to 64", a.count)).into(),
         );
     }
-    image_io::check_size(a.size, 1024)?;
+    // The resolution is known before loading for MobileStyleGAN, and for
+    // StyleGAN2 if configured; otherwise --size is checked once it is.
+    let known = match cfg.generator.kind.as_str() {
+        "mobilestylegan" => Some(1024),
+        _ => cfg.generator.resolution,
+    };
+    if let (Some(size), Some(res)) = (a.size, known) {
+        image_io::check_size(size, res)?;
+    }
     fsutil::check_writable(&a.output)?;
     if let Some(p) = &a.save_latent {
         fsutil::check_writable(p)?;
@@ -412,6 +437,8 @@ fn generate(cfg: &Config, a: GenerateArgs) -> anyhow::Result<()> {
 
     let dev = device::select(&cfg.device)?;
     let g = generator::open(cfg, &dev, true)?;
+    let size = a.size.unwrap_or(g.resolution());
+    image_io::check_size(size, g.resolution())?;
     let wplus = match &a.latent {
         Some(path) => {
             let space = a
@@ -430,7 +457,7 @@ fn generate(cfg: &Config, a: GenerateArgs) -> anyhow::Result<()> {
         let len = cfg.generator.max_batch.min(n - start);
         let out = g.synthesize(&wplus.narrow(0, start, len)?, noise)?;
         check_finite(&out, "generated image").context("the generator produced invalid values")?;
-        images.extend(image_io::to_rgb8(&image_io::resize_area(&out, a.size)?)?);
+        images.extend(image_io::to_rgb8(&image_io::resize_area(&out, size)?)?);
         eprintln!("generated {}/{n}", images.len());
     }
     if let Some(p) = &a.save_latent {

@@ -6,6 +6,7 @@
 //! network, `[n, num_styles, w_dim]`).
 
 pub mod mobilestylegan;
+pub mod stylegan2;
 
 use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
@@ -111,13 +112,17 @@ pub fn check_finite(t: &Tensor, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Open the configured generator, fetching its weights first if they are
-/// missing and `auto_fetch` is set.
+/// Open the configured generator (`generator.kind`), fetching its weights
+/// first if they are missing and `auto_fetch` is set (MobileStyleGAN only:
+/// StyleGAN2 checkpoints are the user's own).
 pub fn open(
     cfg: &crate::config::Config,
     device: &Device,
     auto_fetch: bool,
 ) -> Result<Box<dyn Generator>> {
+    if cfg.generator.kind == "stylegan2" {
+        return Ok(Box::new(stylegan2::open(cfg, device)?));
+    }
     let dir = cfg.generator_dir();
     if auto_fetch {
         mobilestylegan::fetch::ensure(&cfg.models_dir, &dir)?;

@@ -1,0 +1,35 @@
+//! StyleGAN2 generators (config-f and the ADA variant) loaded from the
+//! checkpoints people already have: rosinality `.pt` files, safetensors in
+//! NVIDIA's or rosinality's naming, and NVIDIA `.pkl` files once converted
+//! by `tools/stylegan2_to_safetensors.py`. `load` reads and checks a
+//! checkpoint, `model` runs it; `fir` (FIR resampling) and `conv` (dense conv
+//! on gemm) are its CPU kernels, each with a portable fallback.
+
+pub mod conv;
+pub mod fir;
+pub mod load;
+pub mod model;
+
+pub use load::{Arch, Checkpoint, LoadOptions, Naming};
+pub use model::StyleGan2;
+
+use candle_core::Device;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+/// Open the checkpoint named by `generator.checkpoint`, checked against the
+/// configured resolution and channel multiplier if those are set.
+pub fn open(cfg: &Config, device: &Device) -> Result<StyleGan2> {
+    let path = cfg.checkpoint_path().ok_or_else(|| {
+        Error::Config(
+            "generator.kind = \"stylegan2\" needs generator.checkpoint = \"path/to/model.pt\" (or .safetensors)".into(),
+        )
+    })?;
+    let opts = LoadOptions {
+        resolution: cfg.generator.resolution,
+        channel_multiplier: cfg.generator.channel_multiplier,
+        conv_clamp: cfg.generator.conv_clamp,
+    };
+    StyleGan2::load(&path, &opts, device)
+}

@@ -1,0 +1,184 @@
+//! `clip2gan generate` with a StyleGAN2 checkpoint, end to end, using the
+//! example configuration tests/fixtures/stylegan2/config.toml (the 32 px
+//! fixture network in rosinality's .pt layout).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use clip2gan::npy::{self, Array};
+use common::{fixture, repo};
+
+/// Run from the repository root (the example config's paths are relative to
+/// it), without environment overrides of the models directory or device.
+fn clip2gan(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_clip2gan"))
+        .args(["--config", "tests/fixtures/stylegan2/config.toml"])
+        .args(args)
+        .env_remove("CLIP2GAN_MODELS_DIR")
+        .env_remove("CLIP2GAN_DEVICE")
+        .current_dir(repo())
+        .output()
+        .expect("run clip2gan")
+}
+
+fn check_ok(o: &Output) {
+    assert!(
+        o.status.success(),
+        "clip2gan failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// The images the CLI writes for the fixture's z at psi 0.7 are the PyTorch
+/// reference images, to within one 8-bit step.
+#[test]
+fn generate_from_z_matches_reference() {
+    let exp = candle_core::safetensors::load(
+        fixture("stylegan2/net32_expected.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let z = tmp.path().join("z.npy");
+    npy::write_f32(
+        &z,
+        &Array {
+            data: exp["z"].flatten_all().unwrap().to_vec1().unwrap(),
+            shape: exp["z"].dims().to_vec(),
+        },
+    )
+    .unwrap();
+    let out = tmp.path().join("img.png");
+    let lat = tmp.path().join("wplus.npy");
+    let o = clip2gan(&[
+        "generate",
+        "--latent",
+        p(&z),
+        "--space",
+        "z",
+        "--truncation",
+        "0.7",
+        "--save-latent",
+        p(&lat),
+        "-o",
+        p(&out),
+    ]);
+    check_ok(&o);
+    let reference: Vec<f32> = exp["img_trunc"].flatten_all().unwrap().to_vec1().unwrap();
+    for k in 0..3 {
+        let img = image::open(clip2gan::image_io::numbered_path(&out, k))
+            .unwrap()
+            .to_rgb8();
+        assert_eq!(
+            img.dimensions(),
+            (32, 32),
+            "default size = the checkpoint's resolution"
+        );
+        let mut worst = 0f32;
+        for (x, y, px) in img.enumerate_pixels() {
+            for c in 0..3 {
+                let r = reference[((k * 3 + c) * 32 + y as usize) * 32 + x as usize];
+                let r8 = ((r + 1.0) * 127.5).clamp(0.0, 255.0).round();
+                worst = worst.max((px.0[c] as f32 - r8).abs());
+            }
+        }
+        assert!(worst <= 1.0, "image {k} differs by {worst} steps of 255");
+    }
+    assert_eq!(
+        npy::read_f32(&lat).unwrap().shape,
+        vec![3, 8, 32],
+        "W+ of 8 styles"
+    );
+}
+
+#[test]
+fn seeds_grid_and_sizes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let grid = tmp.path().join("grid.png");
+    let o = clip2gan(&[
+        "generate",
+        "--seed",
+        "3",
+        "-n",
+        "4",
+        "--grid",
+        "--size",
+        "16",
+        "-o",
+        p(&grid),
+    ]);
+    check_ok(&o);
+    assert_eq!(
+        image::open(&grid).unwrap().to_rgb8().dimensions(),
+        (32, 32),
+        "2x2 grid of 16 px"
+    );
+
+    let out = tmp.path().join("x.png");
+    let o = clip2gan(&["generate", "--size", "64", "-o", p(&out)]);
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("size 64 is not supported: use 32"), "{e}");
+    assert!(!out.exists());
+}
+
+/// A wrong checkpoint path or layout fails with the file named, nothing written.
+#[test]
+fn bad_checkpoint_fails_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("x.png");
+    let cfg = tmp.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "models_dir = {:?}\n[generator]\nkind = \"stylegan2\"\ncheckpoint = \"net64.safetensors\"\nchannel_multiplier = 2\n",
+            fixture("stylegan2").display().to_string()
+        ),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_clip2gan"))
+        .args([
+            "--config",
+            p(&cfg),
+            "--device",
+            "cpu",
+            "generate",
+            "-o",
+            p(&out),
+        ])
+        .env_remove("CLIP2GAN_MODELS_DIR")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("net64.safetensors: channels per block"), "{e}");
+    assert!(e.contains("generator.channel_multiplier = 2"), "{e}");
+
+    std::fs::write(
+        &cfg,
+        "[generator]\nkind = \"stylegan2\"\ncheckpoint = \"/nonexistent/g.pt\"\n",
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_clip2gan"))
+        .args([
+            "--config",
+            p(&cfg),
+            "--device",
+            "cpu",
+            "generate",
+            "-o",
+            p(&out),
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("/nonexistent/g.pt"), "{e}");
+    assert!(!out.exists());
+}
