@@ -537,6 +537,17 @@ async fn bad_input_gets_an_explanation() {
     );
     assert_no_mentions(&p);
 
+    // An upload limit smaller than the image: it is shrunk to fit.
+    fake.set_size_limit(2500);
+    let t = fake.command(105, "imagine", imagine("a man with a hat"));
+    let (_, small) = image(&fake, &t).await;
+    assert!(small.width() < SIZE as u32, "{:?}", small.dimensions());
+    match &fake.events(&t).last().unwrap().event {
+        Event::Edit { files, .. } => assert!(files[0].1.len() <= 2500),
+        other => panic!("{other:?}"),
+    }
+    fake.set_size_limit(8 << 20);
+
     // Cooldown: a second job right away is refused with the wait.
     let t = fake.command(104, "imagine", imagine("a woman"));
     assert!(ephemeral(&fake, &t).await.contains("Slow down"));
@@ -718,26 +729,51 @@ async fn restart_keeps_edit_and_undo_working() {
 }
 
 /// SIGINT/SIGTERM: queued jobs are answered with a clear message, running
-/// ones delivered, and run returns.
+/// ones delivered, and run returns. Before that: a full queue and a busy
+/// user get an answer, not silence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shutdown_answers_queued_jobs() {
+async fn full_queue_busy_user_and_shutdown() {
     let fake = Fake::start().await;
     let dir = tempfile::tempdir().unwrap();
     let mut ecfg = engine_config();
     ecfg.max_batch = 1;
+    ecfg.queue_capacity = 2;
+    ecfg.per_user_limit = 1;
     let bot = start(&fake, settings(&fake, &store_in(&dir)), engine(ecfg)).await;
     let count4 = |p: &str| json!([{"name": "prompt", "type": 3, "value": p}, {"name": "count", "type": 4, "value": 4}]);
-    let tokens: Vec<String> = (0..4u64)
-        .map(|u| fake.command(200 + u, "imagine", count4("a face")))
-        .collect();
+    // User 200 twice: the second is refused (one job in flight per user).
+    let mut tokens = vec![fake.command(200, "imagine", count4("a face"))];
+    fake.wait_event(&tokens[0], WAIT, |e| matches!(e, Event::Callback { .. }))
+        .await
+        .unwrap();
+    tokens.push(fake.command(200, "imagine", count4("a face")));
+    tokens.extend((1..5u64).map(|u| fake.command(200 + u, "imagine", count4("a face"))));
+    let (mut busy, mut full, mut deferred) = (0, 0, Vec::new());
     for t in &tokens {
-        fake.wait_event(t, WAIT, |e| matches!(e, Event::Callback { kind: 5, .. }))
+        let first = fake
+            .wait_event(t, WAIT, |e| matches!(e, Event::Callback { .. }))
             .await
-            .expect("deferred");
+            .expect("every interaction is answered");
+        match first.event {
+            Event::Callback { kind: 5, .. } => deferred.push(t.clone()),
+            Event::Callback { kind: 4, data } => {
+                let c = data["content"].as_str().unwrap();
+                if c.contains("jobs in progress") {
+                    busy += 1;
+                } else if c.contains("queue is full") {
+                    full += 1;
+                } else {
+                    panic!("unexpected refusal: {c}");
+                }
+            }
+            other => panic!("{other:?}"),
+        }
     }
+    assert_eq!(busy, 1);
+    assert!(full >= 1 && deferred.len() <= 3, "{full} {deferred:?}");
     bot.stop().await.unwrap();
     let mut shut = 0;
-    for t in &tokens {
+    for t in &deferred {
         let a = answer(&fake, t).await;
         if let Event::Edit { files, payload, .. } = &a.event {
             if files.is_empty() {
@@ -746,10 +782,7 @@ async fn shutdown_answers_queued_jobs() {
             }
         }
     }
-    assert!(
-        shut >= 1,
-        "at least one queued job was answered as shut down"
-    );
+    assert!(shut >= 1, "queued jobs were answered as shut down");
 }
 
 /// `clip2gan bot` without a token fails at once with what to do.

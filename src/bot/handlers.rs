@@ -487,14 +487,15 @@ impl Bot {
                 });
                 let store = self.store.clone();
                 let pending = rec.clone();
-                match tokio::task::spawn_blocking(move || store.insert(pending, user, 0)).await {
-                    Ok(Ok(rec)) => (rec, None, note),
-                    failed => {
-                        let why = match failed {
-                            Ok(Err(e)) => e.to_string(),
-                            Err(e) => e.to_string(),
-                            Ok(Ok(_)) => unreachable!(),
-                        };
+                let saved =
+                    match tokio::task::spawn_blocking(move || store.insert(pending, user, 0)).await
+                    {
+                        Ok(r) => r.map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                match saved {
+                    Ok(rec) => (rec, None, note),
+                    Err(why) => {
                         error!(error = %why, "saving a result failed");
                         // Deliver the image anyway, without buttons that
                         // would point at nothing.

@@ -92,7 +92,7 @@ pub fn result_content(rec: &Record, shown: Option<usize>, note: Option<&str>) ->
             rec.id
         ),
         Origin::Variations { seed } => format!(
-            "**Variations** of {} · seed `{seed}` · amount from the bot's settings\nprompt: {prompt} · result #{}",
+            "**Variations** of {} · seed `{seed}`\nprompt: {prompt} · result #{}",
             parent_text(rec.parent),
             rec.id
         ),
@@ -262,7 +262,8 @@ pub fn buttons(rec: &Record, shown: Option<usize>) -> Vec<CreateActionRow> {
 /// One PNG for the message: the image itself, or a grid of several; halved
 /// until it fits `limit` bytes (Discord refuses larger uploads).
 pub fn compose_png(images: &[Vec<u8>], limit: u32) -> Result<Vec<u8>, String> {
-    let limit = limit as usize;
+    // 0 would be a payload without the field; Discord's base limit is 10 MiB.
+    let limit = if limit == 0 { 10 << 20 } else { limit as usize };
     if images.len() == 1 && images[0].len() <= limit {
         return Ok(images[0].clone());
     }
@@ -277,7 +278,7 @@ pub fn compose_png(images: &[Vec<u8>], limit: u32) -> Result<Vec<u8>, String> {
         if png.len() <= limit {
             return Ok(png);
         }
-        if img.width() <= 32 {
+        if img.width() <= 16 {
             return Err(format!(
                 "the image does not fit Discord's upload limit of {limit} bytes here"
             ));

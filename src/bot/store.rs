@@ -81,6 +81,34 @@ struct Order {
     next_id: ResultId,
 }
 
+/// redb's error, boxed: the unboxed one is large, and every store call
+/// returns it.
+#[derive(Debug)]
+struct DbError(Box<redb::Error>);
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for DbError {
+            fn from(e: $t) -> Self {
+                DbError(Box::new(e.into()))
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::Error,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
 fn db_err(path: &Path, e: impl std::fmt::Display) -> BotError {
     BotError::Store(format!("{}: {e}", path.display()))
 }
@@ -101,8 +129,7 @@ impl Store {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| db_err(path, e))?;
         }
-        let db = match Database::create(path).map(|db| init_tables(db, path)) {
-            Ok(Ok(db)) => db,
+        let opened = match Database::create(path) {
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(BotError::Store(format!(
                     "{} is in use by another process (another clip2gan bot?); stop it or set \
@@ -110,12 +137,12 @@ impl Store {
                     path.display()
                 )))
             }
-            other => {
-                let why = match other {
-                    Ok(Err(e)) => e.to_string(),
-                    Err(e) => e.to_string(),
-                    Ok(Ok(_)) => unreachable!("handled above"),
-                };
+            Err(e) => Err(e.to_string()),
+            Ok(db) => init_tables(db, path).map_err(|e| e.to_string()),
+        };
+        let db = match opened {
+            Ok(db) => db,
+            Err(why) => {
                 let aside = set_aside(path)?;
                 warnings.push(format!(
                     "the results store {} could not be read ({why}); it was moved to {} and a \
@@ -374,9 +401,9 @@ impl Store {
 
     fn write(
         &self,
-        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), DbError>,
     ) -> Result<(), BotError> {
-        let run = || -> Result<(), redb::Error> {
+        let run = || -> Result<(), DbError> {
             let txn = self.db.begin_write()?;
             f(&txn)?;
             txn.commit()?;
@@ -387,7 +414,7 @@ impl Store {
 }
 
 fn init_tables(db: Database, path: &Path) -> Result<Database, BotError> {
-    let run = || -> Result<(), redb::Error> {
+    let run = || -> Result<(), DbError> {
         let txn = db.begin_write()?;
         txn.open_table(RESULTS)?;
         txn.open_table(HISTORY)?;

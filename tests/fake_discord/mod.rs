@@ -98,6 +98,8 @@ pub struct Fake {
     port: u16,
     /// Guild of the interactions sent without one named (None: DMs).
     guild: Mutex<Option<u64>>,
+    /// `attachment_size_limit` of the interactions sent.
+    size_limit: Mutex<u32>,
 }
 
 type St = State<Arc<Fake>>;
@@ -116,6 +118,7 @@ impl Fake {
             gateway: Mutex::new(None),
             port,
             guild: Mutex::new(None),
+            size_limit: Mutex::new(8 * 1024 * 1024),
         });
         let app = Router::new()
             .route("/api/v10/gateway", get(gateway_url))
@@ -269,7 +272,7 @@ impl Fake {
             "entitlements": [],
             "authorizing_integration_owners": {},
             "context": if guild.is_some() { 0 } else { 1 },
-            "attachment_size_limit": 8 * 1024 * 1024,
+            "attachment_size_limit": *self.size_limit.lock().unwrap(),
         });
         if let Some(g) = guild {
             v["guild_id"] = json!(g.to_string());
@@ -280,6 +283,10 @@ impl Fake {
 
     pub fn set_guild(&self, guild: Option<u64>) {
         *self.guild.lock().unwrap() = guild;
+    }
+
+    pub fn set_size_limit(&self, bytes: u32) {
+        *self.size_limit.lock().unwrap() = bytes;
     }
 
     fn default_guild(&self) -> Option<u64> {
