@@ -152,6 +152,10 @@ impl Running {
 }
 
 async fn start(fake: &Arc<Fake>, s: Settings, e: Arc<Engine>) -> Running {
+    // The bot's logs only when asked for (RUST_LOG=clip2gan=info,serenity=info).
+    if std::env::var_os("RUST_LOG").is_some() {
+        clip2gan::bot::init_logging();
+    }
     let before = fake.identifies() + fake.resumes();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(clip2gan::bot::run(

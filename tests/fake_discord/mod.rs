@@ -580,7 +580,10 @@ async fn gateway(mut socket: WebSocket, f: Arc<Fake>) {
                 let Some(Ok(msg)) = msg else { break };
                 let text = match msg {
                     WsMessage::Text(t) => t.to_string(),
-                    WsMessage::Close(_) => break,
+                    WsMessage::Close(frame) => {
+                        let _ = socket.send(WsMessage::Close(frame)).await;
+                        break;
+                    }
                     _ => continue,
                 };
                 let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
