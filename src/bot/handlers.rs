@@ -398,6 +398,10 @@ impl Bot {
             Err(e) => return self.say(&resp, &sentence(&e)).await,
         };
         self.cooldowns.insert(user, Instant::now());
+        if self.cooldowns.len() > 10_000 {
+            // Forget users whose cooldown is over, so the map stays small.
+            self.cooldowns.retain(|_, t| t.elapsed() < cooldown);
+        }
         if let Err(e) = resp.defer().await {
             // Without a deferred response there is nothing to put the image
             // in: give the slot back.
