@@ -20,6 +20,8 @@ pub struct Config {
     pub mapper: MapperFileConfig,
     pub pipeline: PipelineConfig,
     pub engine: crate::engine::EngineConfig,
+    pub discord: crate::bot::DiscordConfig,
+    pub bot: crate::bot::BotConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -119,6 +121,8 @@ impl Default for Config {
             mapper: MapperFileConfig::default(),
             pipeline: PipelineConfig::default(),
             engine: crate::engine::EngineConfig::default(),
+            discord: crate::bot::DiscordConfig::default(),
+            bot: crate::bot::BotConfig::default(),
         }
     }
 }

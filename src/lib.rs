@@ -20,6 +20,10 @@
 //!   tensor-op path for other devices.
 //! - [`latent`] and [`npy`]: latent files (z, w, W+) in NumPy format.
 //! - [`image_io`]: area resizing, RGB8 conversion, grids, atomic PNG writes.
+//! - [`engine`]: the inference engine (queue, batching, per-user limits) over
+//!   the [`pipeline`] (CLIP -> mapper -> generator), in plain types.
+//! - [`bot`]: the Discord bot on the engine (commands, buttons, results
+//!   store); it knows nothing of tensors.
 //! - [`config`]: `config.toml` + environment + flags; [`device`]: CPU/CUDA choice.
 //! - [`bench`]: the `clip2gan bench` measurements (printed as JSON).
 //! - [`error`]: typed errors that say what to do; [`fsutil`]: atomic writes;
@@ -28,6 +32,7 @@
 //! The binary (`src/main.rs`) is a thin clap front end over these modules.
 
 pub mod bench;
+pub mod bot;
 pub mod clip;
 pub mod config;
 pub mod device;

@@ -50,6 +50,8 @@ enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
+    /// Serve the Discord bot (token from DISCORD_TOKEN or discord.token_file).
+    Bot,
     /// Measure speed; prints one JSON line.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -233,6 +235,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Bot => bot(cfg),
         Command::Imagine(a) => imagine(&cfg, a),
         Command::Edit(a) => edit(&cfg, a),
         Command::Bench(BenchCommand::Engine {
@@ -290,6 +293,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn bot(cfg: Config) -> anyhow::Result<()> {
+    clip2gan::bot::init_logging();
+    // The token first: a missing one should not cost a model load.
+    let token = clip2gan::bot::config::resolve_token(&cfg.discord)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(clip2gan::bot::serve(cfg, token))?;
+    Ok(())
 }
 
 fn load_pipeline(cfg: &Config) -> anyhow::Result<clip2gan::pipeline::Pipeline> {

@@ -1,0 +1,157 @@
+//! The `[discord]` and `[bot]` sections of `config.toml`, and the token.
+//!
+//! The token is deliberately not a config key: it comes from the environment
+//! (`DISCORD_TOKEN`) or from a file named here, so that `config.toml` can be
+//! committed and shown without leaking it.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::BotError;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DiscordConfig {
+    /// A file whose first line is the bot token; used when `DISCORD_TOKEN`
+    /// is not set.
+    pub token_file: Option<PathBuf>,
+    /// Another API host (`http://127.0.0.1:8080`: tests, a proxy); empty for
+    /// Discord itself. With it the client sends to that host with serenity's
+    /// rate limiter off (it would ignore the host), and the bot's own retries
+    /// alone handle 429 and 5xx answers.
+    pub api_base: String,
+    /// Register the slash commands in these guilds only (they appear at
+    /// once); empty: register them globally.
+    pub guilds: Vec<u64>,
+    /// Answer only in these guilds (and not in DMs); empty: anywhere.
+    pub allowed_guilds: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BotConfig {
+    /// The results database (latents and undo history), created if missing.
+    pub store_path: PathBuf,
+    /// Steps of undo kept per user.
+    pub history_depth: usize,
+    /// Latents kept in all (about 47 KB each in memory and on disk); the
+    /// oldest results are forgotten first.
+    pub max_latents: usize,
+    /// Least time between two jobs of one user.
+    pub cooldown_ms: u64,
+    /// Longest prompt or edit instruction accepted (CLIP reads about 77
+    /// tokens, some 300 characters, anyway).
+    pub max_prompt_chars: usize,
+    /// Prompts and instructions containing any of these words or phrases
+    /// (case-insensitive) are refused.
+    pub blocklist: Vec<String>,
+    /// Images of the Variations button.
+    pub variations_count: usize,
+    /// How far variations move from their source (0 = not at all, 1 = far).
+    pub variation_amount: f64,
+    /// How often a queued job's position is refreshed in its message.
+    pub progress_interval_ms: u64,
+    /// Attempts at delivering a result when Discord answers 5xx or 429.
+    pub http_attempts: u32,
+    /// First pause between attempts; doubled each time (at most 10 s).
+    pub retry_base_ms: u64,
+    /// On SIGINT/SIGTERM, how long running jobs may take to be delivered.
+    pub shutdown_grace_s: u64,
+}
+
+impl Default for BotConfig {
+    fn default() -> Self {
+        Self {
+            store_path: PathBuf::from("bot-store.redb"),
+            history_depth: 20,
+            max_latents: 5000,
+            cooldown_ms: 2000,
+            max_prompt_chars: 500,
+            blocklist: Vec::new(),
+            variations_count: 4,
+            variation_amount: 0.5,
+            progress_interval_ms: 1500,
+            http_attempts: 5,
+            retry_base_ms: 500,
+            shutdown_grace_s: 30,
+        }
+    }
+}
+
+impl BotConfig {
+    pub fn validate(&self) -> Result<(), BotError> {
+        let bad = |m: &str| Err(BotError::Config(m.to_string()));
+        if self.history_depth == 0 || self.max_latents == 0 {
+            return bad("bot.history_depth and bot.max_latents must be at least 1");
+        }
+        if !(1..=super::render::MAX_IMAGES).contains(&self.variations_count) {
+            return bad("bot.variations_count must be 1 to 4");
+        }
+        if !(0.0..=1.0).contains(&self.variation_amount) {
+            return bad("bot.variation_amount must be in [0, 1]");
+        }
+        if self.max_prompt_chars == 0 || self.max_prompt_chars > 1000 {
+            // Twice this (escaped) must fit Discord's 2000-character messages.
+            return bad("bot.max_prompt_chars must be 1 to 1000");
+        }
+        if self.http_attempts == 0 {
+            return bad("bot.http_attempts must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// The bot token. Its `Debug` never shows it, so it cannot leak into logs.
+#[derive(Clone)]
+pub struct Token(String);
+
+impl Token {
+    pub fn new(s: impl Into<String>) -> Self {
+        Token(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<hidden>)")
+    }
+}
+
+/// `DISCORD_TOKEN` if set, else the first line of `discord.token_file`.
+pub fn resolve_token(cfg: &DiscordConfig) -> Result<Token, BotError> {
+    let from_env = std::env::var("DISCORD_TOKEN").ok();
+    let (raw, source) =
+        match (from_env, &cfg.token_file) {
+            (Some(t), _) if !t.trim().is_empty() => (t, "DISCORD_TOKEN".to_string()),
+            (_, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    BotError::Token(format!(
+                    "cannot read discord.token_file {}: {e}; put the bot token on its first line",
+                    path.display()
+                ))
+                })?;
+                let first = text.lines().next().unwrap_or("").to_string();
+                (first, format!("discord.token_file {}", path.display()))
+            }
+            _ => return Err(BotError::Token(
+                "no bot token: set DISCORD_TOKEN, or name a file holding it in discord.token_file \
+                 (config.toml). The token is on the Discord developer portal: your application \
+                 -> Bot -> Reset Token"
+                    .into(),
+            )),
+        };
+    let token = raw.trim();
+    let token = token.strip_prefix("Bot ").unwrap_or(token);
+    if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(BotError::Token(format!(
+            "the token from {source} is empty or has spaces in it; paste it exactly as the \
+             developer portal shows it"
+        )));
+    }
+    Ok(Token(token.to_string()))
+}

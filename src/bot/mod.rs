@@ -1,0 +1,278 @@
+//! The Discord bot (`clip2gan bot`): slash commands `/imagine`, `/edit`,
+//! `/undo` and buttons on each result, served through the inference engine.
+//! It knows the engine's plain types only (prompts, latents as numbers,
+//! PNG bytes), never tensors.
+//!
+//! - [`config`]: the `[discord]` and `[bot]` settings and the token.
+//! - [`commands`]: registration payloads; options parsed and checked.
+//! - [`handlers`]: what each interaction does, queue feedback, delivery.
+//! - [`respond`]: answering one interaction, with retries.
+//! - [`render`]: message text (escaped echoes), buttons, the attached image.
+//! - [`store`]: results and per-user undo history, in memory and on disk.
+//! - [`inflight`]: counting answers in progress, for graceful shutdown.
+//!
+//! [`run`] drives the serenity client until a shutdown signal; [`serve`]
+//! is the whole `clip2gan bot` command (models, engine, signals, run).
+
+pub mod commands;
+pub mod config;
+mod handlers;
+pub mod inflight;
+pub mod render;
+pub mod respond;
+pub mod store;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use serenity::all::{
+    async_trait, ClientBuilder, Command as DiscordCommand, Context, EventHandler, GatewayIntents,
+    GuildId, HttpBuilder, Interaction, Ready, ResumedEvent,
+};
+use tracing::{error, info, warn};
+
+use crate::engine::{Engine, PipelineBackend};
+
+pub use config::{BotConfig, DiscordConfig, Token};
+use inflight::InFlight;
+use respond::Retry;
+use store::Store;
+
+/// Why the bot could not start or run; each says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum BotError {
+    #[error("{0}")]
+    Token(String),
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("results store: {0}")]
+    Store(String),
+    #[error("Discord: {0}")]
+    Discord(String),
+    #[error("the image engine could not start: {0}")]
+    Engine(String),
+}
+
+/// Shared by every handler.
+pub(crate) struct Bot {
+    engine: Arc<Engine>,
+    store: Arc<Store>,
+    cfg: BotConfig,
+    discord: DiscordConfig,
+    retry: Retry,
+    cooldowns: DashMap<u64, Instant>,
+    /// Set at shutdown: new interactions are refused politely.
+    closing: AtomicBool,
+    inflight: Arc<InFlight>,
+    registered: AtomicBool,
+}
+
+struct Handler(Arc<Bot>);
+
+#[async_trait]
+impl EventHandler for Handler {
+    async fn ready(&self, ctx: Context, ready: Ready) {
+        info!(bot = %ready.user.name, "connected to the Discord gateway");
+        // READY comes again after each re-identify; commands need
+        // registering once per run.
+        if self.0.registered.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let defs = commands::definitions(&self.0.cfg);
+        if self.0.discord.guilds.is_empty() {
+            match DiscordCommand::set_global_commands(&ctx.http, defs).await {
+                Ok(c) => info!(commands = c.len(), "registered the commands globally"),
+                Err(e) => error!(error = %e, "registering the commands failed"),
+            }
+        } else {
+            for g in &self.0.discord.guilds {
+                match GuildId::new(*g).set_commands(&ctx.http, defs.clone()).await {
+                    Ok(c) => info!(guild = g, commands = c.len(), "registered the commands"),
+                    Err(e) => error!(guild = g, error = %e, "registering the commands failed"),
+                }
+            }
+        }
+    }
+
+    async fn resume(&self, _ctx: Context, _: ResumedEvent) {
+        info!("gateway session resumed");
+    }
+
+    async fn interaction_create(&self, ctx: Context, interaction: Interaction) {
+        self.0.clone().handle(ctx.http.clone(), interaction).await;
+    }
+}
+
+/// Everything `run` needs besides the engine and the token.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub discord: DiscordConfig,
+    pub bot: BotConfig,
+}
+
+/// Run the bot until `shutdown` completes, then stop taking interactions,
+/// answer queued jobs (the engine is shut down: they get "shutting down"),
+/// let running ones be delivered (up to `bot.shutdown_grace_s`), and close
+/// the store and the gateway.
+pub async fn run(
+    settings: Settings,
+    token: Token,
+    engine: Arc<Engine>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), BotError> {
+    let Settings { discord, bot: cfg } = settings;
+    cfg.validate()?;
+    let (path, depth, max) = (cfg.store_path.clone(), cfg.history_depth, cfg.max_latents);
+    let opened = tokio::task::spawn_blocking(move || Store::open(&path, depth, max))
+        .await
+        .map_err(|e| BotError::Store(e.to_string()))??;
+    for w in &opened.warnings {
+        warn!("{w}");
+    }
+    info!(
+        results = opened.store.len(),
+        path = %cfg.store_path.display(),
+        "results store open"
+    );
+    let http = if discord.api_base.is_empty() {
+        HttpBuilder::new(token.expose()).build()
+    } else {
+        // serenity's rate limiter would send to Discord itself, ignoring
+        // the proxy; our own retries handle 429 and 5xx instead.
+        info!(api_base = %discord.api_base, "using another Discord API host");
+        HttpBuilder::new(token.expose())
+            .proxy(discord.api_base.trim_end_matches('/'))
+            .ratelimiter_disabled(true)
+            .build()
+    };
+    let bot = Arc::new(Bot {
+        engine: engine.clone(),
+        store: Arc::new(opened.store),
+        retry: Retry {
+            attempts: cfg.http_attempts,
+            base: Duration::from_millis(cfg.retry_base_ms),
+        },
+        cfg,
+        discord,
+        cooldowns: DashMap::new(),
+        closing: AtomicBool::new(false),
+        inflight: Arc::new(InFlight::default()),
+        registered: AtomicBool::new(false),
+    });
+    // Interactions need no privileged intents (nor any other).
+    let mut client = ClientBuilder::new_with_http(http, GatewayIntents::empty())
+        .event_handler(Handler(bot.clone()))
+        .await
+        .map_err(|e| BotError::Discord(format!("cannot create the client: {e}")))?;
+    let shards = client.shard_manager.clone();
+    let mut gateway = tokio::spawn(async move { client.start().await });
+
+    let ended_by_itself = tokio::select! {
+        r = &mut gateway => Some(r),
+        _ = shutdown => None,
+    };
+    info!("shutting down: refusing new interactions, answering queued jobs");
+    bot.closing.store(true, Ordering::SeqCst);
+    let e = engine.clone();
+    let _ = tokio::task::spawn_blocking(move || e.shutdown(false)).await;
+    let grace = Duration::from_secs(bot.cfg.shutdown_grace_s);
+    if tokio::time::timeout(grace, bot.inflight.wait_idle())
+        .await
+        .is_err()
+    {
+        warn!(
+            pending = bot.inflight.count(),
+            "answers still in progress after the grace period were dropped"
+        );
+    }
+    shards.shutdown_all().await;
+    let outcome = match ended_by_itself {
+        Some(Ok(Ok(()))) | None => Ok(()),
+        Some(Ok(Err(e))) => Err(BotError::Discord(format!(
+            "the gateway connection ended: {e}. If it says the token is invalid, reset it on the \
+             developer portal and set DISCORD_TOKEN again"
+        ))),
+        Some(Err(e)) => Err(BotError::Discord(format!("the gateway task failed: {e}"))),
+    };
+    if !gateway.is_finished() {
+        let _ = gateway.await;
+    }
+    // Every store write is already committed (fsynced); the file closes when
+    // the last handler lets go of it.
+    drop(bot);
+    info!("stopped");
+    outcome
+}
+
+/// `clip2gan bot`: load the models into the engine, then run until
+/// SIGINT or SIGTERM.
+pub async fn serve(cfg: crate::config::Config, token: Token) -> Result<(), BotError> {
+    let settings = Settings {
+        discord: cfg.discord.clone(),
+        bot: cfg.bot.clone(),
+    };
+    settings.bot.validate()?;
+    let output_size = cfg.engine.output_size;
+    crate::image_io::check_size(output_size, 1024).map_err(|e| BotError::Config(e.to_string()))?;
+    let engine_cfg = cfg.engine.clone();
+    info!("loading the models");
+    let engine = tokio::task::spawn_blocking(move || {
+        Engine::start(engine_cfg, move || {
+            let dev = crate::device::select(&cfg.device)?;
+            let (pipeline, warnings) = crate::pipeline::Pipeline::load(&cfg, &dev)?;
+            for w in warnings {
+                warn!("{w}");
+            }
+            Ok(PipelineBackend {
+                pipeline,
+                output_size,
+            })
+        })
+    })
+    .await
+    .map_err(|e| BotError::Engine(e.to_string()))?
+    .map_err(|e| BotError::Engine(e.to_string()))?;
+    info!("models loaded");
+    run(settings, token, Arc::new(engine), signal()).await
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM (docker stop, systemd).
+async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    info!("signal received");
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default: info for clip2gan,
+/// warnings for the libraries).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,clip2gan=info"));
+    // Colours only on a terminal; log collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,353 @@
+//! What the bot's messages look like: cleaned input, escaped echoes of it,
+//! the text and buttons of a result, and its attached image (a grid for
+//! several images, shrunk until it fits the interaction's size limit).
+
+use serenity::all::{ButtonStyle, CreateActionRow, CreateButton};
+
+use super::store::{Origin, Record, Ref, ResultId};
+
+/// Most images in one message (`/imagine count`, variations): one row of
+/// pick buttons.
+pub const MAX_IMAGES: usize = 4;
+/// Discord's limit on a message's text.
+const MAX_CONTENT: usize = 2000;
+
+/// Prompt text as the model should see it: control and invisible
+/// (zero-width, bidi, soft hyphen) characters removed, whitespace runs
+/// collapsed to one space. Invisible characters would otherwise let a
+/// blocked word through (`n\u{200B}ame`) and make echoes misleading.
+pub fn clean_input(s: &str) -> String {
+    let kept: String = s
+        .chars()
+        .map(|c| if c.is_whitespace() { ' ' } else { c })
+        .filter(|&c| !c.is_control() && !is_invisible(c))
+        .collect();
+    kept.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
+        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}'
+        | '\u{FFA0}' | '\u{FFF0}'..='\u{FFF8}' | '\u{E0000}'..='\u{E007F}')
+}
+
+/// User text made inert in a Discord message: markdown, mentions
+/// (`<@id>`, `@everyone`), masked links and emoji codes are shown as typed.
+/// (Every message also carries empty `allowed_mentions`, so nothing pings
+/// even if an escape were missed.)
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if matches!(
+            c,
+            '\\' | '*'
+                | '_'
+                | '~'
+                | '`'
+                | '|'
+                | '<'
+                | '>'
+                | '['
+                | ']'
+                | '('
+                | ')'
+                | '@'
+                | ':'
+                | '#'
+        ) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A case-insensitive match of any blocklist entry in the cleaned text.
+pub fn blocked<'a>(text: &str, blocklist: &'a [String]) -> Option<&'a str> {
+    let lower = text.to_lowercase();
+    blocklist
+        .iter()
+        .map(|w| w.trim())
+        .find(|w| !w.is_empty() && lower.contains(&w.to_lowercase()))
+}
+
+/// The text of a message showing a result (or one image of it).
+pub fn result_content(rec: &Record, shown: Option<usize>, note: Option<&str>) -> String {
+    let prompt = escape(&rec.prompt);
+    let mut head = match &rec.origin {
+        Origin::Imagine { seed, count } => format!(
+            "**/imagine** {prompt}\nseed `{seed}` · {count} image{} · result #{}",
+            if *count == 1 { "" } else { "s" },
+            rec.id
+        ),
+        Origin::Edit {
+            instruction,
+            strength,
+        } => format!(
+            "**/edit** {} · strength `{strength}` · of {}\nprompt: {prompt} · result #{}",
+            escape(instruction),
+            parent_text(rec.parent),
+            rec.id
+        ),
+        Origin::Variations { seed } => format!(
+            "**Variations** of {} · seed `{seed}`\nprompt: {prompt} · result #{}",
+            parent_text(rec.parent),
+            rec.id
+        ),
+    };
+    if let Some(k) = shown.filter(|_| rec.latents.len() > 1) {
+        head.push_str(&format!(" · image {} of {}", k + 1, rec.latents.len()));
+    }
+    head.push_str(&format!(" · by <@{}>", rec.owner));
+    if let Some(n) = note {
+        head.push('\n');
+        head.push_str(n);
+    }
+    truncate(head)
+}
+
+fn parent_text(p: Option<Ref>) -> String {
+    match p {
+        Some(r) => format!("#{} image {}", r.id, r.index + 1),
+        None => "an earlier image".into(),
+    }
+}
+
+/// Cut to Discord's limit on a character boundary (an escape is never split
+/// from its character, so nothing unescaped can appear at the cut).
+fn truncate(s: String) -> String {
+    if s.chars().count() <= MAX_CONTENT {
+        return s;
+    }
+    let mut out: String = s.chars().take(MAX_CONTENT - 1).collect();
+    if out.ends_with('\\') {
+        out.pop();
+    }
+    out.push('…');
+    out
+}
+
+/// Button actions; the custom id carries the image it acts on, so a button
+/// works on its own message's image, whoever presses it and however old.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Variations,
+    Reroll,
+    Edit,
+    Undo,
+    Delete,
+    Pick,
+    /// The edit modal was submitted.
+    EditSubmit,
+}
+
+const PREFIX: &str = "c2g";
+
+impl Action {
+    fn code(self) -> &'static str {
+        match self {
+            Action::Variations => "var",
+            Action::Reroll => "reroll",
+            Action::Edit => "edit",
+            Action::Undo => "undo",
+            Action::Delete => "del",
+            Action::Pick => "pick",
+            Action::EditSubmit => "editm",
+        }
+    }
+
+    pub fn custom_id(self, r: Ref) -> String {
+        format!("{PREFIX}:{}:{}:{}", self.code(), r.id, r.index)
+    }
+
+    pub fn parse(id: &str) -> Option<(Action, Ref)> {
+        let mut parts = id.split(':');
+        if parts.next()? != PREFIX {
+            return None;
+        }
+        let action = match parts.next()? {
+            "var" => Action::Variations,
+            "reroll" => Action::Reroll,
+            "edit" => Action::Edit,
+            "undo" => Action::Undo,
+            "del" => Action::Delete,
+            "pick" => Action::Pick,
+            "editm" => Action::EditSubmit,
+            _ => return None,
+        };
+        let id: ResultId = parts.next()?.parse().ok()?;
+        let index: usize = parts.next()?.parse().ok()?;
+        if parts.next().is_some() || index >= MAX_IMAGES {
+            return None;
+        }
+        Some((action, Ref { id, index }))
+    }
+}
+
+fn button(action: Action, r: Ref, label: &str, style: ButtonStyle) -> CreateButton {
+    CreateButton::new(action.custom_id(r))
+        .label(label)
+        .style(style)
+}
+
+/// Buttons under a result. A grid gets one pick button per image (the
+/// other actions need one image), re-roll and delete; one image gets
+/// variations, re-roll (for `/imagine` results), edit, undo and delete.
+pub fn buttons(rec: &Record, shown: Option<usize>) -> Vec<CreateActionRow> {
+    let first = Ref {
+        id: rec.id,
+        index: 0,
+    };
+    let reroll = matches!(rec.origin, Origin::Imagine { .. });
+    let delete = button(Action::Delete, first, "Delete", ButtonStyle::Danger);
+    match shown {
+        None if rec.latents.len() > 1 => {
+            let picks = (0..rec.latents.len())
+                .map(|k| {
+                    button(
+                        Action::Pick,
+                        Ref {
+                            id: rec.id,
+                            index: k,
+                        },
+                        &format!("Use {}", k + 1),
+                        ButtonStyle::Secondary,
+                    )
+                })
+                .collect();
+            let mut second = Vec::new();
+            if reroll {
+                second.push(button(
+                    Action::Reroll,
+                    first,
+                    "Re-roll",
+                    ButtonStyle::Primary,
+                ));
+            }
+            second.push(delete);
+            vec![
+                CreateActionRow::Buttons(picks),
+                CreateActionRow::Buttons(second),
+            ]
+        }
+        _ => {
+            let r = Ref {
+                id: rec.id,
+                index: shown.unwrap_or(0),
+            };
+            let mut row = vec![button(
+                Action::Variations,
+                r,
+                "Variations",
+                ButtonStyle::Primary,
+            )];
+            if reroll {
+                row.push(button(
+                    Action::Reroll,
+                    first,
+                    "Re-roll",
+                    ButtonStyle::Primary,
+                ));
+            }
+            row.push(button(Action::Edit, r, "Edit…", ButtonStyle::Secondary));
+            row.push(button(Action::Undo, r, "Undo", ButtonStyle::Secondary));
+            row.push(delete);
+            vec![CreateActionRow::Buttons(row)]
+        }
+    }
+}
+
+/// One PNG for the message: the image itself, or a grid of several; halved
+/// until it fits `limit` bytes (Discord refuses larger uploads).
+pub fn compose_png(images: &[Vec<u8>], limit: u32) -> Result<Vec<u8>, String> {
+    // 0 would be a payload without the field; Discord's base limit is 10 MiB.
+    let limit = if limit == 0 { 10 << 20 } else { limit as usize };
+    if images.len() == 1 && images[0].len() <= limit {
+        return Ok(images[0].clone());
+    }
+    let decoded = images
+        .iter()
+        .map(|b| image::load_from_memory(b).map(|i| i.to_rgb8()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the image could not be read back ({e})"))?;
+    let mut img = crate::image_io::grid(&decoded);
+    loop {
+        let png = crate::image_io::encode_png(&img).map_err(|e| e.to_string())?;
+        if png.len() <= limit {
+            return Ok(png);
+        }
+        if img.width() <= 16 {
+            return Err(format!(
+                "the image does not fit Discord's upload limit of {limit} bytes here"
+            ));
+        }
+        img = image::imageops::resize(
+            &img,
+            img.width() / 2,
+            img.height() / 2,
+            image::imageops::FilterType::Triangle,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cleaning_and_escaping() {
+        assert_eq!(clean_input("  a\u{200B}b\tc\n\u{0007}d\u{FEFF} "), "ab c d");
+        assert_eq!(clean_input("\u{200B}\u{200D} \u{0000}"), "");
+        let e = escape("@everyone <@123> **bold** [x](http://y) `c` :smile:");
+        assert!(!e.contains("<@"), "{e}");
+        assert!(e.contains("\\@everyone") && e.contains("\\*\\*bold") && e.contains("\\[x\\]"));
+        assert_eq!(blocked("A Bad Word", &["bad".into()]), Some("bad"));
+        assert_eq!(blocked("fine", &["bad".into(), " ".into()]), None);
+    }
+
+    #[test]
+    fn custom_ids_round_trip_and_reject_junk() {
+        let r = Ref { id: 42, index: 3 };
+        for a in [
+            Action::Variations,
+            Action::Reroll,
+            Action::Edit,
+            Action::Undo,
+            Action::Delete,
+            Action::Pick,
+            Action::EditSubmit,
+        ] {
+            assert_eq!(Action::parse(&a.custom_id(r)), Some((a, r)));
+            assert!(a.custom_id(r).len() <= 100, "Discord's limit");
+        }
+        for bad in [
+            "",
+            "c2g",
+            "c2g:var:1",
+            "c2g:nope:1:0",
+            "x:var:1:0",
+            "c2g:var:1:9",
+            "c2g:var:-1:0",
+            "c2g:var:1:0:0",
+        ] {
+            assert_eq!(Action::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn long_content_is_cut_within_the_limit() {
+        let rec = Record {
+            id: 1,
+            owner: 2,
+            created_unix: 0,
+            prompt: "*".repeat(1000),
+            origin: Origin::Imagine { seed: 1, count: 1 },
+            parent: None,
+            latents: Vec::new(),
+        };
+        let c = result_content(&rec, None, None);
+        assert!(c.chars().count() <= MAX_CONTENT);
+    }
+}

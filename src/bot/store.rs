@@ -1,0 +1,588 @@
+//! Results and undo history per user: in memory (dashmap) for the handlers,
+//! and in an embedded database on disk so that a restart keeps `/edit`,
+//! `/undo` and the buttons of earlier messages working.
+//!
+//! Why redb: every write is one ACID transaction, fsynced on commit, and a
+//! crash at any point leaves either the old or the new state (copy-on-write
+//! pages with checksums), with no background threads and pure Rust. An
+//! append-only log of our own would need the same care (torn tails,
+//! checksums, atomic compaction) for no gain.
+//!
+//! The memory copy is loaded once at start; afterwards every change is
+//! written to disk first and then applied in memory, so memory never holds
+//! anything a restart would lose. The store is bounded by the number of
+//! latents it holds; the oldest results go first.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use dashmap::DashMap;
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::Latent;
+
+use super::BotError;
+
+/// A result: the images one job produced (their latents), numbered.
+pub type ResultId = u64;
+
+/// One image of a result: what buttons, `/edit` and `/undo` act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ref {
+    pub id: ResultId,
+    pub index: usize,
+}
+
+/// How a result was made; enough to show it and to reproduce it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Origin {
+    Imagine { seed: u64, count: usize },
+    Edit { instruction: String, strength: f64 },
+    Variations { seed: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub id: ResultId,
+    /// The user who made it (and who alone may delete it).
+    pub owner: u64,
+    pub created_unix: u64,
+    /// The `/imagine` prompt this line of images started from.
+    pub prompt: String,
+    pub origin: Origin,
+    /// The image this one was made from (edits, variations).
+    pub parent: Option<Ref>,
+    #[serde(skip)]
+    pub latents: Vec<Latent>,
+}
+
+const RESULTS: TableDefinition<u64, &[u8]> = TableDefinition::new("results");
+const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+    history_depth: usize,
+    max_latents: usize,
+    results: DashMap<ResultId, Arc<Record>>,
+    history: DashMap<u64, Vec<Ref>>,
+    /// Eviction order (ids grow with time) and the latent count; also the
+    /// lock that serialises writers, so disk and memory change in one order.
+    order: Mutex<Order>,
+}
+
+#[derive(Default)]
+struct Order {
+    by_id: BTreeMap<ResultId, usize>,
+    latents: usize,
+    next_id: ResultId,
+}
+
+/// redb's error, boxed: the unboxed one is large, and every store call
+/// returns it.
+#[derive(Debug)]
+struct DbError(Box<redb::Error>);
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for DbError {
+            fn from(e: $t) -> Self {
+                DbError(Box::new(e.into()))
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::Error,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+fn db_err(path: &Path, e: impl std::fmt::Display) -> BotError {
+    BotError::Store(format!("{}: {e}", path.display()))
+}
+
+/// What opening found: warnings for the log (a corrupt file set aside,
+/// unreadable records skipped).
+pub struct Opened {
+    pub store: Store,
+    pub warnings: Vec<String>,
+}
+
+impl Store {
+    /// Open or create the store. A file that is not a readable database is
+    /// renamed to `<name>.corrupt-<unix time>` and a fresh store is started,
+    /// so one bad file never keeps the bot down.
+    pub fn open(path: &Path, history_depth: usize, max_latents: usize) -> Result<Opened, BotError> {
+        let mut warnings = Vec::new();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| db_err(path, e))?;
+        }
+        let opened = match Database::create(path) {
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(BotError::Store(format!(
+                    "{} is in use by another process (another clip2gan bot?); stop it or set \
+                     bot.store_path to another file",
+                    path.display()
+                )))
+            }
+            Err(e) => Err(e.to_string()),
+            Ok(db) => init_tables(db, path).map_err(|e| e.to_string()),
+        };
+        let db = match opened {
+            Ok(db) => db,
+            Err(why) => {
+                let aside = set_aside(path)?;
+                warnings.push(format!(
+                    "the results store {} could not be read ({why}); it was moved to {} and a \
+                     new, empty store was started (earlier images can no longer be edited)",
+                    path.display(),
+                    aside.display()
+                ));
+                let db = Database::create(path).map_err(|e| db_err(path, e))?;
+                init_tables(db, path).map_err(|e| db_err(path, e))?
+            }
+        };
+        let store = Store {
+            db,
+            path: path.to_path_buf(),
+            history_depth,
+            max_latents,
+            results: DashMap::new(),
+            history: DashMap::new(),
+            order: Mutex::new(Order::default()),
+        };
+        store.load(&mut warnings)?;
+        Ok(Opened { store, warnings })
+    }
+
+    fn load(&self, warnings: &mut Vec<String>) -> Result<(), BotError> {
+        let e = |e: redb::Error| db_err(&self.path, e);
+        let txn = self.db.begin_read().map_err(|x| e(x.into()))?;
+        let mut order = self.lock();
+        let mut skipped = 0;
+        let results = txn.open_table(RESULTS).map_err(|x| e(x.into()))?;
+        for item in results.iter().map_err(|x| e(x.into()))? {
+            let (k, v) = item.map_err(|x| e(x.into()))?;
+            match decode(v.value()) {
+                Ok(r) if r.id == k.value() => {
+                    order.by_id.insert(r.id, r.latents.len());
+                    order.latents += r.latents.len();
+                    self.results.insert(r.id, Arc::new(r));
+                }
+                _ => skipped += 1,
+            }
+        }
+        let history = txn.open_table(HISTORY).map_err(|x| e(x.into()))?;
+        for item in history.iter().map_err(|x| e(x.into()))? {
+            let (k, v) = item.map_err(|x| e(x.into()))?;
+            match serde_json::from_slice::<Vec<Ref>>(v.value()) {
+                Ok(h) => {
+                    self.history.insert(k.value(), h);
+                }
+                Err(_) => skipped += 1,
+            }
+        }
+        let meta = txn.open_table(META).map_err(|x| e(x.into()))?;
+        let stored_next = meta
+            .get("next_id")
+            .map_err(|x| e(x.into()))?
+            .map(|v| v.value())
+            .unwrap_or(1);
+        let after_last = order.by_id.keys().next_back().map_or(1, |k| k + 1);
+        order.next_id = stored_next.max(after_last);
+        if skipped > 0 {
+            warnings.push(format!(
+                "{skipped} unreadable entries in {} were skipped",
+                self.path.display()
+            ));
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Order> {
+        // Poisoning means a panic between a disk write and the memory update
+        // of the same change; the disk is the truth and memory at worst
+        // misses that change, so keep going.
+        self.order.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(&self, id: ResultId) -> Option<Arc<Record>> {
+        self.results.get(&id).map(|r| r.clone())
+    }
+
+    /// The latent of one image, if its result is still stored.
+    pub fn latent(&self, r: Ref) -> Option<(Arc<Record>, Latent)> {
+        let rec = self.get(r.id)?;
+        let l = rec.latents.get(r.index)?.clone();
+        Some((rec, l))
+    }
+
+    /// The user's current image: the newest history entry still stored.
+    pub fn current(&self, user: u64) -> Option<Ref> {
+        let h = self.history.get(&user)?;
+        h.iter().rev().find(|r| self.latent(**r).is_some()).copied()
+    }
+
+    pub fn history_len(&self, user: u64) -> usize {
+        self.history.get(&user).map_or(0, |h| h.len())
+    }
+
+    pub fn len(&self) -> usize {
+        self.results.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.results.is_empty()
+    }
+
+    /// Store a new result (its id is assigned here) and make `current` (one
+    /// of its images) the user's current image. Evicts the oldest results
+    /// beyond `max_latents`.
+    pub fn insert(
+        &self,
+        mut rec: Record,
+        user: u64,
+        current: usize,
+    ) -> Result<Arc<Record>, BotError> {
+        let mut order = self.lock();
+        rec.id = order.next_id;
+        let mut evict = Vec::new();
+        let mut total = order.latents + rec.latents.len();
+        for (&id, &n) in order.by_id.iter() {
+            if total <= self.max_latents {
+                break;
+            }
+            evict.push(id);
+            total -= n;
+        }
+        let mut hist = self
+            .history
+            .get(&user)
+            .map(|h| h.clone())
+            .unwrap_or_default();
+        hist.push(Ref {
+            id: rec.id,
+            index: current,
+        });
+        self.trim(&mut hist, &evict, Some(rec.id));
+        let bytes = encode(&rec);
+        self.write(|t| {
+            let mut results = t.open_table(RESULTS)?;
+            results.insert(rec.id, bytes.as_slice())?;
+            for id in &evict {
+                results.remove(*id)?;
+            }
+            drop(results);
+            t.open_table(HISTORY)?.insert(
+                user,
+                serde_json::to_vec(&hist)
+                    .expect("refs serialise")
+                    .as_slice(),
+            )?;
+            t.open_table(META)?.insert("next_id", rec.id + 1)?;
+            Ok(())
+        })?;
+        order.next_id = rec.id + 1;
+        for id in &evict {
+            if let Some(n) = order.by_id.remove(id) {
+                order.latents -= n;
+            }
+            self.results.remove(id);
+        }
+        order.by_id.insert(rec.id, rec.latents.len());
+        order.latents += rec.latents.len();
+        let rec = Arc::new(rec);
+        self.results.insert(rec.id, rec.clone());
+        self.history.insert(user, hist);
+        Ok(rec)
+    }
+
+    /// Make an existing image the user's current one (picking an image of a
+    /// grid, or going back to a parent).
+    pub fn push(&self, user: u64, r: Ref) -> Result<(), BotError> {
+        let _order = self.lock();
+        let mut hist = self
+            .history
+            .get(&user)
+            .map(|h| h.clone())
+            .unwrap_or_default();
+        if hist.last() == Some(&r) {
+            return Ok(());
+        }
+        hist.push(r);
+        self.trim(&mut hist, &[], None);
+        self.save_history(user, hist)
+    }
+
+    /// Undo: drop the user's current image; returns the one before it, now
+    /// current, or `None` (nothing changed) when there is none.
+    pub fn undo(&self, user: u64) -> Result<Option<Ref>, BotError> {
+        let _order = self.lock();
+        let mut hist = self
+            .history
+            .get(&user)
+            .map(|h| h.clone())
+            .unwrap_or_default();
+        hist.retain(|r| self.results.contains_key(&r.id));
+        if hist.len() < 2 {
+            return Ok(None);
+        }
+        hist.pop();
+        let now = *hist.last().expect("at least one left");
+        self.save_history(user, hist)?;
+        Ok(Some(now))
+    }
+
+    /// Forget a result (the Delete button): its latents and every history
+    /// entry of its owner that points at it.
+    pub fn delete(&self, id: ResultId) -> Result<(), BotError> {
+        let mut order = self.lock();
+        let Some(rec) = self.get(id) else {
+            return Ok(());
+        };
+        let mut hist = self
+            .history
+            .get(&rec.owner)
+            .map(|h| h.clone())
+            .unwrap_or_default();
+        hist.retain(|r| r.id != id);
+        let owner = rec.owner;
+        self.write(|t| {
+            t.open_table(RESULTS)?.remove(id)?;
+            t.open_table(HISTORY)?.insert(
+                owner,
+                serde_json::to_vec(&hist)
+                    .expect("refs serialise")
+                    .as_slice(),
+            )?;
+            Ok(())
+        })?;
+        if let Some(n) = order.by_id.remove(&id) {
+            order.latents -= n;
+        }
+        self.results.remove(&id);
+        self.history.insert(owner, hist);
+        Ok(())
+    }
+
+    /// Keep the newest `history_depth` entries that still point at stored
+    /// results.
+    fn trim(&self, hist: &mut Vec<Ref>, evicted: &[ResultId], new: Option<ResultId>) {
+        hist.retain(|r| {
+            Some(r.id) == new || (!evicted.contains(&r.id) && self.results.contains_key(&r.id))
+        });
+        if hist.len() > self.history_depth {
+            let cut = hist.len() - self.history_depth;
+            hist.drain(..cut);
+        }
+    }
+
+    fn save_history(&self, user: u64, hist: Vec<Ref>) -> Result<(), BotError> {
+        let bytes = serde_json::to_vec(&hist).expect("refs serialise");
+        self.write(|t| {
+            t.open_table(HISTORY)?.insert(user, bytes.as_slice())?;
+            Ok(())
+        })?;
+        self.history.insert(user, hist);
+        Ok(())
+    }
+
+    fn write(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), DbError>,
+    ) -> Result<(), BotError> {
+        let run = || -> Result<(), DbError> {
+            let txn = self.db.begin_write()?;
+            f(&txn)?;
+            txn.commit()?;
+            Ok(())
+        };
+        run().map_err(|e| db_err(&self.path, e))
+    }
+}
+
+fn init_tables(db: Database, path: &Path) -> Result<Database, BotError> {
+    let run = || -> Result<(), DbError> {
+        let txn = db.begin_write()?;
+        txn.open_table(RESULTS)?;
+        txn.open_table(HISTORY)?;
+        txn.open_table(META)?;
+        txn.commit()?;
+        Ok(())
+    };
+    run().map_err(|e| db_err(path, e))?;
+    Ok(db)
+}
+
+fn set_aside(path: &Path) -> Result<PathBuf, BotError> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "store".into());
+    let aside = path.with_file_name(format!("{name}.corrupt-{stamp}"));
+    std::fs::rename(path, &aside).map_err(|e| {
+        BotError::Store(format!(
+            "{} is unreadable and could not be moved aside ({e}); move or delete it",
+            path.display()
+        ))
+    })?;
+    Ok(aside)
+}
+
+/// On disk: `u32` length of a JSON header (the record without latents, plus
+/// their shape), the header, then the latents as little-endian f32.
+#[derive(Serialize, Deserialize)]
+struct Header {
+    record: Record,
+    styles: usize,
+    dim: usize,
+    count: usize,
+}
+
+fn encode(r: &Record) -> Vec<u8> {
+    let (styles, dim) = r.latents.first().map_or((0, 0), |l| (l.styles, l.dim));
+    let header = serde_json::to_vec(&Header {
+        record: r.clone(),
+        styles,
+        dim,
+        count: r.latents.len(),
+    })
+    .expect("records serialise");
+    let mut out = Vec::with_capacity(4 + header.len() + 4 * styles * dim * r.latents.len());
+    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    out.extend_from_slice(&header);
+    for l in &r.latents {
+        for v in &l.data {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
+}
+
+fn decode(bytes: &[u8]) -> Result<Record, String> {
+    let n = u32::from_le_bytes(
+        bytes
+            .get(..4)
+            .ok_or("short record")?
+            .try_into()
+            .map_err(|_| "short record")?,
+    ) as usize;
+    let header: Header = serde_json::from_slice(bytes.get(4..4 + n).ok_or("short header")?)
+        .map_err(|e| e.to_string())?;
+    let body = &bytes[4 + n..];
+    let per = header.styles * header.dim;
+    if body.len() != 4 * per * header.count {
+        return Err("latent data has the wrong length".into());
+    }
+    let mut rec = header.record;
+    rec.latents = body
+        .chunks_exact(4 * per.max(1))
+        .take(header.count)
+        .map(|c| Latent {
+            styles: header.styles,
+            dim: header.dim,
+            data: c
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+                .collect(),
+        })
+        .collect();
+    Ok(rec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(owner: u64, n: usize, v: f32) -> Record {
+        Record {
+            id: 0,
+            owner,
+            created_unix: 1,
+            prompt: "a face".into(),
+            origin: Origin::Imagine { seed: 3, count: n },
+            parent: None,
+            latents: (0..n)
+                .map(|k| Latent {
+                    styles: 2,
+                    dim: 3,
+                    data: vec![v + k as f32; 6],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn history_undo_eviction_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let s = Store::open(&path, 3, 5).unwrap().store;
+        let a = s.insert(rec(1, 2, 0.0), 1, 0).unwrap();
+        let b = s.insert(rec(1, 1, 10.0), 1, 0).unwrap();
+        assert_eq!(s.current(1), Some(Ref { id: b.id, index: 0 }));
+        assert_eq!(s.undo(1).unwrap(), Some(Ref { id: a.id, index: 0 }));
+        assert_eq!(s.undo(1).unwrap(), None, "nothing before the first");
+        s.push(1, Ref { id: a.id, index: 1 }).unwrap();
+        assert_eq!(s.latent(s.current(1).unwrap()).unwrap().1.data[0], 1.0);
+        // 2 + 1 + 3 latents > 5: the oldest result goes.
+        let c = s.insert(rec(2, 3, 20.0), 2, 0).unwrap();
+        assert!(s.get(a.id).is_none() && s.get(b.id).is_some());
+        // User 1's history held only images of `a` (b was undone).
+        assert_eq!(s.current(1), None);
+        drop(s);
+
+        let s = Store::open(&path, 3, 5).unwrap();
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        let s = s.store;
+        assert_eq!(s.len(), 2);
+        assert_eq!(*s.get(c.id).unwrap(), *c);
+        assert_eq!(s.current(2), Some(Ref { id: c.id, index: 0 }));
+        let d = s.insert(rec(2, 1, 0.0), 2, 0).unwrap();
+        assert!(d.id > c.id, "ids are never reused");
+        s.delete(d.id).unwrap();
+        assert_eq!(s.current(2), Some(Ref { id: c.id, index: 0 }));
+        // History depth 3.
+        for _ in 0..5 {
+            s.push(2, Ref { id: c.id, index: 1 }).unwrap();
+            s.push(2, Ref { id: c.id, index: 2 }).unwrap();
+        }
+        assert_eq!(s.history_len(2), 3);
+    }
+
+    #[test]
+    fn a_corrupt_file_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        std::fs::write(&path, vec![0xAB; 10_000]).unwrap();
+        let o = Store::open(&path, 3, 5).unwrap();
+        assert_eq!(o.warnings.len(), 1, "{:?}", o.warnings);
+        assert!(o.warnings[0].contains(".corrupt-"));
+        assert!(o.store.is_empty());
+        let kept = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .contains(".corrupt-")
+            })
+            .count();
+        assert_eq!(kept, 1);
+    }
+}

@@ -1,0 +1,640 @@
+//! A fake Discord on 127.0.0.1 for the bot's end-to-end tests: the HTTP API
+//! routes the bot uses (under `/api/v10`) and a gateway websocket that
+//! speaks Hello / Identify / READY / Resume / heartbeats and dispatches
+//! interactions. It records every call, and can be told to fail edits
+//! (5xx, 429) or to drop the gateway connection.
+
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequest, Multipart, Path, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post, put};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Notify};
+
+pub const APP_ID: u64 = 4242;
+
+/// What happened to one interaction's response, in order.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The first response (`type` 4 message, 5 defer, 6 acknowledge, 9 modal).
+    Callback {
+        kind: u64,
+        data: Value,
+    },
+    /// `PATCH .../messages/@original`: the payload and any uploaded files.
+    Edit {
+        payload: Value,
+        files: Vec<(String, Vec<u8>)>,
+        /// The status the fake answered (forced failures included).
+        status: u16,
+    },
+    Delete,
+    Followup {
+        payload: Value,
+    },
+}
+
+impl Event {
+    pub fn content(&self) -> Option<&str> {
+        match self {
+            Event::Callback { data, .. } => data.get("content")?.as_str(),
+            Event::Edit { payload, .. } | Event::Followup { payload } => {
+                payload.get("content")?.as_str()
+            }
+            Event::Delete => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Timed {
+    pub at: Instant,
+    pub event: Event,
+}
+
+/// A forced answer to the next edit of a token.
+#[derive(Debug, Clone, Copy)]
+pub enum Failure {
+    Status(u16),
+    /// 429 with this retry-after (seconds).
+    RateLimited(f64),
+}
+
+enum GwCmd {
+    Dispatch(&'static str, Value),
+    Drop,
+}
+
+#[derive(Default)]
+struct Inner {
+    connections: usize,
+    identifies: usize,
+    resumes: usize,
+    heartbeats: usize,
+    registrations: Vec<(String, Value)>,
+    responses: HashMap<String, Vec<Timed>>,
+    failures: HashMap<String, VecDeque<Failure>>,
+    pending: Vec<(&'static str, Value)>,
+    unhandled: Vec<String>,
+    next_id: u64,
+    seq: u64,
+    sent: HashMap<String, Instant>,
+}
+
+pub struct Fake {
+    pub base: String,
+    inner: Mutex<Inner>,
+    changed: Notify,
+    gateway: Mutex<Option<mpsc::UnboundedSender<GwCmd>>>,
+    port: u16,
+    /// Guild of the interactions sent without one named (None: DMs).
+    guild: Mutex<Option<u64>>,
+    /// `attachment_size_limit` of the interactions sent.
+    size_limit: Mutex<u32>,
+}
+
+type St = State<Arc<Fake>>;
+
+impl Fake {
+    pub async fn start() -> Arc<Fake> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let fake = Arc::new(Fake {
+            base: format!("http://127.0.0.1:{port}"),
+            inner: Mutex::new(Inner {
+                next_id: 1_000_000,
+                ..Default::default()
+            }),
+            changed: Notify::new(),
+            gateway: Mutex::new(None),
+            port,
+            guild: Mutex::new(None),
+            size_limit: Mutex::new(8 * 1024 * 1024),
+        });
+        let app = Router::new()
+            .route("/api/v10/gateway", get(gateway_url))
+            .route("/api/v10/gateway/bot", get(gateway_bot))
+            .route("/gateway", get(ws))
+            .route("/api/v10/applications/{app}/commands", put(register))
+            .route(
+                "/api/v10/applications/{app}/guilds/{guild}/commands",
+                put(register),
+            )
+            .route(
+                "/api/v10/interactions/{id}/{token}/callback",
+                post(callback),
+            )
+            .route(
+                "/api/v10/webhooks/{app}/{token}/messages/{msg}",
+                any(original),
+            )
+            .route("/api/v10/webhooks/{app}/{token}", post(followup))
+            .fallback(unhandled)
+            .with_state(fake.clone());
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        fake
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn record(&self, token: &str, event: Event) {
+        self.lock()
+            .responses
+            .entry(token.to_string())
+            .or_default()
+            .push(Timed {
+                at: Instant::now(),
+                event,
+            });
+        self.changed.notify_waiters();
+    }
+
+    pub fn identifies(&self) -> usize {
+        self.lock().identifies
+    }
+    pub fn resumes(&self) -> usize {
+        self.lock().resumes
+    }
+    pub fn connections(&self) -> usize {
+        self.lock().connections
+    }
+    pub fn registrations(&self) -> Vec<(String, Value)> {
+        self.lock().registrations.clone()
+    }
+    pub fn unhandled(&self) -> Vec<String> {
+        self.lock().unhandled.clone()
+    }
+    pub fn events(&self, token: &str) -> Vec<Timed> {
+        self.lock()
+            .responses
+            .get(token)
+            .cloned()
+            .unwrap_or_default()
+    }
+    pub fn sent_at(&self, token: &str) -> Option<Instant> {
+        self.lock().sent.get(token).copied()
+    }
+
+    /// Make the next edits of `token` fail as given, in order.
+    pub fn fail_edits(&self, token: &str, failures: &[Failure]) {
+        self.lock()
+            .failures
+            .entry(token.to_string())
+            .or_default()
+            .extend(failures.iter().copied());
+    }
+
+    /// Close the gateway connection abruptly (no close frame).
+    pub fn drop_gateway(&self) {
+        if let Some(tx) = self.gateway.lock().unwrap().take() {
+            let _ = tx.send(GwCmd::Drop);
+        }
+    }
+
+    /// Wait until `f` holds, checking after every recorded change.
+    pub async fn wait_until<T>(
+        &self,
+        timeout: Duration,
+        mut f: impl FnMut(&Fake) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(v) = f(self) {
+                return Some(v);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(200)), notified).await;
+        }
+    }
+
+    /// Wait until the gateway has identified `n` times in all.
+    pub async fn wait_ready(&self, n: usize, timeout: Duration) -> bool {
+        self.wait_until(timeout, |f| {
+            (f.identifies() + f.resumes() >= n).then_some(())
+        })
+        .await
+        .is_some()
+    }
+
+    fn dispatch(&self, t: &'static str, d: Value) {
+        let gw = self.gateway.lock().unwrap();
+        match gw.as_ref() {
+            Some(tx) if tx.send(GwCmd::Dispatch(t, d.clone())).is_ok() => {}
+            _ => self.lock().pending.push((t, d)),
+        }
+    }
+
+    fn new_id(&self) -> u64 {
+        let mut i = self.lock();
+        i.next_id += 1;
+        i.next_id
+    }
+
+    fn base_interaction(
+        &self,
+        kind: u64,
+        user: u64,
+        guild: Option<u64>,
+        data: Value,
+    ) -> (String, Value) {
+        let id = self.new_id();
+        let token = format!("tok-{id}");
+        let mut v = json!({
+            "id": id.to_string(),
+            "application_id": APP_ID.to_string(),
+            "type": kind,
+            "data": data,
+            "channel_id": "777",
+            "user": user_json(user),
+            "token": token,
+            "version": 1,
+            "app_permissions": "0",
+            "locale": "en-US",
+            "entitlements": [],
+            "authorizing_integration_owners": {},
+            "context": if guild.is_some() { 0 } else { 1 },
+            "attachment_size_limit": *self.size_limit.lock().unwrap(),
+        });
+        if let Some(g) = guild {
+            v["guild_id"] = json!(g.to_string());
+        }
+        self.lock().sent.insert(token.clone(), Instant::now());
+        (token, v)
+    }
+
+    pub fn set_guild(&self, guild: Option<u64>) {
+        *self.guild.lock().unwrap() = guild;
+    }
+
+    pub fn set_size_limit(&self, bytes: u32) {
+        *self.size_limit.lock().unwrap() = bytes;
+    }
+
+    fn default_guild(&self) -> Option<u64> {
+        *self.guild.lock().unwrap()
+    }
+
+    /// A slash command from `user`; returns the interaction token.
+    pub fn command(&self, user: u64, name: &str, options: Value) -> String {
+        self.command_in(user, self.default_guild(), name, options)
+    }
+
+    pub fn command_in(&self, user: u64, guild: Option<u64>, name: &str, options: Value) -> String {
+        let data = json!({"id": "9001", "name": name, "type": 1, "options": options});
+        let (token, v) = self.base_interaction(2, user, guild, data);
+        self.dispatch("INTERACTION_CREATE", v);
+        token
+    }
+
+    /// A button press on the message of an earlier response.
+    pub fn button(&self, user: u64, custom_id: &str) -> String {
+        let data = json!({"custom_id": custom_id, "component_type": 2});
+        let (token, mut v) = self.base_interaction(3, user, self.default_guild(), data);
+        v["message"] = message_json(self.new_id(), "", &[]);
+        self.dispatch("INTERACTION_CREATE", v);
+        token
+    }
+
+    /// A submitted modal with text fields.
+    pub fn modal(&self, user: u64, custom_id: &str, fields: &[(&str, &str)]) -> String {
+        let rows: Vec<Value> = fields
+            .iter()
+            .map(|(id, value)| {
+                json!({"type": 1, "components": [{"type": 4, "custom_id": id, "value": value}]})
+            })
+            .collect();
+        let data = json!({"custom_id": custom_id, "components": rows});
+        let (token, v) = self.base_interaction(5, user, self.default_guild(), data);
+        self.dispatch("INTERACTION_CREATE", v);
+        token
+    }
+
+    /// The first event for `token` that `pred` accepts.
+    pub async fn wait_event(
+        &self,
+        token: &str,
+        timeout: Duration,
+        pred: impl Fn(&Event) -> bool,
+    ) -> Option<Timed> {
+        self.wait_until(timeout, |f| {
+            f.events(token).into_iter().find(|t| pred(&t.event))
+        })
+        .await
+    }
+
+    /// The final answer: an ephemeral reply, an edit with an image, an
+    /// edit with a final error, or a delete.
+    pub async fn wait_answer(&self, token: &str, timeout: Duration) -> Option<Timed> {
+        self.wait_event(token, timeout, is_answer).await
+    }
+}
+
+/// Whether an event finishes an interaction (as far as the user sees).
+pub fn is_answer(e: &Event) -> bool {
+    match e {
+        Event::Callback { kind, .. } => *kind == 4 || *kind == 9,
+        Event::Edit {
+            files,
+            payload,
+            status,
+        } => {
+            *status < 300
+                && (!files.is_empty()
+                    || payload
+                        .get("content")
+                        .and_then(Value::as_str)
+                        .is_some_and(|c| c.starts_with('❌') || c.contains("no longer")))
+        }
+        Event::Delete => true,
+        Event::Followup { .. } => true,
+    }
+}
+
+fn user_json(id: u64) -> Value {
+    json!({"id": id.to_string(), "username": format!("user{id}"), "discriminator": "0",
+           "global_name": null, "avatar": null, "bot": false})
+}
+
+fn message_json(id: u64, content: &str, attachments: &[Value]) -> Value {
+    json!({
+        "id": id.to_string(), "channel_id": "777",
+        "author": {"id": APP_ID.to_string(), "username": "clip2gan", "discriminator": "0",
+                   "global_name": null, "avatar": null, "bot": true},
+        "content": content, "timestamp": "2026-01-01T00:00:00.000000+00:00",
+        "edited_timestamp": null, "tts": false, "mention_everyone": false, "mentions": [],
+        "mention_roles": [], "attachments": attachments, "embeds": [], "pinned": false, "type": 20,
+        "components": [],
+    })
+}
+
+async fn gateway_url(State(f): St) -> Json<Value> {
+    Json(json!({"url": format!("ws://127.0.0.1:{}/gateway", f.port)}))
+}
+
+async fn gateway_bot(State(f): St) -> Json<Value> {
+    Json(json!({
+        "url": format!("ws://127.0.0.1:{}/gateway", f.port), "shards": 1,
+        "session_start_limit": {"total": 1000, "remaining": 1000, "reset_after": 0, "max_concurrency": 1}
+    }))
+}
+
+async fn register(State(f): St, uri: Uri, Json(body): Json<Value>) -> Json<Value> {
+    f.lock()
+        .registrations
+        .push((uri.path().to_string(), body.clone()));
+    f.changed.notify_waiters();
+    let out: Vec<Value> = body
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut c)| {
+            c["id"] = json!((500 + i).to_string());
+            c["application_id"] = json!(APP_ID.to_string());
+            c["version"] = json!("1");
+            c["default_member_permissions"] = Value::Null;
+            if c.get("type").is_none() {
+                c["type"] = json!(1);
+            }
+            c
+        })
+        .collect();
+    Json(Value::Array(out))
+}
+
+async fn callback(
+    State(f): St,
+    Path((_id, token)): Path<(String, String)>,
+    Json(body): Json<Value>,
+) -> StatusCode {
+    let kind = body["type"].as_u64().unwrap_or(0);
+    let data = body.get("data").cloned().unwrap_or(Value::Null);
+    f.record(&token, Event::Callback { kind, data });
+    StatusCode::NO_CONTENT
+}
+
+/// A JSON body, or multipart with `payload_json` and `files[n]`.
+async fn payload(req: Request) -> (Value, Vec<(String, Vec<u8>)>) {
+    let is_multipart = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/"));
+    if !is_multipart {
+        let bytes = Bytes::from_request(req, &()).await.unwrap_or_default();
+        return (
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            Vec::new(),
+        );
+    }
+    let mut mp = Multipart::from_request(req, &())
+        .await
+        .expect("multipart body");
+    let (mut json, mut files) = (Value::Null, Vec::new());
+    while let Ok(Some(field)) = mp.next_field().await {
+        let name = field.name().unwrap_or("").to_string();
+        let filename = field.file_name().unwrap_or("").to_string();
+        let data = field.bytes().await.unwrap_or_default().to_vec();
+        if name == "payload_json" {
+            json = serde_json::from_slice(&data).unwrap_or(Value::Null);
+        } else {
+            files.push((filename, data));
+        }
+    }
+    (json, files)
+}
+
+async fn original(
+    State(f): St,
+    Path((_app, token, msg)): Path<(String, String, String)>,
+    method: Method,
+    req: Request,
+) -> Response {
+    if msg != "@original" {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    if method == Method::DELETE {
+        f.record(&token, Event::Delete);
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let (payload, files) = payload(req).await;
+    let forced = f
+        .lock()
+        .failures
+        .get_mut(&token)
+        .and_then(|q| q.pop_front());
+    let (status, resp) = match forced {
+        Some(Failure::Status(s)) => (
+            s,
+            (
+                StatusCode::from_u16(s).unwrap(),
+                Json(json!({"code": 0, "message": "injected failure"})),
+            )
+                .into_response(),
+        ),
+        Some(Failure::RateLimited(secs)) => {
+            let mut h = HeaderMap::new();
+            h.insert("retry-after", secs.to_string().parse().unwrap());
+            h.insert("x-ratelimit-scope", "user".parse().unwrap());
+            (
+                429,
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    h,
+                    Json(json!({"message": "You are being rate limited.", "retry_after": secs, "global": false, "code": 0})),
+                )
+                    .into_response(),
+            )
+        }
+        None => {
+            let id = f.new_id();
+            let content = payload.get("content").and_then(Value::as_str).unwrap_or("");
+            let atts: Vec<Value> = files
+                .iter()
+                .enumerate()
+                .map(|(i, (name, data))| {
+                    json!({"id": (id + 1 + i as u64).to_string(), "filename": name, "size": data.len(),
+                           "url": "http://127.0.0.1/x.png", "proxy_url": "http://127.0.0.1/x.png"})
+                })
+                .collect();
+            (200, Json(message_json(id, content, &atts)).into_response())
+        }
+    };
+    f.record(
+        &token,
+        Event::Edit {
+            payload,
+            files,
+            status,
+        },
+    );
+    resp
+}
+
+async fn followup(
+    State(f): St,
+    Path((_app, token)): Path<(String, String)>,
+    req: Request,
+) -> Response {
+    let (payload, _) = payload(req).await;
+    let id = f.new_id();
+    f.record(&token, Event::Followup { payload });
+    Json(message_json(id, "", &[])).into_response()
+}
+
+async fn unhandled(State(f): St, method: Method, uri: Uri) -> Response {
+    f.lock().unhandled.push(format!("{method} {uri}"));
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"code": 0, "message": "unknown route"})),
+    )
+        .into_response()
+}
+
+async fn ws(State(f): St, up: WebSocketUpgrade) -> Response {
+    up.on_upgrade(move |socket| gateway(socket, f))
+}
+
+async fn send(socket: &mut WebSocket, v: Value) -> bool {
+    socket
+        .send(WsMessage::Text(v.to_string().into()))
+        .await
+        .is_ok()
+}
+
+async fn gateway(mut socket: WebSocket, f: Arc<Fake>) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    f.lock().connections += 1;
+    if !send(
+        &mut socket,
+        json!({"op": 10, "d": {"heartbeat_interval": 41250}, "s": null, "t": null}),
+    )
+    .await
+    {
+        return;
+    }
+    let mut ready = false;
+    loop {
+        tokio::select! {
+            msg = socket.recv() => {
+                let Some(Ok(msg)) = msg else { break };
+                let text = match msg {
+                    WsMessage::Text(t) => t.to_string(),
+                    WsMessage::Close(frame) => {
+                        let _ = socket.send(WsMessage::Close(frame)).await;
+                        break;
+                    }
+                    _ => continue,
+                };
+                let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                match v["op"].as_u64() {
+                    Some(1) => {
+                        f.lock().heartbeats += 1;
+                        send(&mut socket, json!({"op": 11, "d": null, "s": null, "t": null})).await;
+                    }
+                    Some(2) | Some(6) => {
+                        let identify = v["op"] == 2;
+                        let seq = {
+                            let mut i = f.lock();
+                            if identify { i.identifies += 1 } else { i.resumes += 1 }
+                            i.seq += 1;
+                            i.seq
+                        };
+                        let event = if identify {
+                            json!({"op": 0, "s": seq, "t": "READY", "d": {
+                                "v": 10, "user": {"id": APP_ID.to_string(), "username": "clip2gan",
+                                    "discriminator": "0", "global_name": null, "avatar": null, "bot": true},
+                                "guilds": [], "session_id": "sess-1",
+                                "resume_gateway_url": format!("ws://127.0.0.1:{}/gateway", f.port),
+                                "shard": [0, 1], "application": {"id": APP_ID.to_string(), "flags": 0}}})
+                        } else {
+                            json!({"op": 0, "s": seq, "t": "RESUMED", "d": {}})
+                        };
+                        send(&mut socket, event).await;
+                        if !ready {
+                            ready = true;
+                            // From now on this connection receives dispatches.
+                            let pending = std::mem::take(&mut f.lock().pending);
+                            for (t, d) in pending {
+                                let _ = tx.send(GwCmd::Dispatch(t, d));
+                            }
+                            *f.gateway.lock().unwrap() = Some(tx.clone());
+                        }
+                        f.changed.notify_waiters();
+                    }
+                    _ => {}
+                }
+            }
+            cmd = rx.recv() => match cmd {
+                Some(GwCmd::Dispatch(t, d)) => {
+                    let seq = { let mut i = f.lock(); i.seq += 1; i.seq };
+                    if !send(&mut socket, json!({"op": 0, "s": seq, "t": t, "d": d})).await {
+                        break;
+                    }
+                }
+                // Abrupt: the socket is dropped without a close frame.
+                Some(GwCmd::Drop) | None => return,
+            },
+        }
+    }
+}
