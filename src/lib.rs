@@ -21,7 +21,8 @@
 //! - [`config`]: `config.toml` + environment + flags; [`device`]: CPU/CUDA choice.
 //! - [`bench`]: the `clip2gan bench` measurements (printed as JSON).
 //! - [`error`]: typed errors that say what to do; [`fsutil`]: atomic writes;
-//!   [`runtime`]: process start-up tuning (allocator).
+//!   [`tensorfile`]: safetensors files with metadata; [`rng`]: named,
+//!   seeded random streams; [`runtime`]: process start-up tuning (allocator).
 //!
 //! The binary (`src/main.rs`) is a thin clap front end over these modules.
 
@@ -37,4 +38,6 @@ pub mod latent;
 pub mod mapper;
 pub mod npy;
 pub mod ops;
+pub mod rng;
 pub mod runtime;
+pub mod tensorfile;
