@@ -145,6 +145,7 @@ pub fn evaluate(
     ];
     let styles = g.num_styles();
     let mut sums = vec![[0f64; 3]; predictors.len()];
+    let mut avg_render: Option<(Tensor, Tensor)> = None;
     let mut done = 0;
     while done < o.samples {
         let n = o.batch.min(o.samples - done);
@@ -157,13 +158,33 @@ pub fn evaluate(
         let input = crate::train::gap::perturb(&e, o.xi, o.seed, &format!("eval-gap-{done}"))?;
         for (k, (_, p)) in predictors.iter().enumerate() {
             let pred = p.predict(&input, styles)?;
-            let img = g.synthesize(&pred, NoiseMode::Fixed)?;
             let latent = (&pred - &wplus)?.sqr()?.mean(D::Minus1)?.mean(D::Minus1)?;
-            let mse = (to_unit(&data::reduce(&img, psnr_size)?)? - &truth_img)?
+            // The constant prediction has one image: render it once.
+            let (small, e_hat) = match (p, &avg_render) {
+                (Predictor::WAvg(_), Some(r)) => r.clone(),
+                _ => {
+                    let rows = if matches!(p, Predictor::WAvg(_)) {
+                        1
+                    } else {
+                        n
+                    };
+                    let img = g.synthesize(&pred.narrow(0, 0, rows)?, NoiseMode::Fixed)?;
+                    let r = (
+                        to_unit(&data::reduce(&img, psnr_size)?)?,
+                        data::embed(clip, &data::reduce(&img, spec.image_size)?)?,
+                    );
+                    if matches!(p, Predictor::WAvg(_)) {
+                        avg_render = Some(r.clone());
+                    }
+                    r
+                }
+            };
+            let mse = small
+                .broadcast_sub(&truth_img)?
                 .sqr()?
                 .flatten_from(1)?
                 .mean(1)?;
-            let cos = (data::embed(clip, &data::reduce(&img, spec.image_size)?)? * &e)?.sum(1)?;
+            let cos = e_hat.broadcast_mul(&e)?.sum(1)?;
             sums[k][0] += latent.sum_all()?.to_scalar::<f32>()? as f64;
             sums[k][1] += mse
                 .to_vec1::<f32>()?
@@ -199,6 +220,13 @@ pub fn evaluate(
             for start in (0..prompts.len()).step_by(o.batch) {
                 let len = o.batch.min(prompts.len() - start);
                 let pred = p.predict(&t.narrow(0, start, len)?, styles)?;
+                if let Predictor::WAvg(_) = p {
+                    // One image for every prompt.
+                    let img = g.synthesize(&pred.narrow(0, 0, 1)?, NoiseMode::Fixed)?;
+                    let e = data::embed(clip, &data::reduce(&img, spec.image_size)?)?;
+                    es.push(e.broadcast_as((prompts.len(), e.dim(1)?))?.contiguous()?);
+                    break;
+                }
                 let img = g.synthesize(&pred, NoiseMode::Fixed)?;
                 es.push(data::embed(clip, &data::reduce(&img, spec.image_size)?)?);
             }
