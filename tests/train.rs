@@ -127,7 +127,9 @@ fn learns_and_resumes_exactly() {
     let (trained, untrained, avg) = (&r.rows[0], &r.rows[1], &r.rows[2]);
     // The untrained mapper predicts w_avg plus a tiny residual.
     assert!((untrained.latent_mse - avg.latent_mse).abs() < 0.05 * avg.latent_mse);
-    // Measured: trained / w_avg = see README; asserting 0.5 leaves a wide margin.
+    // Measured 0.186 vs 0.531 (0.35x). The run is deterministic (seeded tiny
+    // models, seeded everything), so the bound at 0.5x only has to absorb
+    // floating-point differences between machines: a wide margin.
     assert!(
         trained.latent_mse < 0.5 * avg.latent_mse,
         "trained {} vs w_avg {}",
