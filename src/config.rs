@@ -22,6 +22,7 @@ pub struct Config {
     pub engine: crate::engine::EngineConfig,
     pub discord: crate::bot::DiscordConfig,
     pub bot: crate::bot::BotConfig,
+    pub train: crate::train::TrainConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -123,6 +124,7 @@ impl Default for Config {
             engine: crate::engine::EngineConfig::default(),
             discord: crate::bot::DiscordConfig::default(),
             bot: crate::bot::BotConfig::default(),
+            train: crate::train::TrainConfig::default(),
         }
     }
 }
@@ -226,6 +228,7 @@ impl Config {
                 )))
             }
         }
+        // [train] is checked by `clip2gan train` once its flags are applied.
         Ok(())
     }
 

@@ -33,6 +33,9 @@ pub enum Error {
     #[error("configuration: {0}")]
     Config(String),
 
+    #[error("training stopped: {0}")]
+    Training(String),
+
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 

@@ -15,6 +15,10 @@
 //!   `config` (transformers `config.json`), `hub` (local dir or hub download).
 //! - [`mapper`]: the CLIP2GAN mapping network (CLIP embedding -> W+ residual
 //!   over `w_avg`), its file format and compatibility checks.
+//! - [`train`]: `clip2gan train`, the self-supervised training of the mapper
+//!   (pair cache, modality-gap noise, losses, AdamW, checkpoints, resume);
+//!   [`eval`]: `clip2gan eval-mapper` against baselines; [`prompts`]:
+//!   prompt files.
 //! - [`ops`]: the kernels candle lacks (depthwise 3x3, fused noise + bias +
 //!   leaky ReLU, inverse Haar DWT), each with a fast CPU path and a portable
 //!   tensor-op path for other devices.
@@ -27,7 +31,8 @@
 //! - [`config`]: `config.toml` + environment + flags; [`device`]: CPU/CUDA choice.
 //! - [`bench`]: the `clip2gan bench` measurements (printed as JSON).
 //! - [`error`]: typed errors that say what to do; [`fsutil`]: atomic writes;
-//!   [`runtime`]: process start-up tuning (allocator).
+//!   [`tensorfile`]: safetensors files with metadata; [`rng`]: named,
+//!   seeded random streams; [`runtime`]: process start-up tuning (allocator).
 //!
 //! The binary (`src/main.rs`) is a thin clap front end over these modules.
 
@@ -38,6 +43,7 @@ pub mod config;
 pub mod device;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod fsutil;
 pub mod generator;
 pub mod image_io;
@@ -47,4 +53,8 @@ pub mod npy;
 pub mod ops;
 pub mod parity;
 pub mod pipeline;
+pub mod prompts;
+pub mod rng;
 pub mod runtime;
+pub mod tensorfile;
+pub mod train;

@@ -61,6 +61,11 @@ enum Command {
         #[arg(long, default_value = "tests/fixtures/mobilestylegan")]
         fixtures: PathBuf,
     },
+    /// Train the mapper (self-supervised; see README "Training the mapper").
+    Train(clip2gan::train::cli::TrainArgs),
+    /// Evaluate a mapper on held-out samples against baselines; prints a
+    /// table and writes JSON.
+    EvalMapper(clip2gan::eval::EvalArgs),
 }
 
 #[derive(Args)]
@@ -252,6 +257,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let dev = device::select(&cfg.device)?;
             let r = bench::engine(&cfg, &dev, concurrency, jobs_per_client, max_batch)?;
             println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        Command::Train(a) => {
+            if clip2gan::train::cli::run(&cfg, &a)?.interrupted {
+                // The conventional status of a process stopped by SIGINT.
+                std::process::exit(130);
+            }
+            Ok(())
+        }
+        Command::EvalMapper(a) => {
+            clip2gan::eval::run(&cfg, &a)?;
             Ok(())
         }
         Command::Bench(BenchCommand::Clip { iters }) => {

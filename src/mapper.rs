@@ -5,19 +5,24 @@
 //! A mapper file is safetensors with its metadata (`clip2gan.mapper`, JSON):
 //! which CLIP and generator it was trained for, its architecture, training
 //! settings, step and metrics. Loading checks the metadata against the CLIP
-//! and generator in use and says what does not fit.
+//! and generator in use and says what does not fit. A training checkpoint is
+//! a mapper file with more tensors and metadata (see `train::checkpoint`),
+//! so it loads as a mapper too.
+//!
+//! The layer norm is computed with plain tensor ops: candle-nn's fused
+//! LayerNorm has no backward pass and would stop gradients silently.
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Init, LayerNorm, Linear, Module, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::fsutil::write_atomic;
 
 pub const META_KEY: &str = "clip2gan.mapper";
+const LN_EPS: f32 = 1e-5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
@@ -192,6 +197,55 @@ impl Mapper {
         })
     }
 
+    /// A fresh mapper whose initial weights depend only on `seed` (candle's
+    /// own initialisers draw from an unseeded generator): hidden weights
+    /// `N(0, 2/fan_in)`, zero biases, unit norms, and an output layer 100x
+    /// smaller, as in [`Mapper::new`]. Training and the "untrained mapper"
+    /// baseline of `eval-mapper` start from the same weights this way.
+    pub fn init_seeded(
+        varmap: &VarMap,
+        meta: MapperMeta,
+        w_avg: &Tensor,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
+        let c = meta.config.clone();
+        let put = |name: String, shape: &[usize], std: Option<f64>, fill: f64| -> Result<()> {
+            let t = match std {
+                Some(std) => (crate::rng::normal_tensor(seed, &name, shape, device)? * std)?,
+                None => Tensor::full(fill as f32, shape, device)?,
+            };
+            varmap
+                .data()
+                .lock()
+                .expect("not poisoned")
+                .insert(name, Var::from_tensor(&t)?);
+            Ok(())
+        };
+        let mut fan_in = meta.clip_dim;
+        for i in 0..c.depth {
+            let p = format!("hidden.{i}");
+            let std = (2.0 / fan_in as f64).sqrt();
+            put(
+                format!("{p}.linear.weight"),
+                &[c.width, fan_in],
+                Some(std),
+                0.0,
+            )?;
+            put(format!("{p}.linear.bias"), &[c.width], None, 0.0)?;
+            if c.layer_norm {
+                put(format!("{p}.norm.weight"), &[c.width], None, 1.0)?;
+                put(format!("{p}.norm.bias"), &[c.width], None, 0.0)?;
+            }
+            fan_in = c.width;
+        }
+        let out_dim = meta.num_styles * meta.w_dim;
+        let std = 0.01 / (fan_in as f64).sqrt();
+        put("out.weight".into(), &[out_dim, fan_in], Some(std), 0.0)?;
+        put("out.bias".into(), &[out_dim], None, 0.0)?;
+        Self::init(varmap, meta, w_avg, device)
+    }
+
     pub fn w_avg(&self) -> &Tensor {
         &self.w_avg
     }
@@ -209,7 +263,8 @@ impl Mapper {
         for (lin, norm) in &self.hidden {
             x = lin.forward(&x)?;
             if let Some(norm) = norm {
-                x = norm.forward(&x)?;
+                let bias = norm.bias().expect("built with a bias");
+                x = candle_nn::ops::layer_norm_slow(&x, norm.weight(), bias, LN_EPS)?;
             }
             x = match self.meta.config.activation {
                 Activation::LeakyRelu => crate::ops::leaky_relu(&x, 0.2)?,
@@ -279,41 +334,37 @@ pub fn read_meta(path: &Path) -> Result<MapperMeta> {
 
 /// Save the variables of `varmap` plus `w_avg` with metadata, atomically.
 pub fn save(path: &Path, varmap: &VarMap, w_avg: &Tensor, meta: &MapperMeta) -> Result<()> {
-    let mut tensors: HashMap<String, Tensor> = varmap
+    save_with(path, varmap, w_avg, meta, Vec::new(), HashMap::new())
+}
+
+/// [`save`] plus more tensors and metadata in the same file (training
+/// checkpoints: optimiser state). Tensor names are sorted, so equal
+/// contents give identical files.
+pub fn save_with(
+    path: &Path,
+    varmap: &VarMap,
+    w_avg: &Tensor,
+    meta: &MapperMeta,
+    extra: Vec<(String, Tensor)>,
+    mut extra_meta: HashMap<String, String>,
+) -> Result<()> {
+    let mut tensors: Vec<(String, Tensor)> = varmap
         .data()
         .lock()
         .expect("not poisoned")
         .iter()
         .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
         .collect();
-    tensors.insert("w_avg".into(), w_avg.clone());
-    let mut data: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::with_capacity(tensors.len());
-    for (k, t) in tensors {
-        let t = t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
-        let shape = t.dims().to_vec();
-        let bytes = t
-            .flatten_all()?
-            .to_vec1::<f32>()?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
-        data.push((k, bytes, shape));
-    }
-    let views = data
-        .iter()
-        .map(|(k, b, s)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                .map(|v| (k.clone(), v))
-                .map_err(|e| Error::invalid(format!("tensor {k}: {e}")))
-        })
+    tensors.push(("w_avg".into(), w_avg.clone()));
+    tensors.extend(extra);
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let tensors = tensors
+        .into_iter()
+        .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
         .collect::<Result<Vec<_>>>()?;
     let meta_json = serde_json::to_string(meta).map_err(|e| Error::invalid(e.to_string()))?;
-    let bytes = safetensors::serialize(
-        views,
-        Some(HashMap::from([(META_KEY.to_string(), meta_json)])),
-    )
-    .map_err(|e| Error::invalid(format!("cannot serialise the mapper: {e}")))?;
-    write_atomic(path, &bytes)
+    extra_meta.insert(META_KEY.to_string(), meta_json);
+    crate::tensorfile::write(path, &tensors, extra_meta)
 }
 
 #[cfg(test)]
@@ -394,5 +445,34 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("clip2gan train"), "{err}");
+    }
+
+    /// Every parameter gets a gradient (the layer norm included), and a
+    /// seeded init is the same every time.
+    #[test]
+    fn gradients_reach_every_layer_and_init_is_seeded() {
+        let dev = Device::Cpu;
+        let w_avg = Tensor::zeros(4, DType::F32, &dev).unwrap();
+        let varmap = VarMap::new();
+        let m = Mapper::init_seeded(&varmap, meta(), &w_avg, 5, &dev).unwrap();
+        let e = Tensor::randn(0f32, 1.0, (3, 8), &dev).unwrap();
+        let loss = m.forward(&e).unwrap().sqr().unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let data = varmap.data().lock().unwrap();
+        assert_eq!(data.len(), 10, "2 x (linear w, b, norm w, b) + out w, b");
+        for (name, var) in data.iter() {
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("no gradient for {name}"));
+            let n: f32 = g.abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
+            assert!(n > 0.0, "zero gradient for {name}");
+        }
+        let again = VarMap::new();
+        let m2 = Mapper::init_seeded(&again, meta(), &w_avg, 5, &dev).unwrap();
+        let (a, b) = (m.forward(&e).unwrap(), m2.forward(&e).unwrap());
+        assert_eq!(
+            a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            b.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
     }
 }

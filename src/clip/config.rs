@@ -106,6 +106,22 @@ pub fn read(path: &Path) -> Result<ClipSpec> {
     parse(&text, &path.display().to_string())
 }
 
+/// A tiny CLIP of the same architecture (transformers `config.json`): the
+/// real vocabulary and context length, widths of 32, 32 px images in 8 px
+/// patches. With [`super::save_random_checkpoint`] it makes a checkpoint
+/// that loads in milliseconds, for tests and CPU experiments.
+pub const TINY_CONFIG_JSON: &str = r#"{
+  "projection_dim": 32,
+  "text_config": {"hidden_size": 32, "intermediate_size": 64,
+                  "num_hidden_layers": 1, "num_attention_heads": 4},
+  "vision_config": {"hidden_size": 32, "intermediate_size": 64,
+                    "num_hidden_layers": 2, "num_attention_heads": 4,
+                    "image_size": 32, "patch_size": 8}
+}"#;
+
+/// ViT-B/32 as a `config.json` (every value is transformers' default).
+pub const VIT_B32_CONFIG_JSON: &str = "{}";
+
 /// OpenAI's ViT-B/32 (transformers' defaults), for benchmarks and tests.
 pub fn vit_base_patch32() -> ClipSpec {
     parse("{}", "built-in ViT-B/32").expect("defaults are valid")
@@ -284,6 +300,11 @@ mod tests {
         assert_eq!(l14.embed_dim, 768);
         assert_eq!(l14.candle.text_config.embed_dim, 768);
         assert_eq!(l14.candle.vision_config.num_hidden_layers, 24);
+        let tiny = parse(TINY_CONFIG_JSON, "tiny").unwrap();
+        assert_eq!(
+            (tiny.embed_dim, tiny.vocab_size, tiny.image_size),
+            (32, 49408, 32)
+        );
         let bad = parse(r#"{"text_config": {"hidden_act": "gelu"}}"#, "x").unwrap_err();
         assert!(bad.to_string().contains("quick_gelu"));
     }

@@ -3,13 +3,19 @@
 //! offline tokenizer and reference-exact image preprocessing.
 //!
 //! Embeddings returned here are L2-normalised, `[n, embed_dim]`.
+//!
+//! Gradients: pixels that carry a gradient (training) go through
+//! [`vision::VisionTower`], a differentiable copy of the vision encoder;
+//! everything else uses candle-transformers' model with its fused ops.
 
 pub mod config;
 pub mod hub;
 pub mod preprocess;
 pub mod tokenizer;
+pub mod vision;
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::VarBuilder;
@@ -27,6 +33,9 @@ pub struct Clip {
     pub preprocessor: Preprocessor,
     pub spec: config::ClipSpec,
     device: Device,
+    /// The weights, kept to build the differentiable tower on first use.
+    vb: VarBuilder<'static>,
+    vision_grad: OnceLock<vision::VisionTower>,
 }
 
 /// Tensors candle's CLIP would silently invent if absent.
@@ -59,7 +68,7 @@ impl Clip {
                 return Err(bad(format!("tensor `{name}` is missing")));
             }
         }
-        let model = ClipModel::new(vb, &spec.candle)
+        let model = ClipModel::new(vb.clone(), &spec.candle)
             .map_err(|e| bad(format!("does not fit config.json: {e}")))?;
         Ok(Self {
             model,
@@ -67,6 +76,8 @@ impl Clip {
             preprocessor,
             spec,
             device: device.clone(),
+            vb,
+            vision_grad: OnceLock::new(),
         })
     }
 
@@ -75,13 +86,15 @@ impl Clip {
     pub fn with_random_weights(spec: config::ClipSpec, device: &Device) -> Result<Self> {
         let varmap = candle_nn::VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
-        let model = ClipModel::new(vb, &spec.candle)?;
+        let model = ClipModel::new(vb.clone(), &spec.candle)?;
         Ok(Self {
             model,
             tokenizer: Tokenizer::new(spec.context_length),
             preprocessor: config::preprocessor(None, spec.image_size)?,
             spec,
             device: device.clone(),
+            vb,
+            vision_grad: OnceLock::new(),
         })
     }
 
@@ -143,6 +156,7 @@ impl Clip {
     }
 
     /// Projected image features before normalisation, from preprocessed pixels.
+    /// Differentiable with respect to `pixels` when they carry a gradient.
     pub fn image_features(&self, pixels: &Tensor) -> Result<Tensor> {
         let (_, c, h, w) = pixels.dims4()?;
         let s = self.spec.image_size;
@@ -152,7 +166,20 @@ impl Clip {
                 pixels.dims()
             )));
         }
+        if pixels.track_op() {
+            return self.vision_tower()?.forward(pixels);
+        }
         Ok(self.model.get_image_features(pixels)?)
+    }
+
+    /// The differentiable vision encoder, built on first use (it holds a
+    /// second copy of the vision weights when they come from a file).
+    pub fn vision_tower(&self) -> Result<&vision::VisionTower> {
+        if let Some(t) = self.vision_grad.get() {
+            return Ok(t);
+        }
+        let tower = vision::VisionTower::load(&self.vb, &self.spec.candle.vision_config)?;
+        Ok(self.vision_grad.get_or_init(|| tower))
     }
 
     /// L2-normalised embeddings of preprocessed pixels `[n, 3, S, S]`.
@@ -169,7 +196,8 @@ impl Clip {
     }
 
     /// L2-normalised embeddings of generator output in [-1, 1], through the
-    /// differentiable preprocessing path.
+    /// differentiable preprocessing path (and the differentiable vision
+    /// tower when `images` carry a gradient).
     pub fn encode_generated(&self, images: &Tensor) -> Result<Tensor> {
         self.encode_pixels(&self.preprocessor.from_generator(images)?)
     }
@@ -178,24 +206,70 @@ impl Clip {
 /// Write a checkpoint directory (config.json + model.safetensors) with
 /// random weights for the transformers-style `config_json`: for tests and
 /// CPU experiments where real CLIP weights cannot be had. The files go
-/// through the same loader as real checkpoints.
+/// through the same loader as real checkpoints. The weights are those of
+/// [`save_seeded_random_checkpoint`] with seed 0.
 pub fn save_random_checkpoint(dir: &Path, config_json: &str) -> Result<()> {
+    save_seeded_random_checkpoint(dir, config_json, 0)
+}
+
+/// [`save_random_checkpoint`] with weights that depend only on `seed`
+/// (candle's initialisers draw from an unseeded generator, and a test that
+/// trains on CLIP features must see the same features every run). Each
+/// tensor is drawn like candle initialises it: matrices and convolutions
+/// `N(0, 2/fan_in)`, biases `U(-1/sqrt(fan_in), 1/sqrt(fan_in))`, embeddings
+/// `N(0, 1)`, norms 1 and 0.
+pub fn save_seeded_random_checkpoint(dir: &Path, config_json: &str, seed: u64) -> Result<()> {
     let file = dir.join("config.json");
     let spec = config::parse(config_json, &file.display().to_string())?;
     let varmap = candle_nn::VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
     ClipModel::new(vb, &spec.candle)?;
-    let class = candle_core::Var::from_tensor(&Tensor::randn(
-        0f32,
-        1.0,
+    let class = Tensor::zeros(
         spec.candle.vision_config.embed_dim,
+        DType::F32,
         &Device::Cpu,
-    )?)?;
-    varmap
-        .data()
-        .lock()
-        .expect("not poisoned")
-        .insert(MUST_EXIST[0].to_string(), class);
+    )?;
+    let mut vars = varmap.data().lock().expect("not poisoned");
+    vars.insert(
+        MUST_EXIST[0].to_string(),
+        candle_core::Var::from_tensor(&class)?,
+    );
+    let shapes: std::collections::HashMap<String, Vec<usize>> = vars
+        .iter()
+        .map(|(k, v)| (k.clone(), v.dims().to_vec()))
+        .collect();
+    for (name, var) in vars.iter() {
+        let dims = var.dims();
+        let normal = |std: f64| -> Result<Tensor> {
+            Ok((crate::rng::normal_tensor(seed, name, dims, &Device::Cpu)? * std)?)
+        };
+        let is_norm =
+            name.contains("layer_norm") || name.contains("layrnorm") || name.contains("layernorm");
+        let value = if is_norm {
+            continue; // constant initialisation: already deterministic
+        } else if dims.len() == 4 {
+            normal((2.0 / (dims[1] * dims[2] * dims[3]) as f64).sqrt())?
+        } else if name.contains("embedding") {
+            normal(1.0)?
+        } else if dims.len() == 2 {
+            normal((2.0 / dims[1] as f64).sqrt())?
+        } else {
+            let weight = name.trim_end_matches("bias").to_string() + "weight";
+            let fan_in = shapes
+                .get(&weight)
+                .and_then(|s| s.get(1))
+                .copied()
+                .unwrap_or(dims[0]);
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            let mut r = crate::rng::stream(seed, name);
+            let v: Vec<f32> = (0..dims[0])
+                .map(|_| rand::Rng::random_range(&mut r, -bound..bound) as f32)
+                .collect();
+            Tensor::from_vec(v, dims[0], &Device::Cpu)?
+        };
+        var.set(&value)?;
+    }
+    drop(vars);
     std::fs::create_dir_all(dir).map_err(|err| Error::Write {
         path: dir.to_path_buf(),
         err,
@@ -239,4 +313,38 @@ pub fn open_image(path: &Path) -> Result<DynamicImage> {
             path.display()
         ))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The differentiable tower computes what candle's CLIP computes, and
+    /// passes gradients back to the pixels.
+    #[test]
+    fn vision_tower_matches_and_has_gradients() {
+        let dir = tempfile::tempdir().unwrap();
+        save_random_checkpoint(dir.path(), config::TINY_CONFIG_JSON).unwrap();
+        let clip = Clip::from_dir(dir.path(), &Device::Cpu).unwrap();
+        let s = clip.spec.image_size;
+        let px = Tensor::randn(0f32, 1.0, (2, 3, s, s), &Device::Cpu).unwrap();
+        let fused = clip.image_features(&px).unwrap();
+        let var = candle_core::Var::from_tensor(&px).unwrap();
+        let plain = clip.image_features(var.as_tensor()).unwrap();
+        let d: f32 = (&fused - &plain)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert!(d < 1e-4, "towers differ by {d}");
+        let grads = plain.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+        let g = grads
+            .get(var.as_tensor())
+            .expect("gradient reaches the pixels");
+        let norm: f32 = g.sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+        assert!(norm > 0.0 && norm.is_finite());
+    }
 }

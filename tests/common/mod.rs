@@ -50,3 +50,16 @@ pub fn diff(a: &[f32], b: &[f32]) -> (f32, f32) {
     }
     (max, (sum / a.len() as f64) as f32)
 }
+
+/// A tiny random MobileStyleGAN (3 blocks, 64 px, w_dim 32, 11 styles) in
+/// `<models>/tiny-g` and a tiny random CLIP (real vocabulary, widths 32,
+/// 32 px images) in `<models>/tiny-clip`: the whole pipeline in seconds.
+pub fn tiny_models(models: &std::path::Path) -> (PathBuf, PathBuf) {
+    let g = models.join("tiny-g");
+    let c = models.join("tiny-clip");
+    clip2gan::generator::mobilestylegan::random_weights(&g, &TINY_CHANNELS, 32, 7).unwrap();
+    clip2gan::clip::save_random_checkpoint(&c, clip2gan::clip::config::TINY_CONFIG_JSON).unwrap();
+    (g, c)
+}
+
+pub const TINY_CHANNELS: [usize; 4] = [64, 64, 32, 16];

@@ -218,7 +218,12 @@ fn compute_w_avg(mapping: &Tensors) -> Result<Vec<f32>> {
     Ok(avg.to_vec1()?)
 }
 
-fn write_safetensors(path: &Path, tensors: &Tensors, meta: HashMap<String, String>) -> Result<()> {
+/// Write named tensors with string metadata, atomically.
+pub(crate) fn write_safetensors(
+    path: &Path,
+    tensors: &Tensors,
+    meta: HashMap<String, String>,
+) -> Result<()> {
     let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = tensors
         .iter()
         .map(|(k, t)| {

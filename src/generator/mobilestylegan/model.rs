@@ -10,6 +10,13 @@
 //!   depthwise-separable convs); a modulated 1x1 "to_img" to 12 wavelet
 //!   channels (3 colours x 4 sub-bands) at 512 px; a final inverse DWT to
 //!   1024 px.
+//!
+//! Sizes come from the weight shapes, not from constants: `w_dim` and `z_dim`
+//! from the mapping layers, the channel widths from each block's tensors, the
+//! number of blocks from the tensor names (resolution `4 * 2^(blocks + 1)`,
+//! `3 * blocks + 2` styles). The FFHQ weights give the numbers above;
+//! [`super::random`] writes small random weight sets of the same layout for
+//! tests.
 //! - A styled conv is `lrelu(pw(dw(x * s)) + noise + bias)`, where `s` is the
 //!   style's affine projection times a constant gain. Demodulation, weight
 //!   gains and noise strengths were folded into the constants at export.
@@ -35,13 +42,18 @@ use crate::ops;
 
 pub const MAPPING_FILE: &str = "mapping.safetensors";
 pub const SYNTHESIS_FILE: &str = "synthesis.safetensors";
+/// Styles of the FFHQ network (7 blocks); other weight sets have `3 * blocks + 2`.
 pub const NUM_STYLES: usize = 23;
-const BLOCKS: usize = 7;
+/// Metadata key naming the generator in `synthesis.safetensors` (its `Generator::id`).
+pub const GENERATOR_META_KEY: &str = "generator";
+/// The id of the FFHQ weights, also used when a file carries no metadata.
+pub const FFHQ_ID: &str = "mobilestylegan-ffhq";
 
 /// Tensors of one safetensors file, with errors that name file and tensor.
 pub(crate) struct WeightFile {
     path: PathBuf,
     tensors: HashMap<String, Tensor>,
+    metadata: HashMap<String, String>,
 }
 
 impl WeightFile {
@@ -52,14 +64,23 @@ impl WeightFile {
                 hint: "Run `clip2gan fetch` to download and convert them (or see README.md, \"Models\").".into(),
             });
         }
-        let tensors =
-            candle_core::safetensors::load(path, device).map_err(|e| Error::BadWeights {
-                file: path.display().to_string(),
-                detail: format!("cannot read safetensors: {e}"),
-            })?;
+        let bad = |e: String| Error::BadWeights {
+            file: path.display().to_string(),
+            detail: format!("cannot read safetensors: {e}"),
+        };
+        let bytes = std::fs::read(path).map_err(|err| Error::Read {
+            path: path.to_path_buf(),
+            err,
+        })?;
+        let (_, header) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+        let metadata = header.metadata().clone().unwrap_or_default();
+        let tensors = candle_core::safetensors::load_buffer(&bytes, device)
+            .map_err(|e| bad(e.to_string()))?;
         Ok(Self {
             path: path.to_path_buf(),
             tensors,
+            metadata,
         })
     }
 
@@ -100,8 +121,8 @@ struct StyleAffine {
 }
 
 impl StyleAffine {
-    fn load(f: &WeightFile, prefix: &str, scaled: bool) -> Result<Self> {
-        let weight = f.get(&format!("{prefix}.modulation.weight"), &[0, 512])?;
+    fn load(f: &WeightFile, prefix: &str, w_dim: usize, scaled: bool) -> Result<Self> {
+        let weight = f.get(&format!("{prefix}.modulation.weight"), &[0, w_dim])?;
         let c = weight.dim(0)?;
         Ok(Self {
             weight_t: weight.t()?.contiguous()?,
@@ -171,8 +192,8 @@ struct StyledDwConv {
 }
 
 impl StyledDwConv {
-    fn load(f: &WeightFile, module: &str, size: usize) -> Result<Self> {
-        let affine = StyleAffine::load(f, &format!("{module}.conv"), true)?;
+    fn load(f: &WeightFile, module: &str, w_dim: usize, size: usize) -> Result<Self> {
+        let affine = StyleAffine::load(f, &format!("{module}.conv"), w_dim, true)?;
         let cin = affine.channels();
         let weight_pw = f.get(&format!("{module}.conv.weight_pw"), &[0, cin])?;
         let cout = weight_pw.dim(0)?;
@@ -211,9 +232,9 @@ impl StyledDwConv {
 
 /// The first, dense modulated 3x3 conv on the constant input.
 struct FirstConv {
-    input: Tensor, // [1, 512, 4, 4]
+    input: Tensor, // [1, C, 4, 4]
     affine: StyleAffine,
-    weight: Tensor, // [512, 512, 3, 3]
+    weight: Tensor, // [C, C, 3, 3]
     noise: Noise,
     bias: Tensor,
 }
@@ -241,8 +262,11 @@ struct ToImg {
 }
 
 pub struct MobileStyleGan {
+    id: String,
     device: Device,
-    mapping: Vec<(Tensor, Tensor)>, // (weight^T [512,512], bias [512])
+    z_dim: usize,
+    w_dim: usize,
+    mapping: Vec<(Tensor, Tensor)>, // (weight^T [in, w_dim], bias [w_dim])
     w_avg: Tensor,
     first: FirstConv,
     blocks: Vec<Block>,
@@ -253,45 +277,51 @@ impl MobileStyleGan {
     /// Load `mapping.safetensors` and `synthesis.safetensors` from `dir`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let m = WeightFile::open(&dir.join(MAPPING_FILE), device)?;
+        let first = m.get("layers.0.weight", &[0, 0])?;
+        let (w_dim, z_dim) = first.dims2()?;
         let mut mapping = Vec::new();
         while m
             .tensors
             .contains_key(&format!("layers.{}.weight", mapping.len()))
         {
             let i = mapping.len();
-            let w = m.get(&format!("layers.{i}.weight"), &[512, 512])?;
+            let fan_in = if i == 0 { z_dim } else { w_dim };
+            let w = m.get(&format!("layers.{i}.weight"), &[w_dim, fan_in])?;
             mapping.push((
                 w.t()?.contiguous()?,
-                m.get(&format!("layers.{i}.bias"), &[512])?,
+                m.get(&format!("layers.{i}.bias"), &[w_dim])?,
             ));
         }
-        if mapping.len() != 8 {
-            return Err(m.bad(format!(
-                "expected 8 mapping layers, found {}",
-                mapping.len()
-            )));
-        }
-        let w_avg = m.get("w_avg", &[512])?;
+        let w_avg = m.get("w_avg", &[w_dim])?;
 
         let s = WeightFile::open(&dir.join(SYNTHESIS_FILE), device)?;
+        let input = s.get("input.input", &[1, 0, 4, 4])?;
+        let c0 = input.dim(1)?;
         let first = FirstConv {
-            input: s.get("input.input", &[1, 512, 4, 4])?,
-            affine: StyleAffine::load(&s, "conv1.conv", true)?,
-            weight: s.get("conv1.conv.weight", &[512, 512, 3, 3])?,
+            input,
+            affine: StyleAffine::load(&s, "conv1.conv", w_dim, true)?,
+            weight: s.get("conv1.conv.weight", &[c0, c0, 3, 3])?,
             noise: Noise::load(&s, "conv1", 4)?,
-            bias: s.get("conv1.bias", &[512])?,
+            bias: s.get("conv1.bias", &[c0])?,
         };
         let mut blocks = Vec::new();
-        for i in 0..BLOCKS {
+        while s
+            .tensors
+            .contains_key(&format!("layers.{}.up.modulation.weight", blocks.len()))
+        {
+            let i = blocks.len();
             let size = 8 << i;
             blocks.push(Block {
-                up: StyleAffine::load(&s, &format!("layers.{i}.up"), false)?,
-                conv1: StyledDwConv::load(&s, &format!("layers.{i}.conv1"), size)?,
-                conv2: StyledDwConv::load(&s, &format!("layers.{i}.conv2"), size)?,
+                up: StyleAffine::load(&s, &format!("layers.{i}.up"), w_dim, false)?,
+                conv1: StyledDwConv::load(&s, &format!("layers.{i}.conv1"), w_dim, size)?,
+                conv2: StyledDwConv::load(&s, &format!("layers.{i}.conv2"), w_dim, size)?,
             });
         }
-        let last = BLOCKS - 1;
-        let affine = StyleAffine::load(&s, &format!("layers.{last}.to_img.conv"), true)?;
+        if blocks.is_empty() {
+            return Err(s.bad("no synthesis blocks (`layers.0.up.modulation.weight`)".into()));
+        }
+        let last = blocks.len() - 1;
+        let affine = StyleAffine::load(&s, &format!("layers.{last}.to_img.conv"), w_dim, true)?;
         let c = affine.channels();
         let to_img = ToImg {
             weight: s.get(&format!("layers.{last}.to_img.conv.weight"), &[12, c])?,
@@ -299,21 +329,42 @@ impl MobileStyleGan {
             affine,
         };
         // Channel counts must chain: the upsampler turns 4C into C.
-        let mut c = 512;
+        let mut c = c0;
         for (i, b) in blocks.iter().enumerate() {
-            if b.up.channels() != c || b.conv1.affine.channels() != c / 4 {
+            if b.up.channels() != c || c % 4 != 0 || b.conv1.affine.channels() != c / 4 {
                 return Err(s.bad(format!("block {i}: channel counts do not chain ({c} in)")));
             }
             c = b.conv2.weight_pw.dim(0)?;
         }
+        if to_img.affine.channels() != c {
+            return Err(s.bad(format!(
+                "to_img takes {} channels, the last block gives {c}",
+                to_img.affine.channels()
+            )));
+        }
+        let id = s
+            .metadata
+            .get(GENERATOR_META_KEY)
+            .cloned()
+            .unwrap_or_else(|| FFHQ_ID.to_string());
         Ok(Self {
+            id,
             device: device.clone(),
+            z_dim,
+            w_dim,
             mapping,
             w_avg,
             first,
             blocks,
             to_img,
         })
+    }
+
+    /// Channel widths: the constant input's, then each block's output.
+    pub fn channels(&self) -> Vec<usize> {
+        let mut c = vec![self.first.bias.dims()[0]];
+        c.extend(self.blocks.iter().map(|b| b.conv2.bias.dims()[0]));
+        c
     }
 
     fn style(wplus: &Tensor, i: usize) -> Result<Tensor> {
@@ -335,19 +386,19 @@ pub fn map_z(layers: &[(Tensor, Tensor)], z: &Tensor) -> Result<Tensor> {
 
 impl Generator for MobileStyleGan {
     fn id(&self) -> &str {
-        "mobilestylegan-ffhq"
+        &self.id
     }
     fn z_dim(&self) -> usize {
-        512
+        self.z_dim
     }
     fn w_dim(&self) -> usize {
-        512
+        self.w_dim
     }
     fn num_styles(&self) -> usize {
-        NUM_STYLES
+        3 * self.blocks.len() + 2
     }
     fn resolution(&self) -> usize {
-        1024
+        4 << (self.blocks.len() + 1)
     }
     fn device(&self) -> &Device {
         &self.device
@@ -358,17 +409,21 @@ impl Generator for MobileStyleGan {
 
     fn map(&self, z: &Tensor) -> Result<Tensor> {
         let (_, d) = z.dims2()?;
-        if d != 512 {
-            return Err(Error::invalid(format!("z must have 512 columns, got {d}")));
+        if d != self.z_dim {
+            return Err(Error::invalid(format!(
+                "z must have {} columns, got {d}",
+                self.z_dim
+            )));
         }
         map_z(&self.mapping, &z.to_dtype(DType::F32)?)
     }
 
     fn synthesize(&self, wplus: &Tensor, noise: NoiseMode) -> Result<Tensor> {
         let (_, k, d) = wplus.dims3()?;
-        if k != NUM_STYLES || d != 512 {
+        let (styles, w_dim) = (self.num_styles(), self.w_dim);
+        if k != styles || d != w_dim {
             return Err(Error::invalid(format!(
-                "W+ must be [n, {NUM_STYLES}, 512], got {:?}",
+                "W+ must be [n, {styles}, {w_dim}], got {:?}",
                 wplus.dims()
             )));
         }
@@ -381,7 +436,7 @@ impl Generator for MobileStyleGan {
             x = b.conv1.forward(&x, &w1, noise, 2 * i as u64 + 1)?;
             x = b.conv2.forward(&x, &w2, noise, 2 * i as u64 + 2)?;
         }
-        let w_img = Self::style(&wplus, 3 * (BLOCKS - 1) + 3)?;
+        let w_img = Self::style(&wplus, 3 * (self.blocks.len() - 1) + 3)?;
         let (n, c, h, wd) = x.dims4()?;
         let s = self.to_img.affine.forward(&w_img)?; // [n, c]
         let k = self

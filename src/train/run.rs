@@ -1,0 +1,319 @@
+//! The training run: restore or create the mapper and optimiser, open the
+//! data, then step, log and checkpoint until done, interrupted or broken.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+
+use candle_core::Device;
+use candle_nn::VarMap;
+
+use super::config::{Mode, TrainConfig};
+use super::source::Source;
+use super::{
+    cache, checkpoint, data, images, losses, named_vars, optim, progress, source, untrained_mapper,
+    Report, Setup,
+};
+use crate::error::{Error, Result};
+use crate::mapper::{self, Compat, Mapper, MapperMeta};
+
+/// The mapper being trained, its optimiser and the steps done.
+struct State {
+    mapper: Mapper,
+    varmap: VarMap,
+    meta: MapperMeta,
+    opt: optim::AdamW,
+    step: u64,
+}
+
+impl State {
+    /// A new mapper with the seeded initial weights.
+    fn fresh(s: &Setup) -> Result<Self> {
+        let (mapper, varmap) = untrained_mapper(s.g, s.clip, &s.clip_model, &s.config)?;
+        Ok(Self {
+            meta: mapper.meta.clone(),
+            opt: optim::AdamW::new(named_vars(&varmap), &s.config)?,
+            mapper,
+            varmap,
+            step: 0,
+        })
+    }
+
+    /// The run in the checkpoint, after checking it is this run.
+    fn restore(s: &Setup, ckpt: &Path, dev: &Device) -> Result<Self> {
+        let (g, cfg) = (s.g, &s.config);
+        let l = checkpoint::load(ckpt, dev)?;
+        l.meta.check(&Compat {
+            clip_model: &s.clip_model,
+            clip_dim: s.clip.embed_dim(),
+            generator: g.id(),
+            num_styles: g.num_styles(),
+            w_dim: g.w_dim(),
+        })?;
+        let diffs = cfg.differences(&l.state.config);
+        if !diffs.is_empty() {
+            return Err(Error::invalid(format!(
+                "--resume continues the run in {}, but these settings differ from its checkpoint: {}. \
+                 Use the run's settings, or another run_dir for a new run.",
+                s.run_dir.display(),
+                diffs.join("; ")
+            )));
+        }
+        if !s.quiet {
+            if l.state.config.steps != cfg.steps {
+                eprintln!(
+                    "note: the run had {} steps, now {}: the learning-rate schedule changes from here",
+                    l.state.config.steps, cfg.steps
+                );
+            }
+            eprintln!("resuming from step {} ({})", l.state.step, ckpt.display());
+        }
+        let mut meta = l.meta;
+        meta.training = serde_json::to_value(cfg).unwrap_or_default();
+        let mapper = Mapper::init(&l.varmap, meta.clone(), &l.w_avg, dev)?;
+        let mut opt = optim::AdamW::new(named_vars(&l.varmap), cfg)?;
+        let mut moments = l.optimiser;
+        opt.load_state(|k| moments.remove(k))?;
+        Ok(Self {
+            mapper,
+            varmap: l.varmap,
+            meta,
+            opt,
+            step: l.state.step,
+        })
+    }
+
+    /// Write the checkpoint, refusing to replace a good one with NaN weights.
+    fn save(&mut self, ckpt: &Path, cfg: &TrainConfig) -> Result<()> {
+        let step = self.step;
+        if !self.opt.params_finite()? {
+            return Err(Error::Training(format!(
+                "the mapper's weights are not finite at step {step}; the checkpoint was not overwritten. \
+                 Lower train.lr and resume with --resume."
+            )));
+        }
+        self.meta.step = step;
+        let state = checkpoint::TrainState {
+            step,
+            config: cfg.clone(),
+            rng: checkpoint::RNG_SCHEME.into(),
+        };
+        checkpoint::save(
+            ckpt,
+            &self.varmap,
+            self.mapper.w_avg(),
+            &self.meta,
+            self.opt.state(),
+            &state,
+        )
+    }
+}
+
+/// Train (or continue training) a mapper as `s` says.
+pub fn train(s: &Setup) -> Result<Report> {
+    let cfg = &s.config;
+    cfg.validate()?;
+    let dev = s.g.device().clone();
+    let ckpt = s.run_dir.join(checkpoint::FILE);
+    let metrics_path = s.run_dir.join("metrics.jsonl");
+    prepare_paths(s, &ckpt)?;
+
+    let mut st = if s.resume {
+        State::restore(s, &ckpt, &dev)?
+    } else {
+        if ckpt.exists() {
+            let step = checkpoint::load(&ckpt, &dev)
+                .map(|l| l.state.step.to_string())
+                .unwrap_or_else(|_| "?".into());
+            return Err(Error::invalid(format!(
+                "{} already holds a checkpoint (step {step}): pass --resume to continue that run, \
+                 or use another run_dir (or delete the checkpoint) to start a new one",
+                s.run_dir.display()
+            )));
+        }
+        State::fresh(s)?
+    };
+    let start = st.step;
+    let mut metrics = progress::Metrics::open(&metrics_path, s.resume.then_some(start))?;
+    let mut report = Report {
+        start_step: start,
+        step: start,
+        interrupted: false,
+        losses: Vec::new(),
+        cache: None,
+        steps_per_s: 0.0,
+        checkpoint: ckpt.clone(),
+        metrics: metrics_path,
+        mapper: None,
+    };
+    let image_size = data::effective_image_size(cfg.image_size, s.g.resolution());
+    let Some(mut source) = open_source(s, image_size, &mut metrics, &mut report)? else {
+        report.interrupted = true;
+        return Ok(report);
+    };
+    let objective = losses::Objective {
+        weights: cfg.loss.clone(),
+        through_generator: cfg.mode == Mode::Full,
+        g: s.g,
+        clip: s.clip,
+        image_size,
+        recon_size: cfg.recon_size.min(image_size),
+        xi: cfg.lafite_xi,
+        seed: cfg.seed,
+    };
+
+    let mut bar = progress::Progress::new("step", start, cfg.steps, s.quiet);
+    let mut last_saved = start;
+    while st.step < cfg.steps {
+        if s.stop.load(Ordering::SeqCst) {
+            report.interrupted = true;
+            break;
+        }
+        let step = st.step + 1;
+        let lr = optim::lr_at(cfg, step);
+        let batch = source.batch(step)?;
+        let l = objective.compute(&st.mapper, &batch, step)?;
+        let total = l.total.to_scalar::<f32>()?;
+        if !total.is_finite() {
+            bar.finish();
+            return Err(Error::Training(format!(
+                "the loss became {total} at step {step}. The last good checkpoint (step {last_saved}) is {}; \
+                 lower train.lr (now {}) or raise warmup_steps, then continue with --resume.",
+                ckpt.display(),
+                cfg.lr
+            )));
+        }
+        let grad_norm = st.opt.step(&l.total.backward()?, step, lr)?;
+        st.step = step;
+        let mut rec = serde_json::json!({
+            "event": "step", "step": step, "lr": lr, "loss": total, "grad_norm": grad_norm,
+            "elapsed_s": bar.elapsed_s(),
+        });
+        let mut detail = format!("loss {total:.5}");
+        for (name, t) in &l.terms {
+            let v = t.to_scalar::<f32>()?;
+            rec[*name] = serde_json::json!(v);
+            detail.push_str(&format!(" {name} {v:.4}"));
+        }
+        metrics.write(&rec)?;
+        report.losses.push((step, total));
+        bar.update(step, &format!("| {detail} | lr {lr:.2e}"));
+        if step % cfg.checkpoint_every == 0 || step == cfg.steps {
+            st.save(&ckpt, cfg)?;
+            last_saved = step;
+        }
+        if s.stop_after == Some(step) {
+            report.interrupted = true;
+            break;
+        }
+    }
+    bar.finish();
+    report.step = st.step;
+    report.steps_per_s = bar.rate(st.step);
+    if st.step > last_saved {
+        st.save(&ckpt, cfg)?;
+    }
+    metrics.write(&serde_json::json!({
+        "event": if report.interrupted { "interrupted" } else { "done" },
+        "step": st.step, "steps_per_s": report.steps_per_s,
+    }))?;
+    if st.step >= cfg.steps && !report.interrupted {
+        st.meta.step = st.step;
+        st.meta.metrics = serde_json::json!({
+            "final_loss": report.losses.last().map(|l| l.1),
+            "steps_per_s": report.steps_per_s,
+        });
+        mapper::save(&s.out, &st.varmap, st.mapper.w_avg(), &st.meta)?;
+        report.mapper = Some(s.out.clone());
+    }
+    Ok(report)
+}
+
+/// Fail early on what would fail late: nothing to resume, unwritable paths.
+fn prepare_paths(s: &Setup, ckpt: &Path) -> Result<()> {
+    if s.resume && !ckpt.exists() {
+        return Err(Error::invalid(format!(
+            "nothing to resume: there is no checkpoint at {}. Start without --resume.",
+            ckpt.display()
+        )));
+    }
+    let dirs: [Option<PathBuf>; 2] = [
+        Some(s.run_dir.clone()),
+        s.out.parent().map(Path::to_path_buf),
+    ];
+    for dir in dirs
+        .into_iter()
+        .flatten()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(&dir).map_err(|err| Error::Write {
+            path: dir.clone(),
+            err,
+        })?;
+    }
+    crate::fsutil::check_writable(ckpt)?;
+    crate::fsutil::check_writable(&s.out)
+}
+
+/// The batch source of the run's mode; `None` if interrupted while the pair
+/// cache was being rendered.
+fn open_source<'a>(
+    s: &Setup<'a>,
+    image_size: usize,
+    metrics: &mut progress::Metrics,
+    report: &mut Report,
+) -> Result<Option<Box<dyn Source + 'a>>> {
+    let (g, clip, cfg) = (s.g, s.clip, &s.config);
+    let dev = g.device();
+    let spec = data::SampleSpec {
+        truncation: cfg.truncation,
+        style_mixing: cfg.style_mixing,
+        image_size,
+        gen_batch: cfg.gen_batch,
+    };
+    Ok(Some(match cfg.mode {
+        Mode::Cache => {
+            let key = cache::CacheKey::new(g, clip, &s.clip_model, cfg.seed, &spec);
+            let r = cache::Renderer { g, clip, key, spec };
+            let dir = s.run_dir.join("pairs");
+            let Some((pairs, stats)) =
+                cache::ensure(&dir, &r, cfg.pairs, cfg.chunk_pairs, s.stop, s.quiet)?
+            else {
+                return Ok(None);
+            };
+            metrics.write(&serde_json::json!({
+                "event": "pair_cache", "reused": stats.reused, "rendered": stats.rendered,
+                "render_s": stats.render_s, "pairs_per_s": stats.pairs_per_s(),
+            }))?;
+            report.cache = Some(stats);
+            Box::new(source::CacheSource::new(
+                pairs,
+                g.num_styles(),
+                cfg.batch_size,
+                cfg.seed,
+                dev,
+            )?)
+        }
+        Mode::Full => {
+            let user = match &cfg.image_dir {
+                Some(dir) => {
+                    let u = images::load(dir, clip, cfg.recon_size.min(image_size), dev)?;
+                    if !s.quiet {
+                        eprintln!("{} of your images from {}", u.files.len(), dir.display());
+                    }
+                    Some(u)
+                }
+                None => None,
+            };
+            Box::new(source::FullSource {
+                g,
+                clip,
+                spec,
+                recon_size: cfg.recon_size.min(image_size),
+                batch: cfg.batch_size,
+                seed: cfg.seed,
+                user,
+                user_share: cfg.image_share,
+            })
+        }
+    }))
+}
