@@ -10,6 +10,9 @@ set -uo pipefail
 BIN=${1:-target/cuda/release/clip2gan}
 OUT=${2:-gpu-results}
 mkdir -p "$OUT"
+# Carried in by tools/gpu-pack.sh (the GPU machine has no network).
+if [ -f .gpu/models.tar.xz ] && [ ! -d models/mobilestylegan-ffhq ]; then tar -xJf .gpu/models.tar.xz; fi
+if [ -f .gpu/clip2gan.xz ] && [ ! -x .gpu/clip2gan ]; then xz -dk .gpu/clip2gan.xz && chmod +x .gpu/clip2gan; fi
 log() { echo "[gpu-check] $*" | tee -a "$OUT/log.txt"; }
 
 # libcublas/libcublasLt (13) and libcurand (10): from a CUDA install or from
