@@ -179,14 +179,16 @@ impl Engine {
         if s.shutting_down {
             return Err(EngineError::ShuttingDown);
         }
+        // The user's own limit first: "wait for your job" is the accurate
+        // answer for them even when the queue happens to be full too.
+        let limit = self.shared.config.per_user_limit;
+        if s.per_user.get(&user).copied().unwrap_or(0) >= limit {
+            return Err(EngineError::UserBusy { limit });
+        }
         if s.queue.len() >= self.shared.config.queue_capacity {
             return Err(EngineError::QueueFull {
                 capacity: self.shared.config.queue_capacity,
             });
-        }
-        let limit = self.shared.config.per_user_limit;
-        if s.per_user.get(&user).copied().unwrap_or(0) >= limit {
-            return Err(EngineError::UserBusy { limit });
         }
         s.next_id += 1;
         let id = JobId(s.next_id);
