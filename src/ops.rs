@@ -241,14 +241,14 @@ struct FusedDwSep {
 
 /// A raw pointer that may cross threads: tasks write disjoint regions.
 #[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
+pub(crate) struct SharedOut(pub(crate) *mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
     /// Going through a method makes closures capture the whole wrapper (which
     /// is Sync), not its raw-pointer field.
-    fn at(self, offset: usize) -> *mut f32 {
+    pub(crate) fn at(self, offset: usize) -> *mut f32 {
         // SAFETY: callers pass offsets inside the allocation.
         unsafe { self.0.add(offset) }
     }

@@ -126,19 +126,7 @@ struct CpuConvOp {
     scale: Option<Vec<f32>>,
 }
 
-/// A raw pointer that may cross threads: tasks write disjoint regions.
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// Through a method, closures capture the (Sync) wrapper, not the pointer.
-    fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY: callers pass offsets inside the allocation.
-        unsafe { self.0.add(offset) }
-    }
-}
+use crate::ops::SharedOut;
 
 impl CustomOp1 for CpuConvOp {
     fn name(&self) -> &'static str {
