@@ -110,7 +110,7 @@ impl Preprocessor {
             (self.resize, self.resize * w / h)
         };
         if crate::ops::cpu_fast(images) && !images.track_op() {
-            return self.from_generator_cpu(images, nh, nw);
+            return self.generator_cpu(images, nh, nw);
         }
         let dev = images.device();
         let rows = area_matrix(h, nh, dev)?; // [nh, h]
@@ -128,7 +128,7 @@ impl Preprocessor {
     /// of the cropped outputs, one plane per task, then the affine
     /// `((v + 1) / 2 - mean) / std` (the area weights sum to 1, so it
     /// commutes with the resampling).
-    fn from_generator_cpu(&self, images: &Tensor, nh: usize, nw: usize) -> Result<Tensor> {
+    fn generator_cpu(&self, images: &Tensor, nh: usize, nw: usize) -> Result<Tensor> {
         let (n, c, h, w) = images.dims4()?;
         let crop = self.crop;
         let (top, left) = ((nh - crop) / 2, (nw - crop) / 2);
