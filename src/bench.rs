@@ -76,6 +76,10 @@ pub struct ClipCase {
     pub tokens: Option<usize>,
     /// Median over rounds.
     pub ms_per_call: f64,
+    /// Median CPU time of the process (all threads) per call: the work
+    /// done, less sensitive than wall time to other load on the machine
+    /// (idle threads spinning for work count too).
+    pub cpu_ms_per_call: f64,
     pub ms_per_item: f64,
     /// FLOPs of one item as the reference model computes them (encoder
     /// only; preprocessing is not counted).
@@ -97,6 +101,15 @@ pub struct ClipBench {
     pub sgemm_n: usize,
     pub sgemm_gflop_per_s: f64,
     pub cases: Vec<ClipCase>,
+}
+
+/// CPU time used by this process so far (user + system, all threads), s.
+fn process_cpu_s() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut r) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    tv(r.ru_utime) + tv(r.ru_stime)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -198,13 +211,13 @@ pub fn clip(c: &crate::clip::Clip, model: &str, iters: usize, candle: bool) -> R
         for (i, (_, _, _, input)) in inputs.iter().enumerate() {
             for (j, path) in paths.iter().enumerate() {
                 crate::ops::force_portable(*path == "candle");
-                let t0 = Instant::now();
+                let (t0, c0) = (Instant::now(), process_cpu_s());
                 let r = run(input);
-                let dt = t0.elapsed().as_secs_f64();
+                let (dt, dc) = (t0.elapsed().as_secs_f64(), process_cpu_s() - c0);
                 crate::ops::force_portable(false);
                 r?;
                 if round > 0 {
-                    times[i * paths.len() + j].push(dt);
+                    times[i * paths.len() + j].push((dt, dc));
                 }
             }
         }
@@ -221,7 +234,10 @@ pub fn clip(c: &crate::clip::Clip, model: &str, iters: usize, candle: bool) -> R
             None => image_flops(&c.spec),
         };
         for (j, path) in paths.iter().enumerate() {
-            let sec = median(std::mem::take(&mut times[i * paths.len() + j]));
+            let (wall, cpu): (Vec<f64>, Vec<f64>) = std::mem::take(&mut times[i * paths.len() + j])
+                .into_iter()
+                .unzip();
+            let sec = median(wall);
             let rate = flop * batch as f64 / sec / 1e9;
             cases.push(ClipCase {
                 input: name,
@@ -229,6 +245,7 @@ pub fn clip(c: &crate::clip::Clip, model: &str, iters: usize, candle: bool) -> R
                 batch,
                 tokens,
                 ms_per_call: sec * 1000.0,
+                cpu_ms_per_call: median(cpu) * 1000.0,
                 ms_per_item: sec * 1000.0 / batch as f64,
                 gflop_per_item: flop / 1e9,
                 gflop_per_s: rate,
