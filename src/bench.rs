@@ -82,11 +82,17 @@ pub struct ClipCase {
     pub cpu_ms_per_call: f64,
     pub ms_per_item: f64,
     /// FLOPs of one item as the reference model computes them (encoder
-    /// only; preprocessing is not counted).
+    /// only; preprocessing is not counted), and the rate by that count: the
+    /// figure comparable across paths.
     pub gflop_per_item: f64,
     pub gflop_per_s: f64,
     /// `gflop_per_s` over the sgemm rate of the same run.
     pub share_of_sgemm: f64,
+    /// The FLOPs this path executes (the fast path skips most of its last
+    /// layer) and their share of the sgemm rate: how well the machine is
+    /// used.
+    pub executed_gflop_per_item: f64,
+    pub executed_share_of_sgemm: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -154,7 +160,7 @@ fn sgemm_once(n: usize, a: &[f32], b: &[f32], c: &mut [f32]) -> f64 {
 /// processes hits all alike; the first round is a warm-up, figures are
 /// medians over the others.
 pub fn clip(c: &crate::clip::Clip, model: &str, iters: usize, candle: bool) -> Result<ClipBench> {
-    use crate::clip::fast::{image_flops, text_flops};
+    use crate::clip::fast::{image_flops, text_flops, Count};
     use crate::clip::tokenizer::{END_OF_TEXT, START_OF_TEXT};
     use crate::clip::Tokens;
     let text = |len: usize, n: usize| {
@@ -229,11 +235,17 @@ pub fn clip(c: &crate::clip::Clip, model: &str, iters: usize, candle: bool) -> R
     let sgemm_rate = 2.0 * (sg as f64).powi(3) / median(sgemm) / 1e9;
     let mut cases = Vec::new();
     for (i, (name, batch, tokens, _)) in inputs.drain(..).enumerate() {
-        let flop = match tokens {
-            Some(t) => text_flops(&c.spec, t),
-            None => image_flops(&c.spec),
+        let flops = |count| match tokens {
+            Some(t) => text_flops(&c.spec, t, count),
+            None => image_flops(&c.spec, count),
         };
+        let flop = flops(Count::Reference);
         for (j, path) in paths.iter().enumerate() {
+            let executed = if *path == "fast" && c.uses_fast_path() {
+                flops(Count::FastPath)
+            } else {
+                flop
+            };
             let (wall, cpu): (Vec<f64>, Vec<f64>) = std::mem::take(&mut times[i * paths.len() + j])
                 .into_iter()
                 .unzip();
@@ -250,6 +262,8 @@ pub fn clip(c: &crate::clip::Clip, model: &str, iters: usize, candle: bool) -> R
                 gflop_per_item: flop / 1e9,
                 gflop_per_s: rate,
                 share_of_sgemm: rate / sgemm_rate,
+                executed_gflop_per_item: executed / 1e9,
+                executed_share_of_sgemm: rate * executed / flop / sgemm_rate,
             });
         }
     }

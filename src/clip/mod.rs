@@ -153,6 +153,11 @@ impl Clip {
         Ok(self.model.get_or_init(|| m))
     }
 
+    /// Whether inference on this thread takes the fast CPU path.
+    pub fn uses_fast_path(&self) -> bool {
+        self.fast().is_some()
+    }
+
     /// The fast CPU path, unless this thread asked for the portable one.
     fn fast(&self) -> Option<&fast::FastClip> {
         self.fast
