@@ -7,7 +7,8 @@
 //! tensor names, same maths: pre-norm ViT, quick GELU, class-token pooling,
 //! post-norm, projection) with a layer norm built from differentiable ops.
 //! [`super::Clip`] uses it only when the pixels carry a gradient; inference
-//! keeps the fused ops. A test checks the two agree.
+//! keeps the fused ops ([`super::fast`] on the CPU, candle's model
+//! elsewhere). A test checks the three agree.
 
 use candle_core::{IndexOp, Tensor, D};
 use candle_nn::{LayerNorm, Linear, Module, VarBuilder};
