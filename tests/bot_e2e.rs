@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use clip2gan::bot::{BotConfig, BotError, DiscordConfig, Settings, Token};
-use clip2gan::engine::{Engine, EngineConfig, PipelineBackend};
+use clip2gan::engine::{
+    Backend, Engine, EngineConfig, EngineError, PipelineBackend, RawOutput, Resolved,
+};
 use clip2gan::generator::Generator;
 use clip2gan::mapper::{self, Mapper, MapperConfig, MapperMeta};
 use clip2gan::pipeline::{Pipeline, Settings as PipelineSettings};
@@ -242,6 +244,14 @@ fn button(payload: &Value, prefix: &str) -> String {
 
 fn content(payload: &Value) -> &str {
     payload["content"].as_str().unwrap_or("")
+}
+
+/// Size of the image file in the final answer of `token`.
+fn delivered_bytes(fake: &Fake, token: &str) -> usize {
+    match &fake.events(token).last().unwrap().event {
+        Event::Edit { files, .. } if files.len() == 1 => files[0].1.len(),
+        other => panic!("expected an image for {token}, got {other:?}"),
+    }
 }
 
 fn imagine(prompt: &str) -> Value {
@@ -541,15 +551,25 @@ async fn bad_input_gets_an_explanation() {
     );
     assert_no_mentions(&p);
 
-    // An upload limit smaller than the image: it is shrunk to fit.
-    fake.set_size_limit(2500);
-    let t = fake.command(105, "imagine", imagine("a man with a hat"));
+    // An upload limit smaller than the image: it is shrunk to fit. The
+    // limit is taken from this very image (same prompt and seed, so the same
+    // face), which makes the shrinking necessary whatever the face is.
+    let hat = json!([{"name": "prompt", "type": 3, "value": "a man with a hat"},
+                     {"name": "seed", "type": 4, "value": 3}]);
+    let t = fake.command(105, "imagine", hat.clone());
+    let (_, full) = image(&fake, &t).await;
+    assert_eq!(full.dimensions(), (SIZE as u32, SIZE as u32));
+    let full_bytes = delivered_bytes(&fake, &t);
+    let limit = (full_bytes * 3 / 4) as u32;
+    fake.set_size_limit(limit);
+    let t = fake.command(106, "imagine", hat);
     let (_, small) = image(&fake, &t).await;
     assert!(small.width() < SIZE as u32, "{:?}", small.dimensions());
-    match &fake.events(&t).last().unwrap().event {
-        Event::Edit { files, .. } => assert!(files[0].1.len() <= 2500),
-        other => panic!("{other:?}"),
-    }
+    assert!(
+        delivered_bytes(&fake, &t) <= limit as usize,
+        "{} bytes over the limit {limit}",
+        delivered_bytes(&fake, &t)
+    );
     fake.set_size_limit(8 << 20);
 
     // Cooldown: a second job right away is refused with the wait.
@@ -607,7 +627,9 @@ async fn twenty_users_at_once() {
     bot.stop().await.unwrap();
 }
 
-/// The final edit fails with 500 twice, or with 429: retried, delivered.
+/// The delivery of the result fails with 500 twice, or with 429: retried,
+/// delivered. Only the deliveries (edits carrying the image) count: a job
+/// may also get queue-progress edits, as many as its wait allows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_deliveries_are_retried() {
     let fake = Fake::start().await;
@@ -619,16 +641,16 @@ async fn failed_deliveries_are_retried() {
     )
     .await;
     let a = fake.command(1, "imagine", imagine("a face"));
-    fake.fail_edits(&a, &[Failure::Status(500), Failure::Status(502)]);
+    fake.fail_deliveries(&a, &[Failure::Status(500), Failure::Status(502)]);
     let b = fake.command(2, "imagine", imagine("another face"));
-    fake.fail_edits(&b, &[Failure::RateLimited(0.5)]);
+    fake.fail_deliveries(&b, &[Failure::RateLimited(0.5)]);
     image(&fake, &a).await;
     image(&fake, &b).await;
     let statuses = |t: &str| -> Vec<(u16, Instant)> {
         fake.events(t)
             .into_iter()
             .filter_map(|e| match e.event {
-                Event::Edit { status, .. } => Some((status, e.at)),
+                Event::Edit { status, files, .. } if !files.is_empty() => Some((status, e.at)),
                 _ => None,
             })
             .collect()
@@ -732,9 +754,59 @@ async fn restart_keeps_edit_and_undo_working() {
     bot.stop().await.unwrap();
 }
 
+/// The real pipeline behind a gate: each batch waits for a permit (or for
+/// the gate's sender to be dropped), so a test decides when jobs finish
+/// instead of racing the machine's speed.
+struct Gated {
+    inner: PipelineBackend,
+    permits: std::sync::mpsc::Receiver<()>,
+}
+
+impl Backend for Gated {
+    fn latent_shape(&self) -> (usize, usize) {
+        self.inner.latent_shape()
+    }
+
+    fn run(&mut self, batch: &[Resolved]) -> Vec<Result<RawOutput, EngineError>> {
+        // Err: the sender is gone, the gate stays open.
+        let _ = self.permits.recv();
+        self.inner.run(batch)
+    }
+}
+
+/// An engine whose batches run only when the returned gate lets them.
+fn gated_engine(cfg: EngineConfig) -> (Arc<Engine>, std::sync::mpsc::Sender<()>) {
+    let dir = models().to_path_buf();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let e = Engine::start(cfg, move || {
+        Ok(Gated {
+            inner: PipelineBackend {
+                pipeline: pipeline(&dir),
+                output_size: SIZE,
+            },
+            permits: rx,
+        })
+    })
+    .unwrap();
+    (Arc::new(e), tx)
+}
+
+/// Poll engine state that another task is about to change.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    // A guard against a hang, not a race: the state changes right away.
+    tokio::time::timeout(WAIT, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never happened: {what}"));
+}
+
 /// SIGINT/SIGTERM: queued jobs are answered with a clear message, running
 /// ones delivered, and run returns. Before that: a full queue and a busy
-/// user get an answer, not silence.
+/// user get an answer, not silence. The running job is held at a gate, so
+/// what is queued, refused and shut down is the same on any machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_busy_user_and_shutdown() {
     let fake = Fake::start().await;
@@ -743,23 +815,29 @@ async fn full_queue_busy_user_and_shutdown() {
     ecfg.max_batch = 1;
     ecfg.queue_capacity = 2;
     ecfg.per_user_limit = 1;
-    let bot = start(&fake, settings(&fake, &store_in(&dir)), engine(ecfg)).await;
+    let (engine, gate) = gated_engine(ecfg);
+    let bot = start(&fake, settings(&fake, &store_in(&dir)), engine.clone()).await;
     let count4 = |p: &str| json!([{"name": "prompt", "type": 3, "value": p}, {"name": "count", "type": 4, "value": 4}]);
-    // User 200 twice: the second is refused (one job in flight per user).
+    // User 200's job runs (held at the gate) ...
+    let running = fake.command(200, "imagine", count4("a face"));
+    fake.wait_event(&running, WAIT, |e| {
+        matches!(e, Event::Callback { kind: 5, .. })
+    })
+    .await
+    .expect("deferred");
+    until("the worker takes the job", || engine.queue_len() == 0).await;
+    // ... so their second is refused (one job in flight per user), two
+    // others fill the queue and the last two find it full.
     let mut tokens = vec![fake.command(200, "imagine", count4("a face"))];
-    fake.wait_event(&tokens[0], WAIT, |e| matches!(e, Event::Callback { .. }))
-        .await
-        .unwrap();
-    tokens.push(fake.command(200, "imagine", count4("a face")));
     tokens.extend((1..5u64).map(|u| fake.command(200 + u, "imagine", count4("a face"))));
-    let (mut busy, mut full, mut deferred) = (0, 0, Vec::new());
+    let (mut busy, mut full, mut queued) = (0, 0, Vec::new());
     for t in &tokens {
         let first = fake
             .wait_event(t, WAIT, |e| matches!(e, Event::Callback { .. }))
             .await
             .expect("every interaction is answered");
         match first.event {
-            Event::Callback { kind: 5, .. } => deferred.push(t.clone()),
+            Event::Callback { kind: 5, .. } => queued.push(t.clone()),
             Event::Callback { kind: 4, data } => {
                 let c = data["content"].as_str().unwrap();
                 if c.contains("jobs in progress") {
@@ -773,20 +851,30 @@ async fn full_queue_busy_user_and_shutdown() {
             other => panic!("{other:?}"),
         }
     }
-    assert_eq!(busy, 1);
-    assert!(full >= 1 && deferred.len() <= 3, "{full} {deferred:?}");
-    bot.stop().await.unwrap();
-    let mut shut = 0;
-    for t in &deferred {
+    assert_eq!((busy, full, queued.len()), (1, 2, 2), "{queued:?}");
+
+    // Shut down while the job still runs: the queued two are told, the
+    // running one is delivered once the gate opens.
+    let stopping = tokio::spawn(bot.stop());
+    until("the engine is shutting down", || engine.is_shutting_down()).await;
+    drop(gate);
+    stopping.await.unwrap().unwrap();
+    for t in &queued {
         let a = answer(&fake, t).await;
-        if let Event::Edit { files, payload, .. } = &a.event {
-            if files.is_empty() {
-                assert!(content(payload).contains("shutting down"), "{payload}");
-                shut += 1;
+        match &a.event {
+            Event::Edit { files, payload, .. } if files.is_empty() => {
+                assert!(content(payload).contains("shutting down"), "{payload}")
             }
+            Event::Edit { files, payload, .. } => panic!(
+                "a queued job was not told of the shutdown: {} file(s), {:?}",
+                files.len(),
+                content(payload)
+            ),
+            other => panic!("a queued job was not told of the shutdown: {other:?}"),
         }
     }
-    assert!(shut >= 1, "queued jobs were answered as shut down");
+    let (_, grid) = image(&fake, &running).await;
+    assert_eq!(grid.dimensions(), (2 * SIZE as u32, 2 * SIZE as u32));
 }
 
 /// `clip2gan bot` without a token fails at once with what to do.

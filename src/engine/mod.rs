@@ -218,6 +218,11 @@ impl Engine {
         self.shared.lock().queue.len()
     }
 
+    /// Whether [`Engine::shutdown`] has been called (new jobs are refused).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.lock().shutting_down
+    }
+
     /// Cancel a queued job (running jobs finish). True if it was cancelled.
     pub fn cancel(&self, id: JobId) -> bool {
         let mut s = self.shared.lock();

@@ -188,8 +188,10 @@ impl Fake {
         self.lock().sent.get(token).copied()
     }
 
-    /// Make the next edits of `token` fail as given, in order.
-    pub fn fail_edits(&self, token: &str, failures: &[Failure]) {
+    /// Make the next result deliveries of `token` (edits that carry an
+    /// image) fail as given, in order. Progress edits pass untouched: how
+    /// many of them a job gets depends on how long it waits in the queue.
+    pub fn fail_deliveries(&self, token: &str, failures: &[Failure]) {
         self.lock()
             .failures
             .entry(token.to_string())
@@ -478,11 +480,14 @@ async fn original(
         return StatusCode::NO_CONTENT.into_response();
     }
     let (payload, files) = payload(req).await;
-    let forced = f
-        .lock()
-        .failures
-        .get_mut(&token)
-        .and_then(|q| q.pop_front());
+    let forced = if files.is_empty() {
+        None
+    } else {
+        f.lock()
+            .failures
+            .get_mut(&token)
+            .and_then(|q| q.pop_front())
+    };
     let (status, resp) = match forced {
         Some(Failure::Status(s)) => (
             s,
