@@ -84,8 +84,10 @@ pub struct ClipConfig {
     pub model: String,
     /// Hub revision (branch, tag or commit) when `model` is a repo id.
     pub revision: String,
-    /// Hub download cache, relative to `models_dir` unless absolute.
-    pub cache_dir: PathBuf,
+    /// Hub download cache, relative to `models_dir` unless absolute. Unset:
+    /// the Python client's (`HF_HUB_CACHE`, else `$HF_HOME/hub`, else
+    /// `~/.cache/huggingface/hub`), so that its downloads are shared.
+    pub cache_dir: Option<PathBuf>,
     /// Never touch the network; use the cache only (also: HF_HUB_OFFLINE=1).
     pub offline: bool,
 }
@@ -95,7 +97,7 @@ impl Default for ClipConfig {
         Self {
             model: "openai/clip-vit-base-patch32".into(),
             revision: "main".into(),
-            cache_dir: PathBuf::from("hf"),
+            cache_dir: None,
             offline: false,
         }
     }
@@ -263,7 +265,10 @@ impl Config {
         crate::clip::hub::resolve(
             &c.model,
             &c.revision,
-            &self.models_dir.join(&c.cache_dir),
+            c.cache_dir
+                .as_ref()
+                .map(|d| self.models_dir.join(d))
+                .as_deref(),
             c.offline,
         )
     }
