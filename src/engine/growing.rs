@@ -159,3 +159,54 @@ impl Backend for GrowingBackend {
         })
     }
 }
+
+/// The backend `clip2gan bot` serves: the configured models, and the mapper
+/// on disk or (first use) one to build. A closed-form mapper keeps
+/// improving as its bank grows; a trained one is served as it is.
+pub fn open(
+    cfg: &crate::config::Config,
+    output_size: usize,
+) -> crate::error::Result<GrowingBackend> {
+    let dev = crate::device::select(&cfg.device)?;
+    let path = cfg.mapper_path();
+    let plan = cfg.first_use();
+    if plan.is_none() {
+        // Cheap first: a missing mapper should not cost a CLIP download.
+        crate::mapper::read_meta(&path)?;
+    }
+    let clip = Clip::load(&cfg.clip_files()?, &dev)?;
+    let generator = crate::generator::open(cfg, &dev, true)?;
+    let mapper = if path.exists() {
+        let (m, warnings) = crate::pipeline::load_mapper(cfg, &clip, generator.as_ref())?;
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        Some(m)
+    } else {
+        tracing::info!(
+            file = %path.display(),
+            "no mapper yet: building one from generated faces in the background"
+        );
+        None
+    };
+    let grows = mapper
+        .as_ref()
+        .is_none_or(|m| m.meta.config.kind == crate::mapper::MapperKind::Linear);
+    let growth = match plan.filter(|_| grows) {
+        Some(plan) => Some(Growth::new(
+            plan,
+            &clip,
+            generator.as_ref(),
+            mapper.is_some(),
+        )?),
+        None => None,
+    };
+    GrowingBackend::new(
+        clip,
+        generator,
+        mapper,
+        growth,
+        cfg.pipeline_settings(),
+        output_size,
+    )
+}

@@ -113,6 +113,23 @@ pub struct Pipeline {
     pub settings: Settings,
 }
 
+/// The configured mapper, checked against the loaded CLIP and generator;
+/// warnings (e.g. a differently named CLIP) for the caller to show.
+pub fn load_mapper(
+    cfg: &crate::config::Config,
+    clip: &Clip,
+    generator: &dyn Generator,
+) -> Result<(Mapper, Vec<String>)> {
+    let compat = crate::mapper::Compat {
+        clip_model: &cfg.clip.model,
+        clip_dim: clip.embed_dim(),
+        generator: generator.id(),
+        num_styles: generator.num_styles(),
+        w_dim: generator.w_dim(),
+    };
+    Mapper::load(&cfg.mapper_path(), &compat, generator.device())
+}
+
 /// LAFITE's perturbation: `normalise((1 - xi) e + xi n / |n|)`.
 pub fn perturb(e: &Tensor, xi: f64, seed: u64) -> Result<Tensor> {
     let (n, d) = e.dims2()?;
@@ -139,17 +156,7 @@ impl Pipeline {
         clip: Clip,
         generator: Box<dyn Generator>,
     ) -> Result<(Pipeline, Vec<String>)> {
-        let device = generator.device().clone();
-        let device = &device;
-        let mapper_path = cfg.mapper_path();
-        let compat = crate::mapper::Compat {
-            clip_model: &cfg.clip.model,
-            clip_dim: clip.embed_dim(),
-            generator: generator.id(),
-            num_styles: generator.num_styles(),
-            w_dim: generator.w_dim(),
-        };
-        let (mapper, warnings) = Mapper::load(&mapper_path, &compat, device)?;
+        let (mapper, warnings) = load_mapper(cfg, &clip, generator.as_ref())?;
         Ok((
             Pipeline {
                 clip,
