@@ -58,3 +58,4 @@ pub mod rng;
 pub mod runtime;
 pub mod tensorfile;
 pub mod train;
+pub mod variety;
