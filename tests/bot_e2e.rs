@@ -279,7 +279,8 @@ async fn commands_buttons_and_history() {
     )
     .await;
 
-    // Registration: one global bulk overwrite with the three commands.
+    // Registration: one global bulk overwrite with every command (the
+    // options of the new ones are checked in `registration_matches_discord_schema`).
     let regs = fake
         .wait_until(WAIT, |f| Some(f.registrations()).filter(|r| !r.is_empty()))
         .await
@@ -291,7 +292,10 @@ async fn commands_buttons_and_history() {
     );
     let cmds = regs[0].1.as_array().unwrap();
     let names: Vec<&str> = cmds.iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["imagine", "edit", "undo"]);
+    assert_eq!(
+        names,
+        ["imagine", "edit", "undo", "morph", "history", "settings", "Edit this face"]
+    );
     let opt = |c: usize, name: &str| {
         cmds[c]["options"]
             .as_array()
