@@ -126,6 +126,22 @@ impl PipelineBackend {
                 let b = self.tensor(&job.latents[1])?;
                 self.output(p.interpolate(&a, &b, *frames).map_err(failed)?, true)
             }
+            Request::Render { .. } => {
+                let ws = job
+                    .latents
+                    .iter()
+                    .map(|l| self.tensor(l)?.unsqueeze(0).map_err(failed))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let w = Tensor::cat(&ws, 0).map_err(failed)?;
+                let images = p.render(&w).map_err(failed)?;
+                let r = Rendered {
+                    latents: w,
+                    images,
+                    truncated: false,
+                    scores: None,
+                };
+                self.output(r, false)
+            }
             _ => {
                 let mut v = self.run_batch(std::slice::from_ref(job))?;
                 Ok(v.remove(0))

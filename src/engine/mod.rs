@@ -434,6 +434,12 @@ fn validate(r: &Request, shape: (usize, usize)) -> Result<(), EngineError> {
             check_latent(a)?;
             check_latent(b)
         }
+        Request::Render { latents } => {
+            if !(1..=MAX_COUNT).contains(&latents.len()) {
+                return bad(format!("render: 1 to {MAX_COUNT} latents"));
+            }
+            latents.iter().try_for_each(check_latent)
+        }
     }
 }
 
@@ -599,6 +605,7 @@ fn resolve(shared: &Shared, r: &Request) -> Result<Resolved, EngineError> {
     let latents = match r {
         Request::Edit { latent, .. } | Request::Variations { latent, .. } => vec![get(latent)?],
         Request::Interpolate { a, b, .. } => vec![get(a)?, get(b)?],
+        Request::Render { latents } => latents.iter().map(get).collect::<Result<_, _>>()?,
         _ => Vec::new(),
     };
     Ok(Resolved {

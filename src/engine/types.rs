@@ -60,6 +60,9 @@ pub enum Request {
         b: LatentRef,
         frames: usize,
     },
+    /// Render stored latents as they are (one PNG each): showing an earlier
+    /// result again, or several of them side by side.
+    Render { latents: Vec<LatentRef> },
 }
 
 impl Request {
@@ -78,6 +81,7 @@ impl Request {
             Request::Imagine { candidates, .. } => *candidates,
             Request::Variations { count, .. } => *count,
             Request::Interpolate { frames, .. } => *frames,
+            Request::Render { latents } => latents.len(),
             Request::Edit { .. } | Request::Invert { .. } => 1,
         }
     }
