@@ -30,6 +30,10 @@ pub const MANIFEST: &str = "manifest.json";
 const VERSION: u32 = 1;
 /// Stream family of cached pairs (eval samples use another).
 pub const DOMAIN: &str = "pair";
+/// Pairs rendered per step: the generator runs them in `gen_batch` chunks,
+/// CLIP's image encoder takes them at once (per image it costs about half
+/// at batch 8 what it costs at batch 1 on a CPU).
+const EMBED_BATCH: usize = 8;
 
 /// What the pairs depend on. A cache is reused only under an equal key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -213,12 +217,13 @@ impl Bank {
         self.len() == 0
     }
 
-    /// Render the next pairs (one generator batch, not past `limit`) and
-    /// write a chunk when one is complete or `limit` is reached. Returns the
-    /// pairs rendered.
+    /// Render the next pairs (one CLIP batch, not past `limit`) and write a
+    /// chunk when one is complete or `limit` is reached. Returns the pairs
+    /// rendered.
     pub fn grow(&mut self, r: &Renderer, limit: usize) -> Result<usize> {
         let have = self.len();
-        let n = r.spec.gen_batch.min(limit.saturating_sub(have));
+        let step = EMBED_BATCH.max(r.spec.gen_batch);
+        let n = step.min(limit.saturating_sub(have));
         if n == 0 {
             return Ok(0);
         }

@@ -14,9 +14,10 @@
 //! - the component along the images' mean direction is dropped (it is the
 //!   radial direction of that cap, where a perturbed or text embedding
 //!   differs most and the images least);
-//! - the ridge strength is chosen on clean held-out embeddings *and* on
-//!   perturbed copies of them (`robust_xi`), so directions that only noise
-//!   excites get small weights;
+//! - the ridge strength is the one with the lowest clean held-out error
+//!   among those that keep the error on perturbed copies of the held-out
+//!   embeddings (`robust_xi`) below always-w_avg's (`robust_max`), so
+//!   directions that only noise excites get small weights;
 //! - the predicted shift from the mean latent is clamped to the largest
 //!   shift the fit makes on the bank itself.
 //!
@@ -44,9 +45,11 @@ pub struct FitConfig {
     /// LAFITE noise level of the perturbed held-out copies the choice must
     /// also predict well (a stand-in for text inputs).
     pub robust_xi: f64,
-    /// Share of the perturbed copies' error in the choice: 0 = clean
-    /// held-out error only, 1 = perturbed only.
-    pub robust_weight: f64,
+    /// The choice is the lowest clean held-out error among the strengths
+    /// whose error on the perturbed copies stays at most this share of
+    /// always-w_avg's (so off-distribution inputs do no worse than the
+    /// average face); if none does, the most robust strength.
+    pub robust_max: f64,
 }
 
 impl Default for FitConfig {
@@ -54,7 +57,7 @@ impl Default for FitConfig {
         Self {
             folds: 5,
             robust_xi: 0.5,
-            robust_weight: 0.5,
+            robust_max: 0.97,
         }
     }
 }
@@ -64,9 +67,9 @@ impl FitConfig {
         if !(2..=20).contains(&self.folds) {
             return Err(Error::Config("train.fit.folds must be 2 to 20".into()));
         }
-        if !(0.0..1.0).contains(&self.robust_xi) || !(0.0..=1.0).contains(&self.robust_weight) {
+        if !(0.0..1.0).contains(&self.robust_xi) || !(self.robust_max > 0.0) {
             return Err(Error::Config(
-                "train.fit.robust_xi must be in [0, 1) and robust_weight in [0, 1]".into(),
+                "train.fit.robust_xi must be in [0, 1) and robust_max positive".into(),
             ));
         }
         Ok(())
@@ -280,11 +283,15 @@ pub fn fit(
             perturbed_mse: noisy[j] / folds,
         })
         .collect();
-    let score =
-        |r: &CvRow| (1.0 - cfg.robust_weight) * r.clean_mse + cfg.robust_weight * r.perturbed_mse;
+    let robust = |r: &&CvRow| r.perturbed_mse <= cfg.robust_max * baseline_mse;
     let best = cv
         .iter()
-        .min_by(|a, b| score(a).total_cmp(&score(b)))
+        .filter(robust)
+        .min_by(|a, b| a.clean_mse.total_cmp(&b.clean_mse))
+        .or_else(|| {
+            cv.iter()
+                .min_by(|a, b| a.perturbed_mse.total_cmp(&b.perturbed_mse))
+        })
         .expect("the grid is not empty")
         .clone();
 
