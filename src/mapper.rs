@@ -443,8 +443,9 @@ pub fn read_meta(path: &Path) -> Result<MapperMeta> {
     if !path.exists() {
         return Err(Error::MissingWeights {
             path: path.to_path_buf(),
-            hint: "Train a mapper with `clip2gan train` (see README.md, \"Training the mapper\") \
-                   or set mapper.path in config.toml."
+            hint: "Build one with `clip2gan train --mode fit` (seconds after its pairs are rendered; \
+                   `[mapper] build = true` does it on first use) or train one with `clip2gan train` \
+                   (see README.md), or set mapper.path in config.toml."
                 .into(),
         });
     }
