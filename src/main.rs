@@ -187,10 +187,14 @@ enum BenchCommand {
         #[arg(long, default_value_t = 8)]
         max_batch: usize,
     },
-    /// Time CLIP's text and image encoders at ViT-B/32 shapes (random weights).
+    /// Time CLIP's text and image encoders at ViT-B/32 shapes (random
+    /// weights) against an sgemm of the same run.
     Clip {
         #[arg(long, default_value_t = 5)]
         iters: usize,
+        /// Also time the portable path (candle-transformers' model), interleaved.
+        #[arg(long)]
+        candle: bool,
     },
 }
 
@@ -270,10 +274,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             clip2gan::eval::run(&cfg, &a)?;
             Ok(())
         }
-        Command::Bench(BenchCommand::Clip { iters }) => {
+        Command::Bench(BenchCommand::Clip { iters, candle }) => {
             let dev = device::select(&cfg.device)?;
             let c = clip::Clip::with_random_weights(clip::config::vit_base_patch32(), &dev)?;
-            let r = bench::clip(&c, "ViT-B/32 shapes, random weights", iters)?;
+            let r = bench::clip(&c, "ViT-B/32 shapes, random weights", iters, candle)?;
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }

@@ -27,8 +27,13 @@ pub fn force_portable(on: bool) {
     FORCE_PORTABLE.with(|f| f.set(on));
 }
 
+/// Whether [`force_portable`] is on for this thread.
+pub fn portable_forced() -> bool {
+    FORCE_PORTABLE.with(Cell::get)
+}
+
 /// Whether the fast CPU kernels apply to this tensor.
-fn cpu_fast(x: &Tensor) -> bool {
+pub(crate) fn cpu_fast(x: &Tensor) -> bool {
     matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 && !FORCE_PORTABLE.with(Cell::get)
 }
 
