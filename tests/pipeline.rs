@@ -407,7 +407,10 @@ fn cli_imagine_then_edit() {
     std::fs::remove_file(dir.path().join("mapper.safetensors")).unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_clip2gan"))
         .args(["imagine", "x", "-o", out.to_str().unwrap()])
-        .env("CLIP2GAN_MAPPER__PATH", dir.path().join("mapper.safetensors"))
+        .env(
+            "CLIP2GAN_MAPPER__PATH",
+            dir.path().join("mapper.safetensors"),
+        )
         .env("CLIP2GAN_MAPPER__BUILD", "false")
         .env("CLIP2GAN_DEVICE", "cpu")
         .output()
