@@ -16,10 +16,11 @@ use crate::train::warmup::Growth;
 enum Stage {
     /// No mapper yet: the models wait for the first fit.
     Warming {
-        clip: Clip,
+        clip: Box<Clip>,
         generator: Box<dyn Generator>,
     },
-    Ready(PipelineBackend),
+    // Boxed: the pipeline is large and the stage changes once.
+    Ready(Box<PipelineBackend>),
     /// The first mapper could not be built; every job says why.
     Failed(String),
 }
@@ -45,7 +46,7 @@ impl GrowingBackend {
     ) -> crate::error::Result<Self> {
         let latent_shape = (generator.num_styles(), generator.w_dim());
         let stage = match mapper {
-            Some(mapper) => Stage::Ready(PipelineBackend {
+            Some(mapper) => Stage::Ready(Box::new(PipelineBackend {
                 pipeline: Pipeline {
                     clip,
                     mapper,
@@ -53,8 +54,11 @@ impl GrowingBackend {
                     settings: settings.clone(),
                 },
                 output_size,
-            }),
-            None if growth.is_some() => Stage::Warming { clip, generator },
+            })),
+            None if growth.is_some() => Stage::Warming {
+                clip: Box::new(clip),
+                generator,
+            },
             None => {
                 return Err(crate::error::Error::invalid(
                     "no mapper and nothing to build one with",
@@ -74,15 +78,15 @@ impl GrowingBackend {
     fn install(&mut self, mapper: Mapper) {
         match std::mem::replace(&mut self.stage, Stage::Failed(String::new())) {
             Stage::Warming { clip, generator } => {
-                self.stage = Stage::Ready(PipelineBackend {
+                self.stage = Stage::Ready(Box::new(PipelineBackend {
                     pipeline: Pipeline {
-                        clip,
+                        clip: *clip,
                         mapper,
                         generator,
                         settings: self.settings.clone(),
                     },
                     output_size: self.output_size,
-                });
+                }));
             }
             Stage::Ready(mut b) => {
                 b.pipeline.mapper = mapper;
@@ -125,7 +129,7 @@ impl Backend for GrowingBackend {
             return false;
         };
         let (clip, generator) = match &self.stage {
-            Stage::Warming { clip, generator } => (clip, generator.as_ref()),
+            Stage::Warming { clip, generator } => (clip.as_ref(), generator.as_ref()),
             Stage::Ready(b) => (&b.pipeline.clip, b.pipeline.generator.as_ref()),
             Stage::Failed(_) => return false,
         };

@@ -67,7 +67,10 @@ impl FitConfig {
         if !(2..=20).contains(&self.folds) {
             return Err(Error::Config("train.fit.folds must be 2 to 20".into()));
         }
-        if !(0.0..1.0).contains(&self.robust_xi) || !(self.robust_max > 0.0) {
+        if !(0.0..1.0).contains(&self.robust_xi)
+            || self.robust_max.is_nan()
+            || self.robust_max <= 0.0
+        {
             return Err(Error::Config(
                 "train.fit.robust_xi must be in [0, 1) and robust_max positive".into(),
             ));
