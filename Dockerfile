@@ -40,7 +40,9 @@ COPY --from=build /src/target/release/clip2gan /usr/local/bin/clip2gan
 COPY config.toml /etc/clip2gan/config.toml
 USER 10001
 WORKDIR /home/clip2gan
+# HF_HOME: the CLIP download (the hub cache) persists in the volume too.
 ENV CLIP2GAN_MODELS_DIR=/data/models \
+    HF_HOME=/data/models/huggingface \
     CLIP2GAN_DEVICE=auto \
     RUST_LOG=info
 VOLUME ["/data/models"]

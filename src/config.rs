@@ -31,12 +31,23 @@ pub struct MapperFileConfig {
     /// The trained mapper `imagine` and `edit` use, relative to `models_dir`
     /// unless absolute.
     pub path: PathBuf,
+    /// No mapper at `path`: build one on first use (a pair bank of
+    /// generated faces and the closed-form fit, see `train --mode fit`).
+    pub build: bool,
+    /// Pairs of the first fit (serving starts after it).
+    pub first_pairs: usize,
+    /// The bank grows to this many pairs while the bot is idle, and the
+    /// mapper is refitted at each doubling.
+    pub pairs: usize,
 }
 
 impl Default for MapperFileConfig {
     fn default() -> Self {
         Self {
             path: PathBuf::from("mapper.safetensors"),
+            build: true,
+            first_pairs: 512,
+            pairs: 2048,
         }
     }
 }
@@ -50,6 +61,8 @@ pub struct PipelineConfig {
     pub variation_xi: f64,
     /// Blend of a seeded random style into the fine layers.
     pub fine_mix: f64,
+    /// Share of a drawn fit residual each image adds (mappers with residuals).
+    pub sample_temperature: f64,
 }
 
 impl Default for PipelineConfig {
@@ -59,6 +72,7 @@ impl Default for PipelineConfig {
             truncation: s.truncation,
             variation_xi: s.variation_xi,
             fine_mix: s.fine_mix,
+            sample_temperature: s.sample_temperature,
         }
     }
 }
@@ -70,8 +84,10 @@ pub struct ClipConfig {
     pub model: String,
     /// Hub revision (branch, tag or commit) when `model` is a repo id.
     pub revision: String,
-    /// Hub download cache, relative to `models_dir` unless absolute.
-    pub cache_dir: PathBuf,
+    /// Hub download cache, relative to `models_dir` unless absolute. Unset:
+    /// the Python client's (`HF_HUB_CACHE`, else `$HF_HOME/hub`, else
+    /// `~/.cache/huggingface/hub`), so that its downloads are shared.
+    pub cache_dir: Option<PathBuf>,
     /// Never touch the network; use the cache only (also: HF_HUB_OFFLINE=1).
     pub offline: bool,
 }
@@ -81,7 +97,7 @@ impl Default for ClipConfig {
         Self {
             model: "openai/clip-vit-base-patch32".into(),
             revision: "main".into(),
-            cache_dir: PathBuf::from("hf"),
+            cache_dir: None,
             offline: false,
         }
     }
@@ -183,9 +199,13 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         crate::generator::check_truncation(self.generator.truncation)?;
         let p = &self.pipeline;
-        if !(0.0..=1.0).contains(&p.variation_xi) || !(0.0..=1.0).contains(&p.fine_mix) {
+        if !(0.0..=1.0).contains(&p.variation_xi)
+            || !(0.0..=1.0).contains(&p.fine_mix)
+            || !(0.0..=1.5).contains(&p.sample_temperature)
+        {
             return Err(Error::Config(
-                "pipeline.variation_xi and fine_mix must be in [0, 1]".into(),
+                "pipeline.variation_xi and fine_mix must be in [0, 1], sample_temperature in [0, 1.5]"
+                    .into(),
             ));
         }
         crate::generator::check_truncation(p.truncation)?;
@@ -228,6 +248,13 @@ impl Config {
                 )))
             }
         }
+        let m = &self.mapper;
+        if m.first_pairs < 32 || m.pairs < m.first_pairs {
+            return Err(Error::Config(format!(
+                "mapper.first_pairs = {} must be at least 32 and mapper.pairs = {} at least that",
+                m.first_pairs, m.pairs
+            )));
+        }
         // [train] is checked by `clip2gan train` once its flags are applied.
         Ok(())
     }
@@ -238,7 +265,10 @@ impl Config {
         crate::clip::hub::resolve(
             &c.model,
             &c.revision,
-            &self.models_dir.join(&c.cache_dir),
+            c.cache_dir
+                .as_ref()
+                .map(|d| self.models_dir.join(d))
+                .as_deref(),
             c.offline,
         )
     }
@@ -247,12 +277,31 @@ impl Config {
         self.models_dir.join(&self.mapper.path)
     }
 
+    /// How first use builds the mapper when there is none at
+    /// [`Config::mapper_path`] (`None` when `[mapper] build` is off): the
+    /// `[train]` settings in fit mode, on the run directory's pair cache.
+    pub fn first_use(&self) -> Option<crate::train::warmup::Plan> {
+        self.mapper.build.then(|| crate::train::warmup::Plan {
+            out: self.mapper_path(),
+            run_dir: self.models_dir.join(&self.train.run_dir),
+            train: crate::train::TrainConfig {
+                mode: crate::train::Mode::Fit,
+                style_mixing: 0.0,
+                ..self.train.clone()
+            },
+            clip_model: self.clip.model.clone(),
+            first_pairs: self.mapper.first_pairs,
+            pairs: self.mapper.pairs,
+        })
+    }
+
     /// Pipeline settings from `[pipeline]` and `[generator]`.
     pub fn pipeline_settings(&self) -> crate::pipeline::Settings {
         crate::pipeline::Settings {
             truncation: self.pipeline.truncation,
             variation_xi: self.pipeline.variation_xi,
             fine_mix: self.pipeline.fine_mix,
+            sample_temperature: self.pipeline.sample_temperature,
             max_batch: self.generator.max_batch,
             noise: crate::generator::NoiseMode::Fixed,
         }

@@ -48,6 +48,11 @@ pub struct EvalArgs {
     /// Prompt file (one per line, UTF-8) for CLIP score and R-precision.
     #[arg(long)]
     pub prompts: Option<PathBuf>,
+    /// With --prompts: also imagine this many images per prompt and report
+    /// whether their latents stay in the generator's range and how much
+    /// they differ (see `variety`).
+    #[arg(long)]
+    pub variety: Option<usize>,
     /// R-precision candidates per prompt (the true one included).
     #[arg(long, default_value_t = 100)]
     pub candidates: usize,
@@ -83,6 +88,7 @@ pub struct EvalReport {
     pub prompts: Option<usize>,
     pub candidates: Option<usize>,
     pub rows: Vec<Row>,
+    pub variety: Option<crate::variety::VarietyReport>,
 }
 
 /// The mappers compared; `WAvg` is the constant prediction.
@@ -248,6 +254,7 @@ pub fn evaluate(
         prompts: o.prompts.as_ref().map(|p| p.len()),
         candidates,
         rows,
+        variety: None,
     })
 }
 
@@ -354,7 +361,11 @@ pub fn run(cfg: &Config, a: &EvalArgs) -> Result<EvalReport> {
         eprintln!("warning: {w}");
     }
     let mut tc: TrainConfig = serde_json::from_value(meta.training.clone()).unwrap_or_default();
-    tc.mapper = meta.config.clone();
+    // A closed-form mapper has no starting weights: its "untrained"
+    // baseline is the MLP that `train` would start from.
+    if meta.config.kind == crate::mapper::MapperKind::Mlp {
+        tc.mapper = meta.config.clone();
+    }
     let (untrained, _) = crate::train::untrained_mapper(g.as_ref(), &clip, &meta.clip_model, &tc)?;
     let mut report = evaluate(
         g.as_ref(),
@@ -373,6 +384,17 @@ pub fn run(cfg: &Config, a: &EvalArgs) -> Result<EvalReport> {
     )?;
     report.mapper = path.display().to_string();
     print!("{}", table(&report));
+    if let (Some(n), Some(prompts)) = (a.variety, a.prompts.as_deref()) {
+        let p = crate::pipeline::Pipeline {
+            clip,
+            mapper: trained,
+            generator: g,
+            settings: cfg.pipeline_settings(),
+        };
+        let v = crate::variety::measure(&p, &crate::prompts::read(prompts)?, n)?;
+        print!("{}", crate::variety::table(&v));
+        report.variety = Some(v);
+    }
     let text = serde_json::to_string_pretty(&report).map_err(|e| Error::invalid(e.to_string()))?;
     crate::fsutil::write_atomic(&json, text.as_bytes())?;
     eprintln!("report written to {}", json.display());

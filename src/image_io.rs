@@ -26,6 +26,21 @@ pub fn check_size(size: usize, resolution: usize) -> Result<()> {
     Ok(())
 }
 
+/// Limits for decoding images that come from users (files, uploads): a
+/// bound on each side and on the memory the decoder may allocate, so a small
+/// file that claims huge dimensions (a "dimension bomb") fails instead of
+/// exhausting memory.
+pub fn decode_limits() -> image::Limits {
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_DECODE_SIDE);
+    limits.max_image_height = Some(MAX_DECODE_SIDE);
+    limits.max_alloc = Some(1 << 30);
+    limits
+}
+
+/// Longest side [`decode_limits`] accepts.
+pub const MAX_DECODE_SIDE: u32 = 16_384;
+
 /// Area-downsample `[n, 3, R, R]` to `size` (R a multiple of size).
 pub fn resize_area(images: &Tensor, size: usize) -> Result<Tensor> {
     let r = images.dim(3)?;

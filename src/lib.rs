@@ -14,18 +14,24 @@
 //!   (PIL-exact resize + crop, and a differentiable path for training),
 //!   `config` (transformers `config.json`), `hub` (local dir or hub download).
 //! - [`mapper`]: the CLIP2GAN mapping network (CLIP embedding -> W+ residual
-//!   over `w_avg`), its file format and compatibility checks.
-//! - [`train`]: `clip2gan train`, the self-supervised training of the mapper
-//!   (pair cache, modality-gap noise, losses, AdamW, checkpoints, resume);
-//!   [`eval`]: `clip2gan eval-mapper` against baselines; [`prompts`]:
-//!   prompt files.
+//!   over `w_avg`): an MLP or the closed-form linear map, with the text
+//!   shift and residual sampling; its file format and compatibility checks.
+//! - [`train`]: `clip2gan train`, making a mapper from generated faces: the
+//!   pair cache (`cache`, growable `Bank`), the closed-form fit (`fit`,
+//!   `captions`), first use (`warmup`: the first mapper before the first
+//!   face, improved in idle time), and MLP training (modality-gap noise,
+//!   losses, AdamW, checkpoints, resume); [`eval`]: `clip2gan eval-mapper`
+//!   against baselines, with [`variety`] (range and variety of imagine's
+//!   latents); [`prompts`]: prompt files.
 //! - [`ops`]: the kernels candle lacks (depthwise 3x3, fused noise + bias +
 //!   leaky ReLU, inverse Haar DWT), each with a fast CPU path and a portable
 //!   tensor-op path for other devices.
 //! - [`latent`] and [`npy`]: latent files (z, w, W+) in NumPy format.
 //! - [`image_io`]: area resizing, RGB8 conversion, grids, atomic PNG writes.
-//! - [`engine`]: the inference engine (queue, batching, per-user limits) over
-//!   the [`pipeline`] (CLIP -> mapper -> generator), in plain types.
+//! - [`engine`]: the inference engine (queue, batching, per-user limits,
+//!   idle-time work, warm-up) over the [`pipeline`] (CLIP -> mapper ->
+//!   generator), in plain types; `engine::growing` is the backend that
+//!   builds and refits the mapper while idle.
 //! - [`bot`]: the Discord bot on the engine (commands, buttons, results
 //!   store); it knows nothing of tensors.
 //! - [`config`]: `config.toml` + environment + flags; [`device`]: CPU/CUDA choice.
@@ -58,3 +64,4 @@ pub mod rng;
 pub mod runtime;
 pub mod tensorfile;
 pub mod train;
+pub mod variety;

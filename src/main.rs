@@ -329,7 +329,24 @@ fn bot(cfg: Config) -> anyhow::Result<()> {
 
 fn load_pipeline(cfg: &Config) -> anyhow::Result<clip2gan::pipeline::Pipeline> {
     let dev = device::select(&cfg.device)?;
-    let (p, warnings) = clip2gan::pipeline::Pipeline::load(cfg, &dev)?;
+    let first_use = cfg.first_use().filter(|_| !cfg.mapper_path().exists());
+    let (p, warnings) = match first_use {
+        None => clip2gan::pipeline::Pipeline::load(cfg, &dev)?,
+        Some(plan) => {
+            let clip = clip::Clip::load(&cfg.clip_files()?, &dev)?;
+            let g = generator::open(cfg, &dev, true)?;
+            eprintln!(
+                "No mapper at {} yet: building one from {} generated faces (once; later runs reuse it). \
+                 `clip2gan train --mode fit --pairs {}` or the bot's idle time make it better.",
+                plan.out.display(),
+                plan.first_pairs,
+                plan.pairs
+            );
+            let stop = clip2gan::train::interrupt::install();
+            clip2gan::train::warmup::build_first(&plan, &clip, g.as_ref(), stop, false)?;
+            clip2gan::pipeline::Pipeline::assemble(cfg, clip, g)?
+        }
+    };
     for w in warnings {
         eprintln!("warning: {w}");
     }

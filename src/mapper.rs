@@ -1,6 +1,16 @@
-//! The CLIP2GAN mapper: an MLP from a CLIP embedding to a W+ latent,
-//! predicting the residual over the generator's `w_avg` (so an untrained or
-//! uncertain mapper lands on the average face, not on noise).
+//! The CLIP2GAN mapper: from a CLIP embedding to a W+ latent, predicting
+//! the residual over the generator's `w_avg` (so an untrained or uncertain
+//! mapper lands on the average face, not on noise). Two kinds share one file
+//! format and one API:
+//!
+//! - `mlp`: the network `clip2gan train` learns (hidden layers, an output
+//!   layer to every style);
+//! - `linear`: the closed-form fit of [`crate::train::fit`], one w for all
+//!   styles, with the shift clamped to what the fit makes on real faces.
+//!
+//! Either may carry a text shift (the modality gap's mean, applied to text
+//! embeddings by [`Mapper::forward_text`]) and a bank of residuals that
+//! [`Mapper::sample`] draws variety from.
 //!
 //! A mapper file is safetensors with its metadata (`clip2gan.mapper`, JSON):
 //! which CLIP and generator it was trained for, its architecture, training
@@ -32,9 +42,21 @@ pub enum Activation {
     Silu,
 }
 
+/// How a mapper computes its prediction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MapperKind {
+    /// Hidden layers and an output layer to every style (`clip2gan train`).
+    #[default]
+    Mlp,
+    /// One affine map to w, shared by every style (`train --mode fit`).
+    Linear,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MapperConfig {
+    pub kind: MapperKind,
     /// Hidden layers.
     pub depth: usize,
     /// Width of the hidden layers.
@@ -42,15 +64,20 @@ pub struct MapperConfig {
     /// LayerNorm after each hidden linear layer.
     pub layer_norm: bool,
     pub activation: Activation,
+    /// Residuals of the fit kept for [`Mapper::sample`] (tensor
+    /// `residuals`, `[bank, w_dim]`); 0 = none.
+    pub bank: usize,
 }
 
 impl Default for MapperConfig {
     fn default() -> Self {
         Self {
+            kind: MapperKind::Mlp,
             depth: 4,
             width: 1024,
             layer_norm: true,
             activation: Activation::LeakyRelu,
+            bank: 0,
         }
     }
 }
@@ -128,10 +155,25 @@ impl MapperMeta {
     }
 }
 
+/// What computes the residual over `w_avg`.
+enum Body {
+    Mlp {
+        hidden: Vec<(Linear, Option<LayerNorm>)>,
+        out: Linear,
+    },
+    /// `w - w_avg = weight e + bias`, with `|weight e|` clamped to `max_shift`.
+    Linear { map: Linear, max_shift: f64 },
+}
+
 pub struct Mapper {
-    hidden: Vec<(Linear, Option<LayerNorm>)>,
-    out: Linear,
+    body: Body,
     w_avg: Tensor, // [w_dim]
+    /// `mu_image - mu_text`: moves text embeddings to the images' side of
+    /// the modality gap before mapping (tensor `text_shift`, optional).
+    text_shift: Option<Tensor>,
+    /// `[n, w_dim]` residuals of the fit on its bank, drawn by
+    /// [`Mapper::sample`] (tensor `residuals`, optional).
+    residuals: Option<Tensor>,
     pub meta: MapperMeta,
 }
 
@@ -139,6 +181,35 @@ impl Mapper {
     /// Build on a `VarBuilder`: random init from a `VarMap` (training), or
     /// weights from a file (inference).
     pub fn new(vb: VarBuilder, meta: MapperMeta) -> Result<Self> {
+        let c = &meta.config;
+        let body = match c.kind {
+            MapperKind::Mlp => Self::mlp(&vb, &meta)?,
+            MapperKind::Linear => {
+                let map = candle_nn::linear(meta.clip_dim, meta.w_dim, vb.pp("linear"))?;
+                let max_shift = vb.get(1, "max_shift")?.to_vec1::<f32>()?[0] as f64;
+                Body::Linear { map, max_shift }
+            }
+        };
+        let w_avg = vb.get_with_hints(meta.w_dim, "w_avg", Init::Const(0.0))?;
+        let text_shift = if vb.contains_tensor("text_shift") {
+            Some(vb.get(meta.clip_dim, "text_shift")?)
+        } else {
+            None
+        };
+        let residuals = match c.bank {
+            0 => None,
+            n => Some(vb.get((n, meta.w_dim), "residuals")?),
+        };
+        Ok(Self {
+            body,
+            w_avg,
+            text_shift,
+            residuals,
+            meta,
+        })
+    }
+
+    fn mlp(vb: &VarBuilder, meta: &MapperMeta) -> Result<Body> {
         let c = &meta.config;
         if c.depth == 0 || c.width == 0 {
             return Err(Error::invalid("mapper depth and width must be at least 1"));
@@ -168,12 +239,9 @@ impl Mapper {
             },
         )?;
         let b = ovb.get_with_hints(out_dim, "bias", Init::Const(0.0))?;
-        let w_avg = vb.get_with_hints(meta.w_dim, "w_avg", Init::Const(0.0))?;
-        Ok(Self {
+        Ok(Body::Mlp {
             hidden,
             out: Linear::new(w, Some(b)),
-            w_avg,
-            meta,
         })
     }
 
@@ -250,7 +318,7 @@ impl Mapper {
         &self.w_avg
     }
 
-    /// CLIP embeddings `[n, clip_dim]` -> W+ `[n, num_styles, w_dim]`.
+    /// CLIP image embeddings `[n, clip_dim]` -> W+ `[n, num_styles, w_dim]`.
     pub fn forward(&self, e: &Tensor) -> Result<Tensor> {
         let (n, d) = e.dims2()?;
         if d != self.meta.clip_dim {
@@ -259,24 +327,94 @@ impl Mapper {
                 self.meta.clip_dim
             )));
         }
-        let mut x = e.to_dtype(DType::F32)?;
-        for (lin, norm) in &self.hidden {
-            x = lin.forward(&x)?;
-            if let Some(norm) = norm {
-                let bias = norm.bias().expect("built with a bias");
-                x = candle_nn::ops::layer_norm_slow(&x, norm.weight(), bias, LN_EPS)?;
+        let x = e.to_dtype(DType::F32)?;
+        let (styles, w_dim) = (self.meta.num_styles, self.meta.w_dim);
+        let residual = match &self.body {
+            Body::Mlp { hidden, out } => {
+                let mut x = x;
+                for (lin, norm) in hidden {
+                    x = lin.forward(&x)?;
+                    if let Some(norm) = norm {
+                        let bias = norm.bias().expect("built with a bias");
+                        x = candle_nn::ops::layer_norm_slow(&x, norm.weight(), bias, LN_EPS)?;
+                    }
+                    x = match self.meta.config.activation {
+                        Activation::LeakyRelu => crate::ops::leaky_relu(&x, 0.2)?,
+                        Activation::Gelu => x.gelu()?,
+                        Activation::Silu => x.silu()?,
+                    };
+                }
+                out.forward(&x)?.reshape((n, styles, w_dim))?
             }
-            x = match self.meta.config.activation {
-                Activation::LeakyRelu => crate::ops::leaky_relu(&x, 0.2)?,
-                Activation::Gelu => x.gelu()?,
-                Activation::Silu => x.silu()?,
-            };
-        }
-        let residual = self
-            .out
-            .forward(&x)?
-            .reshape((n, self.meta.num_styles, self.meta.w_dim))?;
+            Body::Linear { map, max_shift } => {
+                // Clamp the shift, not the intercept: no input may move the
+                // face further from the bank's mean than a real face did.
+                let shift = x.matmul(&map.weight().t()?)?;
+                let norm = shift.sqr()?.sum_keepdim(1)?.sqrt()?;
+                let scale = norm
+                    .clamp(*max_shift, f64::MAX)?
+                    .recip()?
+                    .affine(*max_shift, 0.0)?;
+                let shift = shift.broadcast_mul(&scale)?;
+                let bias = map.bias().expect("built with a bias");
+                shift
+                    .broadcast_add(bias)?
+                    .unsqueeze(1)?
+                    .broadcast_as((n, styles, w_dim))?
+                    .contiguous()?
+            }
+        };
         Ok(residual.broadcast_add(&self.w_avg)?)
+    }
+
+    /// CLIP text embeddings `[n, clip_dim]` -> W+: [`Mapper::forward`] after
+    /// moving them across the modality gap, when the mapper knows it.
+    pub fn forward_text(&self, e: &Tensor) -> Result<Tensor> {
+        match &self.text_shift {
+            Some(shift) => {
+                let moved = e.to_dtype(DType::F32)?.broadcast_add(shift)?;
+                self.forward(&crate::clip::l2_normalize(&moved)?)
+            }
+            None => self.forward(e),
+        }
+    }
+
+    /// Whether [`Mapper::sample`] can draw variety from the mapper itself.
+    pub fn can_sample(&self) -> bool {
+        self.residuals.is_some()
+    }
+
+    /// One W+ per text embedding row and seed: the prediction plus
+    /// `temperature` times a residual of the fit drawn by the seed, i.e. the
+    /// deviation from its prediction that some real face of the bank showed.
+    /// The same seed draws the same residual for any prompt, so a seed keeps
+    /// a face's individual traits while the prompt moves its prediction.
+    /// `None` if the mapper has no residuals.
+    pub fn sample(&self, e: &Tensor, seeds: &[u64], temperature: f64) -> Result<Option<Tensor>> {
+        let Some(res) = &self.residuals else {
+            return Ok(None);
+        };
+        let mean = self.forward_text(e)?;
+        let (n, styles, w_dim) = mean.dims3()?;
+        if seeds.len() != n {
+            return Err(Error::invalid(format!(
+                "{} seeds for {n} embeddings",
+                seeds.len()
+            )));
+        }
+        let bank = res.dim(0)? as u64;
+        let idx: Vec<u32> = seeds
+            .iter()
+            .map(|&s| {
+                use rand::Rng;
+                crate::rng::stream(s, "residual").random_range(0..bank) as u32
+            })
+            .collect();
+        let idx = Tensor::from_vec(idx, n, res.device())?;
+        let drawn = (res.index_select(&idx, 0)? * temperature)?
+            .unsqueeze(1)?
+            .broadcast_as((n, styles, w_dim))?;
+        Ok(Some((mean + drawn)?))
     }
 
     /// Load a mapper file and check it against the CLIP and generator in use.
@@ -305,8 +443,9 @@ pub fn read_meta(path: &Path) -> Result<MapperMeta> {
     if !path.exists() {
         return Err(Error::MissingWeights {
             path: path.to_path_buf(),
-            hint: "Train a mapper with `clip2gan train` (see README.md, \"Training the mapper\") \
-                   or set mapper.path in config.toml."
+            hint: "Build one with `clip2gan train --mode fit` (seconds after its pairs are rendered; \
+                   `[mapper] build = true` does it on first use) or train one with `clip2gan train` \
+                   (see README.md), or set mapper.path in config.toml."
                 .into(),
         });
     }

@@ -168,11 +168,15 @@ fn missing_class_embedding_is_an_error() {
 #[test]
 fn hub_offline_without_cache_fails_clearly() {
     let tmp = tempfile::tempdir().unwrap();
-    let err =
-        clip2gan::clip::hub::resolve("openai/clip-vit-base-patch32", "main", tmp.path(), true)
-            .err()
-            .unwrap()
-            .to_string();
+    let err = clip2gan::clip::hub::resolve(
+        "openai/clip-vit-base-patch32",
+        "main",
+        Some(tmp.path()),
+        true,
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(
         err.contains("offline") && err.contains("model.safetensors"),
         "{err}"

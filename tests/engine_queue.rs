@@ -92,13 +92,22 @@ fn cfg(capacity: usize, max_batch: usize, wait_ms: u64, per_user: usize) -> Engi
 
 /// Wait until the worker has taken the head job (the queue shrank).
 fn wait_queue_len(e: &Engine, n: usize) {
-    for _ in 0..500 {
-        if e.queue_len() == n {
-            return;
-        }
+    // A guard against a hang, not a race: the worker takes the job at once.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while e.queue_len() != n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "queue never reached {n}"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
-    panic!("queue never reached {n}");
+}
+
+/// Wait until a shutdown requested on another thread has begun.
+fn wait_shutting_down(e: &Engine) {
+    while !e.is_shutting_down() {
+        std::thread::yield_now();
+    }
 }
 
 #[tokio::test]
@@ -263,7 +272,9 @@ async fn shutdown_answers_queued_jobs() {
     let e = Arc::new(e);
     let e2 = e.clone();
     let stopper = std::thread::spawn(move || e2.shutdown(false));
-    std::thread::sleep(Duration::from_millis(50));
+    // Open the gate only once the shutdown is under way, so b is still
+    // queued when it is requested (whatever the machine's load).
+    wait_shutting_down(&e);
     gate.send(()).unwrap();
     stopper.join().unwrap();
     a.wait().await.unwrap();
@@ -284,7 +295,7 @@ async fn draining_shutdown_runs_queued_jobs() {
     let e = Arc::new(e);
     let e2 = e.clone();
     let stopper = std::thread::spawn(move || e2.shutdown(true));
-    std::thread::sleep(Duration::from_millis(50));
+    wait_shutting_down(&e);
     gate.send(()).unwrap();
     gate.send(()).unwrap();
     stopper.join().unwrap();

@@ -402,9 +402,19 @@ fn cli_imagine_then_edit() {
     assert_eq!(b.dimensions(), (128, 128));
     assert!(a != b, "the edit changed nothing");
 
-    // Without a mapper: the error says how to get one.
+    // Without a mapper and with first use switched off (first use itself
+    // is tested in tests/hub.rs): the error says how to get one.
     std::fs::remove_file(dir.path().join("mapper.safetensors")).unwrap();
-    let o = cli(dir.path(), &["imagine", "x", "-o", out.to_str().unwrap()]);
+    let o = Command::new(env!("CARGO_BIN_EXE_clip2gan"))
+        .args(["imagine", "x", "-o", out.to_str().unwrap()])
+        .env(
+            "CLIP2GAN_MAPPER__PATH",
+            dir.path().join("mapper.safetensors"),
+        )
+        .env("CLIP2GAN_MAPPER__BUILD", "false")
+        .env("CLIP2GAN_DEVICE", "cpu")
+        .output()
+        .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("clip2gan train"));
 }

@@ -1,12 +1,22 @@
-//! The slash commands: their registration payloads, and their options
-//! turned into checked, typed requests (or a reply saying what to fix).
+//! The slash commands and the message command: their registration
+//! payloads, and their options turned into checked, typed requests (or a
+//! reply saying what to fix).
 
 use serenity::all::{
-    CommandData, CommandDataOptionValue, CommandOptionType, CreateCommand, CreateCommandOption,
+    CommandData, CommandDataOptionValue, CommandOptionType, CommandType, CreateCommand,
+    CreateCommandOption, MessageId,
 };
 
+use super::attach::Photo;
 use super::config::BotConfig;
-use super::render::{blocked, clean_input, MAX_IMAGES};
+use super::guild::SettingsCmd;
+use super::render::{blocked, clean_input, MAX_IMAGES, MAX_MORPH_FRAMES};
+use super::store::Ref;
+
+/// The message command (right click on a message -> Apps). Message
+/// commands have a display name with capitals and spaces, and no
+/// description.
+pub const EDIT_THIS_FACE: &str = "Edit this face";
 
 /// Largest seed: Discord integer options stop at 2^53 - 1.
 pub const SEED_MAX: u64 = (1 << 53) - 1;
@@ -17,18 +27,39 @@ pub enum Command {
         prompt: String,
         count: usize,
         seed: Option<u64>,
+        /// A photo: a face like it, moved toward the prompt.
+        image: Option<Photo>,
     },
     Edit {
         instruction: String,
         strength: f64,
+        /// A photo to edit instead of the latest image.
+        image: Option<Photo>,
     },
     Undo,
+    Morph {
+        from: Option<Ref>,
+        to: Option<Ref>,
+        frames: Option<usize>,
+    },
+    History,
+    Settings(SettingsCmd),
+    /// "Edit this face" on a message: its first image, if it has one.
+    EditThisFace {
+        photo: Option<Photo>,
+    },
 }
 
-/// `/imagine`, `/edit` and `/undo`, as registered (bulk overwrite, so a
-/// removed command disappears too).
+/// Every command, as registered (bulk overwrite, so a removed command
+/// disappears too).
 pub fn definitions(cfg: &BotConfig) -> Vec<CreateCommand> {
     let max_len = cfg.max_prompt_chars.min(6000) as u16;
+    let image = |description: &str| {
+        CreateCommandOption::new(CommandOptionType::Attachment, "image", description)
+    };
+    let result = |name: &str, description: &str| {
+        CreateCommandOption::new(CommandOptionType::String, name, description).max_length(24)
+    };
     vec![
         CreateCommand::new("imagine")
             .description("Create faces from a text description")
@@ -54,7 +85,10 @@ pub fn definitions(cfg: &BotConfig) -> Vec<CreateCommand> {
                 )
                 .min_int_value(0)
                 .max_int_value(SEED_MAX),
-            ),
+            )
+            .add_option(image(
+                "A photo: makes a face like it, moved toward the prompt",
+            )),
         CreateCommand::new("edit")
             .description(
                 "Change your latest image: \"add smile\", \"make older\", \"remove beard\"",
@@ -76,9 +110,62 @@ pub fn definitions(cfg: &BotConfig) -> Vec<CreateCommand> {
                 )
                 .min_number_value(-3.0)
                 .max_number_value(3.0),
-            ),
+            )
+            .add_option(image(
+                "A photo of a face to edit instead of your latest image",
+            )),
         CreateCommand::new("undo").description("Go back to your previous image"),
+        CreateCommand::new("morph")
+            .description("Animate from one of your images to another (default: your last two)")
+            .add_option(result(
+                "from",
+                "Result number of the start, e.g. 12, or 12.2 for its image 2",
+            ))
+            .add_option(result(
+                "to",
+                "Result number of the end (default: your latest)",
+            ))
+            .add_option(
+                CreateCommandOption::new(CommandOptionType::Integer, "frames", "2 to 32")
+                    .min_int_value(2)
+                    .max_int_value(MAX_MORPH_FRAMES as u64),
+            ),
+        CreateCommand::new("history")
+            .description("Your recent images in a grid, to pick one again or morph two"),
+        super::guild::definition(),
+        CreateCommand::new(EDIT_THIS_FACE).kind(CommandType::Message),
     ]
+}
+
+/// `12` or `#12` (image 1) or `12.3` / `12/3` (image 3 of result 12).
+pub fn parse_ref(raw: &str) -> Option<Ref> {
+    let t = raw.trim().trim_start_matches('#');
+    let (id, index) = match t.split_once(['.', '/', ' ']) {
+        Some((a, b)) => (a.trim(), b.trim().trim_start_matches("image").trim()),
+        None => (t, "1"),
+    };
+    let id: u64 = id.parse().ok().filter(|&i| i > 0)?;
+    let index: usize = index.parse().ok()?;
+    (1..=MAX_IMAGES).contains(&index).then_some(Ref {
+        id,
+        index: index - 1,
+    })
+}
+
+/// The attachment named by the `image` option, as Discord resolved it.
+fn attachment(data: &CommandData) -> Result<Option<Photo>, String> {
+    let Some(o) = data.options.iter().find(|o| o.name == "image") else {
+        return Ok(None);
+    };
+    match &o.value {
+        CommandDataOptionValue::Attachment(id) => data
+            .resolved
+            .attachments
+            .get(id)
+            .map(|a| Some(Photo::from(a)))
+            .ok_or_else(|| "The attached photo did not come through; attach it again.".into()),
+        _ => Err("`image` must be an attached photo.".into()),
+    }
 }
 
 /// Check a prompt or an instruction; `what` names it in the reply.
@@ -150,10 +237,19 @@ pub fn parse(data: &CommandData, cfg: &BotConfig) -> Result<Command, String> {
                     Some(s as u64)
                 }
             };
+            let image = attachment(data)?;
+            if image.is_some() && (count != 1 || seed.is_some()) {
+                return Err(
+                    "With a photo, `/imagine` makes one face from it: leave out `count` \
+                            and `seed`."
+                        .into(),
+                );
+            }
             Ok(Command::Imagine {
                 prompt,
                 count: count as usize,
                 seed,
+                image,
             })
         }
         "edit" => {
@@ -171,11 +267,64 @@ pub fn parse(data: &CommandData, cfg: &BotConfig) -> Result<Command, String> {
             Ok(Command::Edit {
                 instruction,
                 strength: check_strength(strength)?,
+                image: attachment(data)?,
             })
         }
         "undo" => Ok(Command::Undo),
+        "morph" => {
+            let r = |name: &str| match opt(name) {
+                None => Ok(None),
+                Some(CommandDataOptionValue::String(s)) => {
+                    parse_ref(s).map(Some).ok_or_else(|| {
+                        format!(
+                            "`{name}` must be a result number as shown under an image, e.g. `12`, \
+                         or `12.2` for image 2 of result #12 (it was \"{}\").",
+                            super::render::escape(&clean_input(s))
+                        )
+                    })
+                }
+                Some(_) => Err(format!("`{name}` must be a result number, e.g. `12`.")),
+            };
+            let frames = match opt("frames") {
+                None => None,
+                Some(v) => {
+                    let f = int(v, "frames")?;
+                    if !(2..=MAX_MORPH_FRAMES as i64).contains(&f) {
+                        return Err(format!(
+                            "`frames` must be 2 to {MAX_MORPH_FRAMES} (it was {f})."
+                        ));
+                    }
+                    Some(f as usize)
+                }
+            };
+            Ok(Command::Morph {
+                from: r("from")?,
+                to: r("to")?,
+                frames,
+            })
+        }
+        "history" => Ok(Command::History),
+        "settings" => super::guild::parse(&data.options).map(Command::Settings),
+        EDIT_THIS_FACE if data.kind == CommandType::Message => {
+            let message = data
+                .target_id
+                .and_then(|t| data.resolved.messages.get(&MessageId::new(t.get())));
+            let photo = message.and_then(|m| {
+                m.attachments
+                    .iter()
+                    .find(|a| {
+                        a.content_type
+                            .as_deref()
+                            .is_some_and(|c| c.starts_with("image/"))
+                            || a.width.is_some()
+                    })
+                    .map(Photo::from)
+            });
+            Ok(Command::EditThisFace { photo })
+        }
         other => Err(format!(
-            "Unknown command `/{}`. This bot has `/imagine`, `/edit` and `/undo`.",
+            "Unknown command `/{}`. This bot has `/imagine`, `/edit`, `/undo`, `/morph`, \
+             `/history` and `/settings`.",
             super::render::escape(other)
         )),
     }
@@ -188,5 +337,32 @@ pub fn check_strength(s: f64) -> Result<f64, String> {
         Err(format!(
             "`strength` must be from -3 to 3 (it was {s}); 1 is a clear change, negative reverses it."
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_numbers() {
+        let r = |id, index| Some(Ref { id, index });
+        assert_eq!(parse_ref("12"), r(12, 0));
+        assert_eq!(parse_ref(" #12 "), r(12, 0));
+        assert_eq!(parse_ref("12.2"), r(12, 1));
+        assert_eq!(parse_ref("12/4"), r(12, 3));
+        assert_eq!(parse_ref("#12 image 3"), r(12, 2));
+        for bad in [
+            "",
+            "0",
+            "-3",
+            "12.5",
+            "12.0",
+            "x",
+            "12.a",
+            "99999999999999999999999",
+        ] {
+            assert_eq!(parse_ref(bad), None, "{bad}");
+        }
     }
 }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::BotError;
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DiscordConfig {
     /// A file whose first line is the bot token; used when `DISCORD_TOKEN`
@@ -26,6 +26,27 @@ pub struct DiscordConfig {
     pub guilds: Vec<u64>,
     /// Answer only in these guilds (and not in DMs); empty: anywhere.
     pub allowed_guilds: Vec<u64>,
+    /// Hosts photos are downloaded from (uploads to `/edit`, `/imagine`,
+    /// "Edit this face"): `host`, `host:port` or `http://host[:port]`.
+    /// Without a scheme only https on port 443 is allowed; `http://` allows
+    /// plain http to that host (tests, a local mirror). Redirects are
+    /// followed only to hosts on this list.
+    pub attachment_hosts: Vec<String>,
+}
+
+/// Discord's attachment hosts (the CDN and its media proxy).
+pub const DISCORD_ATTACHMENT_HOSTS: [&str; 2] = ["cdn.discordapp.com", "media.discordapp.net"];
+
+impl Default for DiscordConfig {
+    fn default() -> Self {
+        Self {
+            token_file: None,
+            api_base: String::new(),
+            guilds: Vec::new(),
+            allowed_guilds: Vec::new(),
+            attachment_hosts: DISCORD_ATTACHMENT_HOSTS.map(String::from).to_vec(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -58,6 +79,24 @@ pub struct BotConfig {
     pub retry_base_ms: u64,
     /// On SIGINT/SIGTERM, how long running jobs may take to be delivered.
     pub shutdown_grace_s: u64,
+    /// Jobs that make new images, per user and day (per server; 0: no
+    /// limit). Server admins may change it with `/settings quota`.
+    pub daily_quota: u32,
+    /// Channels the bot answers in (empty: all); the default for servers
+    /// whose admins have not set their own with `/settings channels`.
+    pub channels: Vec<u64>,
+    /// A role members need to use the bot (absent: none); the default for
+    /// servers that have not set one with `/settings role`.
+    pub required_role: Option<u64>,
+    /// Largest photo accepted for download, in bytes.
+    pub max_attachment_bytes: u64,
+    /// Longest a photo download may take, connection included.
+    pub attachment_timeout_ms: u64,
+    /// Largest photo accepted, in pixels (width x height), checked from
+    /// the file's header before it is decoded.
+    pub max_image_pixels: u64,
+    /// Frames of a morph animation (`/morph`).
+    pub morph_frames: usize,
 }
 
 impl Default for BotConfig {
@@ -75,6 +114,13 @@ impl Default for BotConfig {
             http_attempts: 5,
             retry_base_ms: 500,
             shutdown_grace_s: 30,
+            daily_quota: 0,
+            channels: Vec::new(),
+            required_role: None,
+            max_attachment_bytes: 10 << 20,
+            attachment_timeout_ms: 15_000,
+            max_image_pixels: 40_000_000,
+            morph_frames: 16,
         }
     }
 }
@@ -97,6 +143,23 @@ impl BotConfig {
         }
         if self.http_attempts == 0 {
             return bad("bot.http_attempts must be at least 1");
+        }
+        if self.max_attachment_bytes == 0 || self.attachment_timeout_ms == 0 {
+            return bad(
+                "bot.max_attachment_bytes and bot.attachment_timeout_ms must be at least 1",
+            );
+        }
+        if self.max_image_pixels == 0 {
+            return bad("bot.max_image_pixels must be at least 1");
+        }
+        if !(2..=super::render::MAX_MORPH_FRAMES).contains(&self.morph_frames) {
+            return bad("bot.morph_frames must be 2 to 32");
+        }
+        if self.daily_quota > super::guild::MAX_QUOTA {
+            return bad("bot.daily_quota must be 0 (no limit) to 10000");
+        }
+        if self.cooldown_ms > super::guild::MAX_COOLDOWN_S * 1000 {
+            return bad("bot.cooldown_ms must be at most 3600000 (an hour)");
         }
         Ok(())
     }

@@ -1,29 +1,60 @@
 //! What the bot does with each interaction: checks (shutdown, guild,
-//! cooldown), the engine job, the queue feedback while it waits, and the
-//! final message. Every interaction gets an answer: a refusal is an
-//! ephemeral reply, an accepted job a deferred message edited with the
-//! result or with what went wrong.
+//! channel, role, cooldown, daily quota), the engine job, the queue
+//! feedback while it waits, and the final message. Every interaction gets
+//! an answer: a refusal is an ephemeral reply, an accepted job a deferred
+//! message edited with the result or with what went wrong. A photo that
+//! turns out to be unusable only after the response was deferred (the
+//! download or the decoding failed) is refused in an ephemeral follow-up,
+//! and the public "thinking…" message is removed.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use reqwest::Url;
 use serenity::all::{
     ActionRowComponent, CommandInteraction, ComponentInteraction, CreateActionRow, CreateInputText,
-    CreateModal, Http, InputTextStyle, Interaction, ModalInteraction,
+    CreateModal, Http, InputTextStyle, Interaction, Member, ModalInteraction, Permissions,
 };
 use tracing::{error, info, warn};
 
-use crate::engine::{EngineError, JobHandle, LatentRef, Layers, Request};
+use crate::engine::{EngineError, JobHandle, Latent, LatentRef, Layers, Output, Request};
 
+use super::attach::{self, Photo};
 use super::commands::{self, check_strength, check_text, Command};
-use super::render::{self, Action};
+use super::config::BotConfig;
+use super::guild::{self, Effective, SettingsCmd};
+use super::render::{self, Action, HISTORY_SHOWN};
 use super::respond::{Reply, Responder};
 use super::store::{Origin, Record, Ref};
-use super::Bot;
+use super::{Bot, PendingPhoto};
 
 const GONE: &str = "This image is no longer stored (the bot keeps only the most recent results, \
                     or it was deleted). Make a new one with `/imagine`.";
+
+/// Said with every image made from a photo: there is no face detector, so
+/// a photo without a face is inverted like any other, and the user should
+/// know what the result is.
+const PHOTO_NOTE: &str = "Made from your photo: CLIP reads the whole picture and the mapper \
+                          turns that reading into a face, so this is what CLIP makes of the \
+                          photo, not a copy of it. A photo without a clear face still gives a \
+                          face.";
+
+/// Modal custom ids of "Edit this face": `c2g:photo:<key>`.
+const PHOTO_MODAL: &str = "c2g:photo:";
+/// How long an "Edit this face" dialog may stay open (Discord's interaction
+/// tokens last 15 minutes too).
+const PENDING_TTL: Duration = Duration::from_secs(15 * 60);
+
+/// Who is asking, where, and the settings in force there.
+pub(super) struct Ctx {
+    user: u64,
+    guild: Option<u64>,
+    perms: Option<Permissions>,
+    eff: Effective,
+    /// The bot's config with this server's blocked words added.
+    cfg: BotConfig,
+}
 
 /// What to do with a job's output.
 enum Then {
@@ -35,19 +66,67 @@ enum Then {
     },
     /// Show an existing image again (undo, pick).
     Show { r: Ref, note: String },
+    /// An animation from `a` to `b` (not stored: it is no latent).
+    Morph { a: Ref, b: Ref, frames: usize },
+    /// The user's recent images as a grid.
+    History { refs: Vec<Ref> },
+}
+
+impl Then {
+    /// Jobs that make new images count against the daily quota; showing
+    /// earlier ones (undo, pick, history) does not.
+    fn counts(&self) -> bool {
+        matches!(self, Then::New { .. } | Then::Morph { .. })
+    }
+}
+
+/// A job's charge to a member's daily quota, given back if it fails.
+#[derive(Debug, Clone, Copy)]
+struct Charge {
+    guild: u64,
+    user: u64,
+    window_start: u64,
+}
+
+/// A photo to download and turn into a face, and an edit to apply to it.
+struct PhotoJob {
+    url: Url,
+    filename: String,
+    /// Instruction and strength.
+    edit: Option<(String, f64)>,
+    /// The prompt of the line (`/imagine prompt image:`), empty for `/edit`.
+    prompt: String,
+}
+
+/// "in 3 h 12 min", "in 40 s".
+fn wait_text(secs: u64) -> String {
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s} s"),
+        (0, _) => format!("{m} min"),
+        _ => format!("{h} h {m} min"),
+    }
+}
+
+fn role_ids(m: Option<&Member>) -> Vec<u64> {
+    m.map(|m| m.roles.iter().map(|r| r.get()).collect())
+        .unwrap_or_default()
 }
 
 impl Bot {
     pub(super) async fn handle(self: Arc<Self>, http: Arc<Http>, interaction: Interaction) {
         // Counted from the start, so a shutdown waits for answers in progress.
         let _guard = self.inflight.enter();
-        let (id, token, user, guild, limit) = match &interaction {
+        let (id, token, user, guild, limit, channel, parent, member) = match &interaction {
             Interaction::Command(c) => (
                 c.id,
                 &c.token,
                 c.user.id,
                 c.guild_id,
                 c.attachment_size_limit,
+                c.channel_id,
+                c.channel.as_ref().and_then(|ch| ch.parent_id),
+                c.member.as_deref(),
             ),
             Interaction::Component(c) => (
                 c.id,
@@ -55,6 +134,9 @@ impl Bot {
                 c.user.id,
                 c.guild_id,
                 c.attachment_size_limit,
+                c.channel_id,
+                c.channel.as_ref().and_then(|ch| ch.parent_id),
+                c.member.as_ref(),
             ),
             Interaction::Modal(m) => (
                 m.id,
@@ -62,6 +144,9 @@ impl Bot {
                 m.user.id,
                 m.guild_id,
                 m.attachment_size_limit,
+                m.channel_id,
+                m.channel.as_ref().and_then(|ch| ch.parent_id),
+                m.member.as_ref(),
             ),
             _ => return,
         };
@@ -73,25 +158,78 @@ impl Bot {
             retry: self.retry,
         };
         let user = user.get();
+        let guild = guild.map(|g| g.get());
         let refusal = if self.closing.load(Ordering::SeqCst) {
-            Some("The bot is restarting; please try again in a minute.")
+            Some("The bot is restarting; please try again in a minute.".to_string())
         } else if !self.discord.allowed_guilds.is_empty()
-            && !guild.is_some_and(|g| self.discord.allowed_guilds.contains(&g.get()))
+            && !guild.is_some_and(|g| self.discord.allowed_guilds.contains(&g))
         {
-            Some("This bot is not enabled here.")
+            Some("This bot is not enabled here.".to_string())
         } else {
             None
         };
         if let Some(text) = refusal {
-            self.say(&resp, text).await;
-            return;
+            return self.say(&resp, &text).await;
+        }
+        let own = guild.and_then(|g| self.store.guild(g));
+        let eff = Effective::new(&self.cfg, own.as_ref());
+        let ctx = Ctx {
+            user,
+            guild,
+            perms: member.and_then(|m| m.permissions),
+            cfg: BotConfig {
+                blocklist: eff.blocklist.clone(),
+                ..self.cfg.clone()
+            },
+            eff,
+        };
+        // `/settings` works anywhere in a server, so admins can always
+        // change (or undo) a restriction; everything else obeys them.
+        let settings = matches!(&interaction, Interaction::Command(c) if c.data.name == "settings");
+        if !settings && guild.is_some() {
+            if let Some(text) = self.gate(&ctx, channel.get(), parent.map(|p| p.get()), member) {
+                return self.say(&resp, &text).await;
+            }
         }
         match interaction {
-            Interaction::Command(c) => self.command(resp, user, &c).await,
-            Interaction::Component(c) => self.button(resp, user, &c).await,
-            Interaction::Modal(m) => self.modal(resp, user, &m).await,
+            Interaction::Command(c) => self.command(resp, &ctx, &c).await,
+            Interaction::Component(c) => self.button(resp, &ctx, &c).await,
+            Interaction::Modal(m) => self.modal(resp, &ctx, &m).await,
             _ => {}
         }
+    }
+
+    /// The server's channel list and required role; the refusal to send.
+    fn gate(
+        &self,
+        ctx: &Ctx,
+        channel: u64,
+        parent: Option<u64>,
+        member: Option<&Member>,
+    ) -> Option<String> {
+        if !ctx.eff.channel_allowed(channel, parent) {
+            let list = ctx
+                .eff
+                .channels
+                .iter()
+                .map(|c| format!("<#{c}>"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Some(format!(
+                "I don't answer in this channel on this server; please use {list}."
+            ));
+        }
+        if let Some(role) = ctx.eff.role {
+            // Those who manage the server set the requirement; they need
+            // not hold the role themselves.
+            if !role_ids(member).contains(&role) && !guild::may_manage(ctx.perms) {
+                return Some(format!(
+                    "On this server you need the <@&{role}> role to use this bot; ask a server \
+                     admin for it."
+                ));
+            }
+        }
+        None
     }
 
     /// An ephemeral reply; failures are only logged (nothing else to do).
@@ -101,17 +239,29 @@ impl Bot {
         }
     }
 
-    async fn command(self: &Arc<Self>, resp: Responder, user: u64, c: &CommandInteraction) {
+    async fn command(self: &Arc<Self>, resp: Responder, ctx: &Ctx, c: &CommandInteraction) {
+        let user = ctx.user;
         info!(user, command = %c.data.name, "command");
-        let cmd = match commands::parse(&c.data, &self.cfg) {
+        let cmd = match commands::parse(&c.data, &ctx.cfg) {
             Ok(cmd) => cmd,
             Err(text) => return self.say(&resp, &text).await,
         };
         match cmd {
             Command::Imagine {
                 prompt,
+                image: Some(photo),
+                ..
+            } => {
+                // "A face like this photo", moved toward the prompt: the
+                // paper's image edit with the prompt as the text.
+                self.photo(resp, ctx, &photo, Some((prompt.clone(), 1.0)), prompt)
+                    .await
+            }
+            Command::Imagine {
+                prompt,
                 count,
                 seed,
+                image: None,
             } => {
                 let seed = seed.unwrap_or_else(random_seed);
                 let request = Request::Imagine {
@@ -126,30 +276,97 @@ impl Bot {
                     origin: Origin::Imagine { seed, count },
                     parent: None,
                 };
-                self.start(resp, user, request, then).await
+                self.start(resp, ctx, request, then).await
             }
             Command::Edit {
                 instruction,
                 strength,
+                image: Some(photo),
+            } => {
+                self.photo(
+                    resp,
+                    ctx,
+                    &photo,
+                    Some((instruction, strength)),
+                    String::new(),
+                )
+                .await
+            }
+            Command::Edit {
+                instruction,
+                strength,
+                image: None,
             } => match self.store.current(user) {
-                Some(r) => self.edit(resp, user, r, instruction, strength).await,
+                Some(r) => self.edit(resp, ctx, r, instruction, strength).await,
                 None => {
                     self.say(
                         &resp,
                         "You have no image to edit yet: make one with `/imagine` first, then \
-                         `/edit add smile`.",
+                         `/edit add smile` (or attach a photo: `/edit add smile image:`).",
                     )
                     .await
                 }
             },
-            Command::Undo => self.undo(resp, user).await,
+            Command::Undo => self.undo(resp, ctx).await,
+            Command::Morph { from, to, frames } => {
+                let recent = self.store.recent(user, 2);
+                let to = to.or(recent.first().copied());
+                let from = from.or(recent.iter().copied().find(|r| Some(*r) != to));
+                match (from, to) {
+                    (Some(a), Some(b)) => self.morph(resp, ctx, a, b, frames).await,
+                    _ => {
+                        self.say(
+                            &resp,
+                            "A morph needs two images: make another one with `/imagine`, or name \
+                             two results, e.g. `/morph from:12 to:15`.",
+                        )
+                        .await
+                    }
+                }
+            }
+            Command::History => self.history(resp, ctx).await,
+            Command::Settings(cmd) => self.settings(resp, ctx, cmd).await,
+            Command::EditThisFace { photo: None } => {
+                self.say(
+                    &resp,
+                    "That message has no image attached. Use **Edit this face** on a message \
+                     with a photo uploaded as a file (not a link).",
+                )
+                .await
+            }
+            Command::EditThisFace { photo: Some(photo) } => {
+                if let Err(text) = self.fetcher.precheck(&photo) {
+                    return self.say(&resp, &text).await;
+                }
+                let key = resp.id.get();
+                self.remember(key, photo, user);
+                if let Err(e) = resp.modal(photo_modal(key, ctx.cfg.max_prompt_chars)).await {
+                    warn!(error = %e, "could not open the edit dialog");
+                    self.pending.remove(&key);
+                }
+            }
         }
+    }
+
+    /// Keep a photo for its edit dialog, forgetting old ones.
+    fn remember(&self, key: u64, photo: Photo, user: u64) {
+        if self.pending.len() >= 1000 {
+            self.pending.retain(|_, p| p.since.elapsed() < PENDING_TTL);
+        }
+        self.pending.insert(
+            key,
+            PendingPhoto {
+                photo,
+                user,
+                since: Instant::now(),
+            },
+        );
     }
 
     async fn edit(
         self: &Arc<Self>,
         resp: Responder,
-        user: u64,
+        ctx: &Ctx,
         r: Ref,
         instruction: String,
         strength: f64,
@@ -173,16 +390,17 @@ impl Bot {
             },
             parent: Some(r),
         };
-        self.start(resp, user, request, then).await
+        self.start(resp, ctx, request, then).await
     }
 
-    async fn undo(self: &Arc<Self>, resp: Responder, user: u64) {
+    async fn undo(self: &Arc<Self>, resp: Responder, ctx: &Ctx) {
         let store = self.store.clone();
+        let user = ctx.user;
         let undone = tokio::task::spawn_blocking(move || store.undo(user)).await;
         match undone {
             Ok(Ok(Some(r))) => {
                 let note = "Undone: this is your current image again; `/edit` applies to it.";
-                self.show(resp, user, r, note.into()).await
+                self.show(resp, ctx, r, note.into()).await
             }
             Ok(Ok(None)) => {
                 self.say(
@@ -201,23 +419,137 @@ impl Bot {
         }
     }
 
-    /// Render a stored image again (a variation of amount 0 is the image
-    /// itself) and post it with its buttons.
-    async fn show(self: &Arc<Self>, resp: Responder, user: u64, r: Ref, note: String) {
+    /// Render a stored image again and post it with its buttons.
+    async fn show(self: &Arc<Self>, resp: Responder, ctx: &Ctx, r: Ref, note: String) {
         let Some((_, latent)) = self.store.latent(r) else {
             return self.say(&resp, GONE).await;
         };
-        let request = Request::Variations {
-            latent: LatentRef::Data(latent),
-            seed: 0,
-            count: 1,
-            amount: 0.0,
+        let request = Request::Render {
+            latents: vec![LatentRef::Data(latent)],
         };
-        self.start(resp, user, request, Then::Show { r, note })
+        self.start(resp, ctx, request, Then::Show { r, note }).await
+    }
+
+    async fn morph(
+        self: &Arc<Self>,
+        resp: Responder,
+        ctx: &Ctx,
+        a: Ref,
+        b: Ref,
+        frames: Option<usize>,
+    ) {
+        if a == b {
+            return self
+                .say(
+                    &resp,
+                    "Those are the same image; a morph needs two different ones.",
+                )
+                .await;
+        }
+        let latent = |r: Ref| {
+            self.store.latent(r).map(|(_, l)| l).ok_or_else(|| {
+                format!(
+                    "Result #{} image {} is not stored (it may be too old, deleted, or not \
+                     exist); pick results from `/history`.",
+                    r.id,
+                    r.index + 1
+                )
+            })
+        };
+        let (la, lb) = match (latent(a), latent(b)) {
+            (Ok(la), Ok(lb)) => (la, lb),
+            (Err(t), _) | (_, Err(t)) => return self.say(&resp, &t).await,
+        };
+        let frames = frames.unwrap_or(self.cfg.morph_frames);
+        let request = Request::Interpolate {
+            a: LatentRef::Data(la),
+            b: LatentRef::Data(lb),
+            frames,
+        };
+        self.start(resp, ctx, request, Then::Morph { a, b, frames })
             .await
     }
 
-    async fn button(self: &Arc<Self>, resp: Responder, user: u64, c: &ComponentInteraction) {
+    async fn history(self: &Arc<Self>, resp: Responder, ctx: &Ctx) {
+        let refs = self.store.recent(ctx.user, HISTORY_SHOWN);
+        if refs.is_empty() {
+            return self
+                .say(
+                    &resp,
+                    "You have no stored images yet: make one with `/imagine` (or `/edit` with a \
+                     photo attached).",
+                )
+                .await;
+        }
+        let latents: Vec<LatentRef> = refs
+            .iter()
+            .filter_map(|r| self.store.latent(*r).map(|(_, l)| LatentRef::Data(l)))
+            .collect();
+        if latents.len() != refs.len() {
+            // Deleted between the two looks: ask again rather than mislabel.
+            return self
+                .say(&resp, "Your history changed just now; please try again.")
+                .await;
+        }
+        let request = Request::Render { latents };
+        self.start(resp, ctx, request, Then::History { refs }).await
+    }
+
+    /// `/settings`: Manage Server is checked here too, whatever the
+    /// command's registered default (servers can override who sees it).
+    async fn settings(&self, resp: Responder, ctx: &Ctx, cmd: SettingsCmd) {
+        let Some(g) = ctx.guild else {
+            return self
+                .say(
+                    &resp,
+                    "Settings belong to a server: use `/settings` in the server you manage.",
+                )
+                .await;
+        };
+        if !guild::may_manage(ctx.perms) {
+            return self
+                .say(
+                    &resp,
+                    "Changing the bot's settings needs the **Manage Server** permission; ask a \
+                     server admin.",
+                )
+                .await;
+        }
+        let cur = self.store.guild(g);
+        if cmd == SettingsCmd::Show {
+            return self.say(&resp, &guild::show(cur.as_ref(), &self.cfg)).await;
+        }
+        let (new, said) = match guild::apply(&cmd, &cur.unwrap_or_default(), &self.cfg) {
+            Ok(x) => x,
+            Err(text) => return self.say(&resp, &text).await,
+        };
+        let store = self.store.clone();
+        let saved = new.clone();
+        match tokio::task::spawn_blocking(move || store.set_guild(g, saved)).await {
+            Ok(Ok(())) => {
+                info!(guild = g, user = ctx.user, ?cmd, "settings changed");
+                let text = format!("Saved. {said}\n\n{}", guild::show(Some(&new), &self.cfg));
+                self.say(&resp, &render::truncate(text)).await
+            }
+            Ok(Err(e)) => {
+                error!(error = %e, "saving settings failed");
+                self.say(
+                    &resp,
+                    "The settings could not be saved on the bot's side; nothing changed. Please \
+                     try again.",
+                )
+                .await
+            }
+            Err(e) => error!(error = %e, "settings task failed"),
+        }
+    }
+
+    async fn button(self: &Arc<Self>, resp: Responder, ctx: &Ctx, c: &ComponentInteraction) {
+        let user = ctx.user;
+        if let Some((a, b)) = render::parse_morph(&c.data.custom_id) {
+            info!(user, from = a.id, to = b.id, "morph button");
+            return self.morph(resp, ctx, a, b, None).await;
+        }
         let Some((action, r)) = Action::parse(&c.data.custom_id) else {
             return self
                 .say(
@@ -248,7 +580,7 @@ impl Bot {
                     origin: Origin::Variations { seed },
                     parent: Some(r),
                 };
-                self.start(resp, user, request, then).await
+                self.start(resp, ctx, request, then).await
             }
             Action::Reroll => {
                 let Origin::Imagine { count, .. } = rec.origin else {
@@ -269,7 +601,7 @@ impl Bot {
                     origin: Origin::Imagine { seed, count },
                     parent: None,
                 };
-                self.start(resp, user, request, then).await
+                self.start(resp, ctx, request, then).await
             }
             Action::Edit => {
                 if let Err(e) = resp.modal(edit_modal(r, self.cfg.max_prompt_chars)).await {
@@ -278,14 +610,14 @@ impl Bot {
             }
             Action::Undo => {
                 if self.store.current(user) == Some(r) {
-                    return self.undo(resp, user).await;
+                    return self.undo(resp, ctx).await;
                 }
                 match rec.parent.filter(|p| self.store.latent(*p).is_some()) {
                     Some(p) => {
                         self.push(user, p).await;
                         let note = "The image this one was made from; it is now your current \
                                     image.";
-                        self.show(resp, user, p, note.into()).await
+                        self.show(resp, ctx, p, note.into()).await
                     }
                     None => {
                         self.say(&resp, "There is no earlier image behind this one.")
@@ -295,11 +627,18 @@ impl Bot {
             }
             Action::Pick => {
                 self.push(user, r).await;
-                let note = format!(
-                    "Image {} picked: `/edit` and the buttons below now act on it.",
-                    r.index + 1
-                );
-                self.show(resp, user, r, note).await
+                let note = if rec.latents.len() > 1 {
+                    format!(
+                        "Image {} picked: `/edit` and the buttons below now act on it.",
+                        r.index + 1
+                    )
+                } else {
+                    format!(
+                        "#{} picked: `/edit` and the buttons below now act on it.",
+                        r.id
+                    )
+                };
+                self.show(resp, ctx, r, note).await
             }
             Action::Delete => {
                 if rec.owner != user {
@@ -327,12 +666,7 @@ impl Bot {
         }
     }
 
-    async fn modal(self: &Arc<Self>, resp: Responder, user: u64, m: &ModalInteraction) {
-        let Some((Action::EditSubmit, r)) = Action::parse(&m.data.custom_id) else {
-            return self
-                .say(&resp, "This dialog belongs to an older version of the bot.")
-                .await;
-        };
+    async fn modal(self: &Arc<Self>, resp: Responder, ctx: &Ctx, m: &ModalInteraction) {
         let field = |name: &str| {
             m.data
                 .components
@@ -346,7 +680,23 @@ impl Bot {
                 })
                 .unwrap_or_default()
         };
-        let instruction = match check_text(&field("instruction"), "instruction", &self.cfg) {
+        let photo_key = m
+            .data
+            .custom_id
+            .strip_prefix(PHOTO_MODAL)
+            .and_then(|k| k.parse::<u64>().ok());
+        // Ok: the edit dialog of a stored image; Err: of a pending photo.
+        let target = match (photo_key, Action::parse(&m.data.custom_id)) {
+            (Some(key), _) => Some(Err(key)),
+            (None, Some((Action::EditSubmit, r))) => Some(Ok(r)),
+            _ => None,
+        };
+        let Some(target) = target else {
+            return self
+                .say(&resp, "This dialog belongs to an older version of the bot.")
+                .await;
+        };
+        let instruction = match check_text(&field("instruction"), "instruction", &ctx.cfg) {
             Ok(t) => t,
             Err(text) => return self.say(&resp, &text).await,
         };
@@ -364,9 +714,40 @@ impl Bot {
                 })
                 .and_then(check_strength)
         };
-        match strength {
-            Ok(s) => self.edit(resp, user, r, instruction, s).await,
-            Err(text) => self.say(&resp, &text).await,
+        let strength = match strength {
+            Ok(s) => s,
+            Err(text) => return self.say(&resp, &text).await,
+        };
+        match target {
+            Ok(r) => self.edit(resp, ctx, r, instruction, strength).await,
+            Err(key) => {
+                let photo = self
+                    .pending
+                    .remove_if(&key, |_, p| {
+                        p.user == ctx.user && p.since.elapsed() < PENDING_TTL
+                    })
+                    .map(|(_, p)| p.photo);
+                match photo {
+                    Some(photo) => {
+                        self.photo(
+                            resp,
+                            ctx,
+                            &photo,
+                            Some((instruction, strength)),
+                            String::new(),
+                        )
+                        .await
+                    }
+                    None => {
+                        self.say(
+                            &resp,
+                            "This dialog has expired (or the bot restarted since). Use **Edit \
+                             this face** on the message again.",
+                        )
+                        .await
+                    }
+                }
+            }
         }
     }
 
@@ -379,57 +760,164 @@ impl Bot {
         }
     }
 
-    /// Submit a job, defer the response, and follow the job to its end in a
-    /// task of its own. Refusals (cooldown, busy, full queue) are answered
-    /// at once.
-    async fn start(self: &Arc<Self>, resp: Responder, user: u64, request: Request, then: Then) {
-        let cooldown = Duration::from_millis(self.cfg.cooldown_ms);
-        if let Some(last) = self.cooldowns.get(&user).map(|t| *t) {
+    /// The cooldown and, for jobs that make new images, the daily quota
+    /// (taken now, given back if the job fails). `Err`: the refusal.
+    async fn admit(&self, ctx: &Ctx, counts: bool) -> Result<Option<Charge>, String> {
+        let cooldown = ctx.eff.cooldown;
+        if let Some(last) = self.cooldowns.get(&ctx.user).map(|t| *t) {
             let since = last.elapsed();
             if since < cooldown {
                 let wait = (cooldown - since).as_secs_f64();
-                let text =
-                    format!("Slow down a little: you can start another image in {wait:.1} s.");
-                return self.say(&resp, &text).await;
+                return Err(format!(
+                    "Slow down a little: you can start another image in {wait:.1} s."
+                ));
             }
         }
-        let job = match self.engine.submit(user, request) {
-            Ok(job) => job,
-            Err(e) => return self.say(&resp, &sentence(&e)).await,
-        };
+        let quota = ctx.eff.daily_quota;
+        if !counts || quota == 0 {
+            return Ok(None);
+        }
+        let (g, user, now) = (ctx.guild.unwrap_or(0), ctx.user, self.clock.now_unix());
+        let store = self.store.clone();
+        let charged = tokio::task::spawn_blocking(move || store.charge(g, user, now, quota))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        match charged {
+            Ok(Ok(usage)) => Ok(Some(Charge {
+                guild: g,
+                user,
+                window_start: usage.window_start,
+            })),
+            Ok(Err(usage)) => {
+                let at = usage.resets_at();
+                Err(format!(
+                    "You have used all {quota} new images of your daily quota here (0 of \
+                     {quota} left). It resets <t:{at}:R>, in {}. Until then `/history`, \
+                     `/undo` and picking earlier images still work.",
+                    wait_text(at.saturating_sub(now))
+                ))
+            }
+            Err(e) => {
+                error!(error = %e, "the quota could not be checked");
+                Err("The bot could not check your daily quota just now; please try again.".into())
+            }
+        }
+    }
+
+    async fn refund(&self, charge: Option<Charge>) {
+        let Some(c) = charge else { return };
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.refund(c.guild, c.user, c.window_start))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!(error = %e, "giving back a quota charge failed"),
+            Err(e) => error!(error = %e, "quota task failed"),
+        }
+    }
+
+    fn started(&self, user: u64, cooldown: Duration) {
         self.cooldowns.insert(user, Instant::now());
         if self.cooldowns.len() > 10_000 {
             // Forget users whose cooldown is over, so the map stays small.
             self.cooldowns.retain(|_, t| t.elapsed() < cooldown);
         }
+    }
+
+    /// Submit a job, defer the response, and follow the job to its end in a
+    /// task of its own. Refusals (cooldown, quota, busy, full queue) are
+    /// answered at once.
+    async fn start(self: &Arc<Self>, resp: Responder, ctx: &Ctx, request: Request, then: Then) {
+        let user = ctx.user;
+        let charge = match self.admit(ctx, then.counts()).await {
+            Ok(c) => c,
+            Err(text) => return self.say(&resp, &text).await,
+        };
+        let job = match self.engine.submit(user, request) {
+            Ok(job) => job,
+            Err(e) => {
+                self.refund(charge).await;
+                return self.say(&resp, &sentence(&e)).await;
+            }
+        };
+        self.started(user, ctx.eff.cooldown);
         if let Err(e) = resp.defer().await {
             // Without a deferred response there is nothing to put the image
             // in: give the slot back.
             warn!(error = %e, "could not defer the response; cancelling the job");
             self.engine.cancel(job.id);
+            self.refund(charge).await;
             return;
         }
         let bot = self.clone();
         let guard = self.inflight.enter();
         tokio::spawn(async move {
             let _guard = guard;
-            bot.follow(resp, user, job, then).await;
+            bot.follow(resp, user, job, then, charge).await;
         });
     }
 
-    /// Wait for the job while showing its queue position, then deliver.
-    async fn follow(&self, resp: Responder, user: u64, job: JobHandle, then: Then) {
+    /// A photo job: checks on what Discord says about the photo (answered
+    /// at once), then defer, download, decode, invert, maybe edit.
+    async fn photo(
+        self: &Arc<Self>,
+        resp: Responder,
+        ctx: &Ctx,
+        photo: &Photo,
+        edit: Option<(String, f64)>,
+        prompt: String,
+    ) {
+        let url = match self.fetcher.precheck(photo) {
+            Ok(u) => u,
+            Err(text) => return self.say(&resp, &text).await,
+        };
+        let charge = match self.admit(ctx, true).await {
+            Ok(c) => c,
+            Err(text) => return self.say(&resp, &text).await,
+        };
+        self.started(ctx.user, ctx.eff.cooldown);
+        if let Err(e) = resp.defer().await {
+            warn!(error = %e, "could not defer the response");
+            self.refund(charge).await;
+            return;
+        }
+        let job = PhotoJob {
+            url,
+            filename: photo.filename.clone(),
+            edit,
+            prompt,
+        };
+        let bot = self.clone();
+        let guard = self.inflight.enter();
+        let user = ctx.user;
+        tokio::spawn(async move {
+            let _guard = guard;
+            if let Err(Refused(text)) = bot.follow_photo(&resp, user, job).await {
+                bot.refund(charge).await;
+                if let Some(text) = text {
+                    resp.fail_privately(&text).await;
+                }
+            }
+        });
+    }
+
+    /// Wait for the job while showing its queue position.
+    async fn wait(
+        &self,
+        resp: &Responder,
+        job: JobHandle,
+        shown: &mut Option<String>,
+    ) -> Result<Output, EngineError> {
         let id = job.id;
-        let started = Instant::now();
         let wait = job.wait();
         tokio::pin!(wait);
         let mut tick = tokio::time::interval(Duration::from_millis(
             self.cfg.progress_interval_ms.max(100),
         ));
-        let mut shown: Option<String> = None;
-        let result = loop {
+        loop {
             tokio::select! {
-                r = &mut wait => break r,
+                r = &mut wait => return r,
                 _ = tick.tick() => {
                     // Worth a message only when others are ahead; after
                     // that, each change until it runs.
@@ -441,100 +929,306 @@ impl Bot {
                     };
                     if shown.as_ref() != Some(&text) {
                         resp.progress(&text).await;
-                        shown = Some(text);
+                        *shown = Some(text);
                     }
                 }
             }
-        };
-        let reply = match result {
-            Ok(out) => self.result_reply(&resp, user, out, then).await,
-            Err(e) => Reply {
-                content: format!("❌ {}", sentence(&e)),
-                ..Default::default()
-            },
-        };
-        match resp.finish(&reply).await {
-            Ok(()) => info!(
-                user,
-                job = id.0,
-                ms = started.elapsed().as_millis() as u64,
-                "delivered"
-            ),
-            Err(e) => error!(user, job = id.0, error = %e, "could not deliver a result"),
         }
     }
 
-    async fn result_reply(
+    /// Wait for the job, then deliver.
+    async fn follow(
+        &self,
+        resp: Responder,
+        user: u64,
+        job: JobHandle,
+        then: Then,
+        charge: Option<Charge>,
+    ) {
+        let id = job.id;
+        let started = Instant::now();
+        let result = self.wait(&resp, job, &mut None).await;
+        let reply = match result {
+            Ok(out) => self.result_reply(&resp, user, out, then).await,
+            Err(e) => {
+                self.refund(charge).await;
+                Reply {
+                    content: format!("❌ {}", sentence(&e)),
+                    ..Default::default()
+                }
+            }
+        };
+        self.deliver(&resp, user, &reply, id.0, started).await
+    }
+
+    async fn deliver(&self, resp: &Responder, user: u64, reply: &Reply, job: u64, t: Instant) {
+        match resp.finish(reply).await {
+            Ok(()) => info!(user, job, ms = t.elapsed().as_millis() as u64, "delivered"),
+            Err(e) => error!(user, job, error = %e, "could not deliver a result"),
+        }
+    }
+
+    /// Download, check, invert and maybe edit a photo, then deliver. `Err`:
+    /// nothing was made (the quota is given back); with a text, the
+    /// refusal still to be said.
+    async fn follow_photo(
         &self,
         resp: &Responder,
         user: u64,
-        out: crate::engine::Output,
-        then: Then,
+        job: PhotoJob,
+    ) -> Result<(), Refused> {
+        let started = Instant::now();
+        let bytes = self.fetcher.download(job.url).await.map_err(Refused::say)?;
+        let max = self.fetcher.limits.max_pixels;
+        let prepared = tokio::task::spawn_blocking(move || attach::prepare(&bytes, max))
+            .await
+            .map_err(|e| {
+                Refused::say(format!("Reading the photo failed on the bot's side ({e})."))
+            })?
+            .map_err(Refused::say)?;
+        let mut notes = prepared.notes;
+        notes.insert(0, PHOTO_NOTE.to_string());
+        let mut shown = None;
+        let invert = self
+            .engine
+            .submit(
+                user,
+                Request::Invert {
+                    image: prepared.png,
+                },
+            )
+            .map_err(|e| Refused::say(sentence(&e)))?;
+        let job_id = invert.id.0;
+        let out = match self.wait(resp, invert, &mut shown).await {
+            Ok(out) => out,
+            Err(e) => {
+                let reply = Reply {
+                    content: format!("❌ {}", sentence(&e)),
+                    ..Default::default()
+                };
+                self.deliver(resp, user, &reply, job_id, started).await;
+                return Err(Refused(None));
+            }
+        };
+        let Some(latent) = out.latents.first().map(|(_, l)| l.clone()) else {
+            return Err(Refused::say(
+                "The photo gave no face; please try another one.",
+            ));
+        };
+        let photo = self
+            .save(
+                user,
+                String::new(),
+                Origin::Photo {
+                    filename: job.filename.clone(),
+                },
+                None,
+                vec![latent.clone()],
+            )
+            .await;
+        let Some((instruction, strength)) = job.edit else {
+            let reply = self
+                .new_reply(resp, photo, out.images, Some(&notes.join("\n")))
+                .await;
+            self.deliver(resp, user, &reply, job_id, started).await;
+            return Ok(());
+        };
+        let parent = photo.as_ref().ok().map(|r| Ref { id: r.id, index: 0 });
+        let request = Request::Edit {
+            latent: LatentRef::Data(latent),
+            instruction: instruction.clone(),
+            strength,
+            layers: Layers::All,
+        };
+        let edit = match self.engine.submit(user, request) {
+            Ok(j) => j,
+            Err(e) => {
+                // The photo itself is stored and current: say so, with it.
+                notes.push(format!("The edit could not start: {}", sentence(&e)));
+                let reply = self
+                    .new_reply(resp, photo, out.images, Some(&notes.join("\n")))
+                    .await;
+                self.deliver(resp, user, &reply, job_id, started).await;
+                return Ok(());
+            }
+        };
+        let out = match self.wait(resp, edit, &mut shown).await {
+            Ok(out) => out,
+            Err(e) => {
+                let reply = Reply {
+                    content: format!("❌ {}", sentence(&e)),
+                    ..Default::default()
+                };
+                self.deliver(resp, user, &reply, job_id, started).await;
+                return Ok(());
+            }
+        };
+        let rec = self
+            .save(
+                user,
+                job.prompt,
+                Origin::Edit {
+                    instruction,
+                    strength,
+                },
+                parent,
+                out.latents.into_iter().map(|(_, l)| l).collect(),
+            )
+            .await;
+        let reply = self
+            .new_reply(resp, rec, out.images, Some(&notes.join("\n")))
+            .await;
+        self.deliver(resp, user, &reply, job_id, started).await;
+        Ok(())
+    }
+
+    /// Store a new result and make its first image the user's current one.
+    /// `Err` carries the unsaved record, for its text.
+    async fn save(
+        &self,
+        user: u64,
+        prompt: String,
+        origin: Origin,
+        parent: Option<Ref>,
+        latents: Vec<Latent>,
+    ) -> Result<Arc<Record>, Record> {
+        let rec = Record {
+            id: 0,
+            owner: user,
+            created_unix: unix_now(),
+            prompt,
+            origin,
+            parent,
+            latents,
+        };
+        let store = self.store.clone();
+        let pending = rec.clone();
+        let saved = match tokio::task::spawn_blocking(move || store.insert(pending, user, 0)).await
+        {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        saved.map_err(|why| {
+            error!(error = %why, "saving a result failed");
+            rec
+        })
+    }
+
+    /// The message for a new result (saved or not).
+    async fn new_reply(
+        &self,
+        resp: &Responder,
+        saved: Result<Arc<Record>, Record>,
+        images: Vec<Vec<u8>>,
+        note: Option<&str>,
     ) -> Reply {
-        let (rec, shown, note) = match then {
+        let png = self.png(resp, images).await;
+        match (saved, png) {
+            (Ok(rec), Ok(png)) => Reply {
+                content: render::result_content(&rec, None, note),
+                components: render::buttons(&rec, None),
+                file: Some((format!("clip2gan-{}.png", rec.id), png)),
+            },
+            // Deliver the image anyway, without buttons that would point
+            // at nothing.
+            (Err(rec), png) => Reply {
+                content: format!(
+                    "{}\n(This image could not be saved, so it cannot be edited.)",
+                    render::result_content(&rec, None, note)
+                ),
+                components: Vec::new(),
+                file: png.ok().map(|p| ("clip2gan.png".into(), p)),
+            },
+            (Ok(_), Err(e)) => Reply {
+                content: format!("❌ {e}"),
+                ..Default::default()
+            },
+        }
+    }
+
+    async fn result_reply(&self, resp: &Responder, user: u64, out: Output, then: Then) -> Reply {
+        match then {
             Then::New {
                 prompt,
                 origin,
                 parent,
             } => {
-                let rec = Record {
-                    id: 0,
-                    owner: user,
-                    created_unix: unix_now(),
-                    prompt,
-                    origin,
-                    parent,
-                    latents: out.latents.into_iter().map(|(_, l)| l).collect(),
-                };
-                let note = out.truncated_prompt.then(|| {
-                    "Note: CLIP reads 77 tokens; the end of the prompt was ignored.".to_string()
-                });
-                let store = self.store.clone();
-                let pending = rec.clone();
-                let saved =
-                    match tokio::task::spawn_blocking(move || store.insert(pending, user, 0)).await
-                    {
-                        Ok(r) => r.map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()),
-                    };
-                match saved {
-                    Ok(rec) => (rec, None, note),
-                    Err(why) => {
-                        error!(error = %why, "saving a result failed");
-                        // Deliver the image anyway, without buttons that
-                        // would point at nothing.
-                        let png = self.png(resp, out.images).await;
-                        return Reply {
-                            content: format!(
-                                "{}\n(This image could not be saved, so it cannot be edited.)",
-                                render::result_content(&rec, None, note.as_deref())
-                            ),
-                            components: Vec::new(),
-                            png: png.ok().map(|p| ("clip2gan.png".into(), p)),
-                        };
-                    }
-                }
+                let note = out
+                    .truncated_prompt
+                    .then_some("Note: CLIP reads 77 tokens; the end of the prompt was ignored.");
+                let latents = out.latents.into_iter().map(|(_, l)| l).collect();
+                let saved = self.save(user, prompt, origin, parent, latents).await;
+                self.new_reply(resp, saved, out.images, note).await
             }
-            Then::Show { r, note } => match self.store.get(r.id) {
-                Some(rec) => (rec, Some(r.index), Some(note)),
-                None => {
+            Then::Show { r, note } => {
+                let Some(rec) = self.store.get(r.id) else {
                     return Reply {
                         content: GONE.into(),
                         ..Default::default()
-                    }
+                    };
+                };
+                match self.png(resp, out.images).await {
+                    Ok(png) => Reply {
+                        content: render::result_content(&rec, Some(r.index), Some(&note)),
+                        components: render::buttons(&rec, Some(r.index)),
+                        file: Some((format!("clip2gan-{}.png", rec.id), png)),
+                    },
+                    Err(e) => Reply {
+                        content: format!("❌ {e}"),
+                        ..Default::default()
+                    },
                 }
-            },
-        };
-        match self.png(resp, out.images).await {
-            Ok(png) => Reply {
-                content: render::result_content(&rec, shown, note.as_deref()),
-                components: render::buttons(&rec, shown),
-                png: Some((format!("clip2gan-{}.png", rec.id), png)),
-            },
-            Err(e) => Reply {
-                content: format!("❌ {e}"),
-                ..Default::default()
-            },
+            }
+            Then::Morph { a, b, frames } => {
+                let limit = resp.size_limit;
+                let Some(gif) = out.images.into_iter().next() else {
+                    return Reply {
+                        content: "❌ The morph produced no animation.".into(),
+                        ..Default::default()
+                    };
+                };
+                let full = gif.len();
+                let fitted = tokio::task::spawn_blocking(move || render::fit_gif(gif, limit))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r);
+                match fitted {
+                    Ok(gif) => {
+                        let note = (gif.len() < full).then_some(
+                            "Shown at a smaller size, to fit Discord's upload limit here.",
+                        );
+                        Reply {
+                            content: render::morph_content(user, a, b, frames, note),
+                            components: Vec::new(),
+                            file: Some((format!("clip2gan-morph-{}-{}.gif", a.id, b.id), gif)),
+                        }
+                    }
+                    Err(e) => Reply {
+                        content: format!("❌ {e}"),
+                        ..Default::default()
+                    },
+                }
+            }
+            Then::History { refs } => {
+                let lines: Vec<String> = refs
+                    .iter()
+                    .map(|r| match self.store.get(r.id) {
+                        Some(rec) => render::describe(&rec, r.index),
+                        None => format!("#{} (no longer stored)", r.id),
+                    })
+                    .collect();
+                match self.png(resp, out.images).await {
+                    Ok(png) => Reply {
+                        content: render::history_content(user, &lines),
+                        components: render::history_buttons(&refs),
+                        file: Some(("clip2gan-history.png".into(), png)),
+                    },
+                    Err(e) => Reply {
+                        content: format!("❌ {e}"),
+                        ..Default::default()
+                    },
+                }
+            }
         }
     }
 
@@ -546,7 +1240,16 @@ impl Bot {
     }
 }
 
-fn edit_modal(r: Ref, max_chars: usize) -> CreateModal {
+/// A photo job that made nothing; the text, if any, is still to be said.
+struct Refused(Option<String>);
+
+impl Refused {
+    fn say(text: impl Into<String>) -> Self {
+        Refused(Some(text.into()))
+    }
+}
+
+fn text_inputs(max_chars: usize) -> Vec<CreateActionRow> {
     let instruction = CreateInputText::new(InputTextStyle::Short, "What to change", "instruction")
         .placeholder("add smile, make older, remove beard…")
         .max_length(max_chars.min(4000) as u16)
@@ -555,10 +1258,20 @@ fn edit_modal(r: Ref, max_chars: usize) -> CreateModal {
         .placeholder("1")
         .max_length(8)
         .required(false);
-    CreateModal::new(Action::EditSubmit.custom_id(r), "Edit this image").components(vec![
+    vec![
         CreateActionRow::InputText(instruction),
         CreateActionRow::InputText(strength),
-    ])
+    ]
+}
+
+fn edit_modal(r: Ref, max_chars: usize) -> CreateModal {
+    CreateModal::new(Action::EditSubmit.custom_id(r), "Edit this image")
+        .components(text_inputs(max_chars))
+}
+
+fn photo_modal(key: u64, max_chars: usize) -> CreateModal {
+    CreateModal::new(format!("{PHOTO_MODAL}{key}"), "Edit this face")
+        .components(text_inputs(max_chars))
 }
 
 /// An engine error as a reply: its message, capitalised, with a full stop.
@@ -583,4 +1296,16 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_read_naturally() {
+        assert_eq!(wait_text(40), "40 s");
+        assert_eq!(wait_text(600), "10 min");
+        assert_eq!(wait_text(86_399), "23 h 59 min");
+    }
 }

@@ -1,21 +1,27 @@
 //! The Discord bot (`clip2gan bot`): slash commands `/imagine`, `/edit`,
-//! `/undo` and buttons on each result, served through the inference engine.
-//! It knows the engine's plain types only (prompts, latents as numbers,
-//! PNG bytes), never tensors.
+//! `/undo`, `/morph`, `/history` and `/settings`, the message command
+//! "Edit this face", and buttons on each result, served through the
+//! inference engine. It knows the engine's plain types only (prompts,
+//! latents as numbers, PNG bytes), never tensors.
 //!
 //! - [`config`]: the `[discord]` and `[bot]` settings and the token.
 //! - [`commands`]: registration payloads; options parsed and checked.
 //! - [`handlers`]: what each interaction does, queue feedback, delivery.
 //! - [`respond`]: answering one interaction, with retries.
 //! - [`render`]: message text (escaped echoes), buttons, the attached image.
-//! - [`store`]: results and per-user undo history, in memory and on disk.
+//! - [`store`]: results, per-user undo history, server settings and quotas,
+//!   in memory and on disk.
+//! - [`guild`]: the settings server admins control, merged with the config.
+//! - [`attach`]: downloading and checking the photos users send.
 //! - [`inflight`]: counting answers in progress, for graceful shutdown.
 //!
 //! [`run`] drives the serenity client until a shutdown signal; [`serve`]
 //! is the whole `clip2gan bot` command (models, engine, signals, run).
 
+pub mod attach;
 pub mod commands;
 pub mod config;
+pub mod guild;
 mod handlers;
 pub mod inflight;
 pub mod render;
@@ -34,8 +40,9 @@ use serenity::all::{
 };
 use tracing::{error, info, warn};
 
-use crate::engine::{Engine, PipelineBackend};
+use crate::engine::Engine;
 
+use attach::{AllowList, Fetcher, Photo};
 pub use config::{BotConfig, DiscordConfig, Token};
 use inflight::InFlight;
 use respond::Retry;
@@ -56,6 +63,29 @@ pub enum BotError {
     Engine(String),
 }
 
+/// The time daily quotas are counted in: unix seconds. The bot uses the
+/// system clock; tests pass their own, so a day can pass in an instant.
+pub trait Clock: Send + Sync + 'static {
+    fn now_unix(&self) -> u64;
+}
+
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_unix(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+}
+
+/// A photo picked with "Edit this face", waiting for its edit dialog.
+struct PendingPhoto {
+    photo: Photo,
+    user: u64,
+    since: Instant,
+}
+
 /// Shared by every handler.
 pub(crate) struct Bot {
     engine: Arc<Engine>,
@@ -63,6 +93,9 @@ pub(crate) struct Bot {
     cfg: BotConfig,
     discord: DiscordConfig,
     retry: Retry,
+    fetcher: Fetcher,
+    clock: Arc<dyn Clock>,
+    pending: DashMap<u64, PendingPhoto>,
     cooldowns: DashMap<u64, Instant>,
     /// Set at shutdown: new interactions are refused politely.
     closing: AtomicBool,
@@ -123,8 +156,28 @@ pub async fn run(
     engine: Arc<Engine>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), BotError> {
+    run_with_clock(settings, token, engine, shutdown, Arc::new(SystemClock)).await
+}
+
+/// [`run`] with another clock for the daily quotas.
+pub async fn run_with_clock(
+    settings: Settings,
+    token: Token,
+    engine: Arc<Engine>,
+    shutdown: impl Future<Output = ()> + Send,
+    clock: Arc<dyn Clock>,
+) -> Result<(), BotError> {
     let Settings { discord, bot: cfg } = settings;
     cfg.validate()?;
+    let fetcher = Fetcher::new(
+        AllowList::parse(&discord.attachment_hosts).map_err(BotError::Config)?,
+        attach::Limits {
+            max_bytes: cfg.max_attachment_bytes,
+            max_pixels: cfg.max_image_pixels,
+            timeout: Duration::from_millis(cfg.attachment_timeout_ms),
+        },
+    )
+    .map_err(BotError::Config)?;
     let (path, depth, max) = (cfg.store_path.clone(), cfg.history_depth, cfg.max_latents);
     let opened = tokio::task::spawn_blocking(move || Store::open(&path, depth, max))
         .await
@@ -157,6 +210,9 @@ pub async fn run(
         },
         cfg,
         discord,
+        fetcher,
+        clock,
+        pending: DashMap::new(),
         cooldowns: DashMap::new(),
         closing: AtomicBool::new(false),
         inflight: Arc::new(InFlight::default()),
@@ -201,8 +257,20 @@ pub async fn run(
         let _ = gateway.await;
     }
     // Every store write is already committed (fsynced); the file closes when
-    // the last handler lets go of it.
+    // the last handler lets go of it. serenity's shard tasks drop the event
+    // handler (and with it the store) a moment after the gateway task ends:
+    // wait for that, so the file is closed when `run` returns and a restart
+    // in the same process can open it again.
+    let store = bot.store.clone();
     drop(bot);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Arc::strong_count(&store) > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if Arc::strong_count(&store) > 1 {
+        warn!("the results store is still in use; it closes when the last handler ends");
+    }
+    drop(store);
     info!("stopped");
     outcome
 }
@@ -215,21 +283,14 @@ pub async fn serve(cfg: crate::config::Config, token: Token) -> Result<(), BotEr
         bot: cfg.bot.clone(),
     };
     settings.bot.validate()?;
+    AllowList::parse(&settings.discord.attachment_hosts).map_err(BotError::Config)?;
     let output_size = cfg.engine.output_size;
     crate::image_io::check_size(output_size, 1024).map_err(|e| BotError::Config(e.to_string()))?;
     let engine_cfg = cfg.engine.clone();
     info!("loading the models");
     let engine = tokio::task::spawn_blocking(move || {
         Engine::start(engine_cfg, move || {
-            let dev = crate::device::select(&cfg.device)?;
-            let (pipeline, warnings) = crate::pipeline::Pipeline::load(&cfg, &dev)?;
-            for w in warnings {
-                warn!("{w}");
-            }
-            Ok(PipelineBackend {
-                pipeline,
-                output_size,
-            })
+            crate::engine::growing::open(&cfg, output_size)
         })
     })
     .await

@@ -1,6 +1,7 @@
 //! What the bot's messages look like: cleaned input, escaped echoes of it,
 //! the text and buttons of a result, and its attached image (a grid for
-//! several images, shrunk until it fits the interaction's size limit).
+//! several images, shrunk until it fits the interaction's size limit); the
+//! `/history` grid and the morph animation likewise.
 
 use serenity::all::{ButtonStyle, CreateActionRow, CreateButton};
 
@@ -11,6 +12,10 @@ use super::store::{Origin, Record, Ref, ResultId};
 pub const MAX_IMAGES: usize = 4;
 /// Discord's limit on a message's text.
 const MAX_CONTENT: usize = 2000;
+/// Most frames of a morph (`/morph frames`, `bot.morph_frames`).
+pub const MAX_MORPH_FRAMES: usize = 32;
+/// Images in the `/history` grid: two rows of "Use N" buttons.
+pub const HISTORY_SHOWN: usize = 8;
 
 /// Prompt text as the model should see it: control and invisible
 /// (zero-width, bidi, soft hyphen) characters removed, whitespace runs
@@ -76,6 +81,12 @@ pub fn blocked<'a>(text: &str, blocklist: &'a [String]) -> Option<&'a str> {
 /// The text of a message showing a result (or one image of it).
 pub fn result_content(rec: &Record, shown: Option<usize>, note: Option<&str>) -> String {
     let prompt = escape(&rec.prompt);
+    // Lines that began with a photo have no prompt.
+    let prompt_part = if rec.prompt.is_empty() {
+        String::new()
+    } else {
+        format!("prompt: {prompt} · ")
+    };
     let mut head = match &rec.origin {
         Origin::Imagine { seed, count } => format!(
             "**/imagine** {prompt}\nseed `{seed}` · {count} image{} · result #{}",
@@ -86,14 +97,19 @@ pub fn result_content(rec: &Record, shown: Option<usize>, note: Option<&str>) ->
             instruction,
             strength,
         } => format!(
-            "**/edit** {} · strength `{strength}` · of {}\nprompt: {prompt} · result #{}",
+            "**/edit** {} · strength `{strength}` · of {}\n{prompt_part}result #{}",
             escape(instruction),
             parent_text(rec.parent),
             rec.id
         ),
         Origin::Variations { seed } => format!(
-            "**Variations** of {} · seed `{seed}`\nprompt: {prompt} · result #{}",
+            "**Variations** of {} · seed `{seed}`\n{prompt_part}result #{}",
             parent_text(rec.parent),
+            rec.id
+        ),
+        Origin::Photo { filename } => format!(
+            "**Photo** `{}` as a face · result #{}",
+            escape(&clean_input(filename)),
             rec.id
         ),
     };
@@ -117,7 +133,7 @@ fn parent_text(p: Option<Ref>) -> String {
 
 /// Cut to Discord's limit on a character boundary (an escape is never split
 /// from its character, so nothing unescaped can appear at the cut).
-fn truncate(s: String) -> String {
+pub fn truncate(s: String) -> String {
     if s.chars().count() <= MAX_CONTENT {
         return s;
     }
@@ -184,6 +200,33 @@ impl Action {
         }
         Some((action, Ref { id, index }))
     }
+}
+
+/// The Morph button's id carries both images: `c2g:morph:A:i:B:j`.
+pub fn morph_id(a: Ref, b: Ref) -> String {
+    format!("{PREFIX}:morph:{}:{}:{}:{}", a.id, a.index, b.id, b.index)
+}
+
+pub fn parse_morph(id: &str) -> Option<(Ref, Ref)> {
+    let rest = id.strip_prefix(PREFIX)?.strip_prefix(":morph:")?;
+    let v: Vec<u64> = rest
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let [a, ai, b, bi] = v[..] else { return None };
+    if ai as usize >= MAX_IMAGES || bi as usize >= MAX_IMAGES {
+        return None;
+    }
+    Some((
+        Ref {
+            id: a,
+            index: ai as usize,
+        },
+        Ref {
+            id: b,
+            index: bi as usize,
+        },
+    ))
 }
 
 fn button(action: Action, r: Ref, label: &str, style: ButtonStyle) -> CreateButton {
@@ -259,6 +302,143 @@ pub fn buttons(rec: &Record, shown: Option<usize>) -> Vec<CreateActionRow> {
     }
 }
 
+/// A short description of one image, for lists (`/history`).
+pub fn describe(rec: &Record, index: usize) -> String {
+    let short = |s: &str| {
+        let s = clean_input(s);
+        let cut: String = s.chars().take(60).collect();
+        let more = if cut.len() < s.len() { "…" } else { "" };
+        format!("{}{more}", escape(&cut))
+    };
+    let what = match &rec.origin {
+        Origin::Imagine { .. } => format!("/imagine {}", short(&rec.prompt)),
+        Origin::Edit { instruction, .. } => format!("/edit {}", short(instruction)),
+        Origin::Variations { .. } => "a variation".to_string(),
+        Origin::Photo { filename } => format!("photo `{}`", short(filename)),
+    };
+    if rec.latents.len() > 1 {
+        format!("#{} image {}: {what}", rec.id, index + 1)
+    } else {
+        format!("#{}: {what}", rec.id)
+    }
+}
+
+/// The `/history` message: one line per image (newest first).
+pub fn history_content(user: u64, lines: &[String]) -> String {
+    let mut out = format!("**Recent images of <@{user}>**, newest first:\n");
+    for (k, l) in lines.iter().enumerate() {
+        out.push_str(&format!("{}. {l}\n", k + 1));
+    }
+    out.push_str("**Use N** makes one your current image (for `/edit` and the buttons)");
+    if lines.len() >= 2 {
+        out.push_str("; **Morph 2 → 1** animates from the second to the newest");
+    }
+    out.push('.');
+    truncate(out)
+}
+
+/// "Use N" for each image (rows of four), and Morph for the newest two.
+pub fn history_buttons(refs: &[Ref]) -> Vec<CreateActionRow> {
+    let mut rows: Vec<CreateActionRow> = refs
+        .chunks(4)
+        .enumerate()
+        .map(|(row, chunk)| {
+            CreateActionRow::Buttons(
+                chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(k, r)| {
+                        button(
+                            Action::Pick,
+                            *r,
+                            &format!("Use {}", 4 * row + k + 1),
+                            ButtonStyle::Secondary,
+                        )
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    if refs.len() >= 2 {
+        rows.push(CreateActionRow::Buttons(vec![CreateButton::new(morph_id(
+            refs[1], refs[0],
+        ))
+        .label("Morph 2 → 1")
+        .style(ButtonStyle::Primary)]));
+    }
+    rows
+}
+
+/// The morph message's text.
+pub fn morph_content(user: u64, a: Ref, b: Ref, frames: usize, note: Option<&str>) -> String {
+    let mut out = format!(
+        "**Morph** from #{} image {} to #{} image {} · {frames} frames · by <@{user}>",
+        a.id,
+        a.index + 1,
+        b.id,
+        b.index + 1
+    );
+    if let Some(n) = note {
+        out.push('\n');
+        out.push_str(n);
+    }
+    truncate(out)
+}
+
+/// An animated GIF that fits `limit` bytes: the engine's own when it fits,
+/// else its frames halved in size until it does (the motion is the point,
+/// so frames are never dropped).
+pub fn fit_gif(gif: Vec<u8>, limit: u32) -> Result<Vec<u8>, String> {
+    use image::AnimationDecoder;
+    let limit = if limit == 0 { 10 << 20 } else { limit as usize };
+    if gif.len() <= limit {
+        return Ok(gif);
+    }
+    let bad = |e: image::ImageError| format!("the animation could not be re-encoded ({e})");
+    let frames = image::codecs::gif::GifDecoder::new(std::io::Cursor::new(&gif))
+        .map_err(bad)?
+        .into_frames()
+        .collect_frames()
+        .map_err(bad)?;
+    let delay = frames
+        .first()
+        .map(|f| f.delay())
+        .unwrap_or(image::Delay::from_numer_denom_ms(100, 1));
+    let mut images: Vec<image::RgbaImage> = frames.into_iter().map(|f| f.into_buffer()).collect();
+    loop {
+        let w = images.first().map_or(0, |i| i.width());
+        if w <= 16 {
+            return Err(format!(
+                "the animation does not fit Discord's upload limit of {limit} bytes here"
+            ));
+        }
+        images = images
+            .iter()
+            .map(|i| {
+                image::imageops::resize(
+                    i,
+                    i.width() / 2,
+                    i.height() / 2,
+                    image::imageops::FilterType::Triangle,
+                )
+            })
+            .collect();
+        let mut buf = Vec::new();
+        {
+            let mut enc = image::codecs::gif::GifEncoder::new_with_speed(&mut buf, 10);
+            enc.set_repeat(image::codecs::gif::Repeat::Infinite)
+                .map_err(bad)?;
+            for img in &images {
+                enc.encode_frame(image::Frame::from_parts(img.clone(), 0, 0, delay))
+                    .map_err(bad)?;
+            }
+        }
+        if buf.len() <= limit {
+            return Ok(buf);
+        }
+    }
+}
+
 /// One PNG for the message: the image itself, or a grid of several; halved
 /// until it fits `limit` bytes (Discord refuses larger uploads).
 pub fn compose_png(images: &[Vec<u8>], limit: u32) -> Result<Vec<u8>, String> {
@@ -321,6 +501,30 @@ mod tests {
         ] {
             assert_eq!(Action::parse(&a.custom_id(r)), Some((a, r)));
             assert!(a.custom_id(r).len() <= 100, "Discord's limit");
+        }
+        let (a, b) = (Ref { id: 7, index: 0 }, Ref { id: 9, index: 3 });
+        assert_eq!(parse_morph(&morph_id(a, b)), Some((a, b)));
+        assert!(
+            morph_id(
+                Ref {
+                    id: u64::MAX,
+                    index: 3
+                },
+                Ref {
+                    id: u64::MAX,
+                    index: 3
+                }
+            )
+            .len()
+                <= 100
+        );
+        for bad in [
+            "c2g:morph:1:0:2",
+            "c2g:morph:1:0:2:4",
+            "c2g:morph:1:0:2:0:0",
+            "c2g:var:1:0",
+        ] {
+            assert_eq!(parse_morph(bad), None, "{bad}");
         }
         for bad in [
             "",

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serenity::all::{
     Builder, CreateActionRow, CreateAllowedMentions, CreateAttachment, CreateInteractionResponse,
-    CreateInteractionResponseMessage, CreateModal, EditInteractionResponse, Http, InteractionId,
+    CreateInteractionResponseFollowup, CreateInteractionResponseMessage, CreateModal,
+    EditInteractionResponse, Http, InteractionId,
 };
 use tracing::{debug, warn};
 
@@ -34,7 +35,8 @@ pub struct Responder {
 pub struct Reply {
     pub content: String,
     pub components: Vec<CreateActionRow>,
-    pub png: Option<(String, Vec<u8>)>,
+    /// The attached image: file name (its extension gives the type) and bytes.
+    pub file: Option<(String, Vec<u8>)>,
 }
 
 /// No message of the bot may ping anyone: user text is echoed in them.
@@ -117,7 +119,7 @@ impl Responder {
                 .content(&reply.content)
                 .components(reply.components.clone())
                 .allowed_mentions(no_mentions());
-            if let Some((name, bytes)) = &reply.png {
+            if let Some((name, bytes)) = &reply.file {
                 edit = edit.new_attachment(CreateAttachment::bytes(bytes.clone(), name.clone()));
             }
             match edit.execute(&self.http, &self.token).await {
@@ -137,6 +139,35 @@ impl Responder {
                     attempt += 1;
                 }
                 Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A refusal found after the response was deferred (a photo that
+    /// could not be downloaded or read): said only to the user, in an
+    /// ephemeral follow-up, and the public "thinking…" message is removed.
+    /// If the follow-up cannot be sent, the text goes in the message itself,
+    /// so the user is never left waiting.
+    pub async fn fail_privately(&self, text: &str) {
+        let followup = CreateInteractionResponseFollowup::new()
+            .content(text)
+            .ephemeral(true)
+            .allowed_mentions(no_mentions());
+        match followup.execute(&self.http, (None, &self.token)).await {
+            Ok(_) => {
+                if let Err(e) = self.delete_message().await {
+                    debug!(error = %e, "could not remove the deferred message");
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "ephemeral follow-up failed; answering in the message");
+                let reply = Reply {
+                    content: format!("❌ {text}"),
+                    ..Default::default()
+                };
+                if let Err(e) = self.finish(&reply).await {
+                    warn!(error = %e, "could not answer the interaction");
+                }
             }
         }
     }

@@ -1,6 +1,8 @@
-//! Results and undo history per user: in memory (dashmap) for the handlers,
-//! and in an embedded database on disk so that a restart keeps `/edit`,
-//! `/undo` and the buttons of earlier messages working.
+//! Results and undo history per user, each server's `/settings` and each
+//! member's daily quota: in memory (dashmap) for the handlers, and in an
+//! embedded database on disk so that a restart keeps `/edit`, `/undo`, the
+//! buttons of earlier messages, the settings and the quotas (a restart must
+//! not hand out a fresh quota).
 //!
 //! Why redb: every write is one ACID transaction, fsynced on commit, and a
 //! crash at any point leaves either the old or the new state (copy-on-write
@@ -23,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::Latent;
 
+use super::guild::{GuildSettings, QUOTA_WINDOW_S};
 use super::BotError;
 
 /// A result: the images one job produced (their latents), numbered.
@@ -38,9 +41,22 @@ pub struct Ref {
 /// How a result was made; enough to show it and to reproduce it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Origin {
-    Imagine { seed: u64, count: usize },
-    Edit { instruction: String, strength: f64 },
-    Variations { seed: u64 },
+    Imagine {
+        seed: u64,
+        count: usize,
+    },
+    Edit {
+        instruction: String,
+        strength: f64,
+    },
+    Variations {
+        seed: u64,
+    },
+    /// A photo the user sent, turned into a latent (CLIP image feature ->
+    /// mapper).
+    Photo {
+        filename: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,6 +77,25 @@ pub struct Record {
 const RESULTS: TableDefinition<u64, &[u8]> = TableDefinition::new("results");
 const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Guild id -> its [`GuildSettings`] as JSON.
+const GUILDS: TableDefinition<u64, &[u8]> = TableDefinition::new("guild_settings");
+/// (guild id or 0 for DMs, user) -> (start of the quota window in unix
+/// seconds, jobs charged in it).
+const QUOTA: TableDefinition<(u64, u64), (u64, u32)> = TableDefinition::new("quota");
+
+/// A member's quota window after a charge (or a refusal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub used: u32,
+    pub window_start: u64,
+}
+
+impl Usage {
+    /// When the window ends and the quota is whole again.
+    pub fn resets_at(&self) -> u64 {
+        self.window_start + QUOTA_WINDOW_S
+    }
+}
 
 pub struct Store {
     db: Database,
@@ -69,6 +104,8 @@ pub struct Store {
     max_latents: usize,
     results: DashMap<ResultId, Arc<Record>>,
     history: DashMap<u64, Vec<Ref>>,
+    guilds: DashMap<u64, GuildSettings>,
+    quota: DashMap<(u64, u64), (u64, u32)>,
     /// Eviction order (ids grow with time) and the latent count; also the
     /// lock that serialises writers, so disk and memory change in one order.
     order: Mutex<Order>,
@@ -161,6 +198,8 @@ impl Store {
             max_latents,
             results: DashMap::new(),
             history: DashMap::new(),
+            guilds: DashMap::new(),
+            quota: DashMap::new(),
             order: Mutex::new(Order::default()),
         };
         store.load(&mut warnings)?;
@@ -193,6 +232,21 @@ impl Store {
                 }
                 Err(_) => skipped += 1,
             }
+        }
+        let guilds = txn.open_table(GUILDS).map_err(|x| e(x.into()))?;
+        for item in guilds.iter().map_err(|x| e(x.into()))? {
+            let (k, v) = item.map_err(|x| e(x.into()))?;
+            match serde_json::from_slice::<GuildSettings>(v.value()) {
+                Ok(g) => {
+                    self.guilds.insert(k.value(), g);
+                }
+                Err(_) => skipped += 1,
+            }
+        }
+        let quota = txn.open_table(QUOTA).map_err(|x| e(x.into()))?;
+        for item in quota.iter().map_err(|x| e(x.into()))? {
+            let (k, v) = item.map_err(|x| e(x.into()))?;
+            self.quota.insert(k.value(), v.value());
         }
         let meta = txn.open_table(META).map_err(|x| e(x.into()))?;
         let stored_next = meta
@@ -233,6 +287,23 @@ impl Store {
     pub fn current(&self, user: u64) -> Option<Ref> {
         let h = self.history.get(&user)?;
         h.iter().rev().find(|r| self.latent(**r).is_some()).copied()
+    }
+
+    /// The user's most recent images still stored, newest first, each once.
+    pub fn recent(&self, user: u64, n: usize) -> Vec<Ref> {
+        let Some(h) = self.history.get(&user) else {
+            return Vec::new();
+        };
+        let mut out: Vec<Ref> = Vec::new();
+        for r in h.iter().rev() {
+            if out.len() == n {
+                break;
+            }
+            if !out.contains(r) && self.latent(*r).is_some() {
+                out.push(*r);
+            }
+        }
+        out
     }
 
     pub fn history_len(&self, user: u64) -> usize {
@@ -399,6 +470,73 @@ impl Store {
         Ok(())
     }
 
+    /// A server's own settings (`None`: it follows the config).
+    pub fn guild(&self, guild: u64) -> Option<GuildSettings> {
+        self.guilds.get(&guild).map(|g| g.clone())
+    }
+
+    pub fn set_guild(&self, guild: u64, settings: GuildSettings) -> Result<(), BotError> {
+        let _order = self.lock();
+        let bytes = serde_json::to_vec(&settings).expect("settings serialise");
+        self.write(|t| {
+            t.open_table(GUILDS)?.insert(guild, bytes.as_slice())?;
+            Ok(())
+        })?;
+        self.guilds.insert(guild, settings);
+        Ok(())
+    }
+
+    /// Take one job from a member's daily quota at `now` (unix seconds). A
+    /// window starts with the first job after the last one ended and lasts
+    /// [`QUOTA_WINDOW_S`]. `Ok(Err(usage))`: nothing left (nothing changed).
+    pub fn charge(
+        &self,
+        guild: u64,
+        user: u64,
+        now: u64,
+        quota: u32,
+    ) -> Result<Result<Usage, Usage>, BotError> {
+        let _order = self.lock();
+        let key = (guild, user);
+        let (start, used) = match self.quota.get(&key).map(|v| *v) {
+            Some((start, used)) if now < start + QUOTA_WINDOW_S => (start, used),
+            _ => (now, 0),
+        };
+        if used >= quota {
+            return Ok(Err(Usage {
+                used,
+                window_start: start,
+            }));
+        }
+        self.save_quota(key, (start, used + 1))?;
+        Ok(Ok(Usage {
+            used: used + 1,
+            window_start: start,
+        }))
+    }
+
+    /// Give back a charge whose job produced nothing (a failed download, an
+    /// engine error), if its window is still the current one.
+    pub fn refund(&self, guild: u64, user: u64, window_start: u64) -> Result<(), BotError> {
+        let _order = self.lock();
+        let key = (guild, user);
+        match self.quota.get(&key).map(|v| *v) {
+            Some((start, used)) if start == window_start && used > 0 => {
+                self.save_quota(key, (start, used - 1))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn save_quota(&self, key: (u64, u64), value: (u64, u32)) -> Result<(), BotError> {
+        self.write(|t| {
+            t.open_table(QUOTA)?.insert(key, value)?;
+            Ok(())
+        })?;
+        self.quota.insert(key, value);
+        Ok(())
+    }
+
     fn write(
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<(), DbError>,
@@ -419,6 +557,8 @@ fn init_tables(db: Database, path: &Path) -> Result<Database, BotError> {
         txn.open_table(RESULTS)?;
         txn.open_table(HISTORY)?;
         txn.open_table(META)?;
+        txn.open_table(GUILDS)?;
+        txn.open_table(QUOTA)?;
         txn.commit()?;
         Ok(())
     };
@@ -562,6 +702,34 @@ mod tests {
             s.push(2, Ref { id: c.id, index: 2 }).unwrap();
         }
         assert_eq!(s.history_len(2), 3);
+    }
+
+    #[test]
+    fn settings_and_quota_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let s = Store::open(&path, 3, 5).unwrap().store;
+        let g = GuildSettings {
+            daily_quota: Some(2),
+            words: vec!["x".into()],
+            ..Default::default()
+        };
+        s.set_guild(9, g.clone()).unwrap();
+        let t0 = 1_000_000;
+        assert_eq!(s.charge(9, 1, t0, 2).unwrap().unwrap().used, 1);
+        let second = s.charge(9, 1, t0 + 10, 2).unwrap().unwrap();
+        assert_eq!((second.used, second.window_start), (2, t0));
+        let refused = s.charge(9, 1, t0 + 20, 2).unwrap().unwrap_err();
+        assert_eq!(refused.resets_at(), t0 + QUOTA_WINDOW_S);
+        assert!(s.charge(10, 1, t0, 2).unwrap().is_ok(), "per guild");
+        drop(s);
+        let s = Store::open(&path, 3, 5).unwrap().store;
+        assert_eq!(s.guild(9), Some(g));
+        assert!(s.charge(9, 1, t0 + 30, 2).unwrap().is_err(), "kept");
+        s.refund(9, 1, t0).unwrap();
+        assert!(s.charge(9, 1, t0 + 40, 2).unwrap().is_ok(), "refunded");
+        let next = s.charge(9, 1, t0 + QUOTA_WINDOW_S, 2).unwrap().unwrap();
+        assert_eq!((next.used, next.window_start), (1, t0 + QUOTA_WINDOW_S));
     }
 
     #[test]

@@ -354,11 +354,7 @@ pub fn open_image(path: &Path) -> Result<DynamicImage> {
             err,
         })?;
     let mut reader = reader;
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(16_384);
-    limits.max_image_height = Some(16_384);
-    limits.max_alloc = Some(1 << 30);
-    reader.limits(limits);
+    reader.limits(crate::image_io::decode_limits());
     reader.decode().map_err(|e| {
         Error::invalid(format!(
             "{} is not a readable image ({e}); use PNG, JPEG, WebP, GIF or BMP up to 16384 px a side",

@@ -7,7 +7,7 @@ use std::io::Cursor;
 use candle_core::Tensor;
 use image::RgbImage;
 
-use super::types::{EngineError, Latent, Request};
+use super::types::{EngineError, Latent, Request, Warmup};
 use crate::image_io;
 use crate::pipeline::{EditRequest, ImagineRequest, Pipeline, Rendered};
 
@@ -35,6 +35,15 @@ pub trait Backend: Send + 'static {
     fn latent_shape(&self) -> (usize, usize);
     /// Run requests of one batch kind together; one result per request, in order.
     fn run(&mut self, batch: &[Resolved]) -> Vec<Result<RawOutput, EngineError>>;
+    /// One short piece of background work, done while no job waits (growing
+    /// the mapper's pair bank). Returns whether more remains.
+    fn idle(&mut self) -> bool {
+        false
+    }
+    /// `Some` while the backend cannot serve yet: how far it is.
+    fn warming(&self) -> Option<Warmup> {
+        None
+    }
 }
 
 pub struct PipelineBackend {
@@ -116,6 +125,22 @@ impl PipelineBackend {
                 let a = self.tensor(&job.latents[0])?;
                 let b = self.tensor(&job.latents[1])?;
                 self.output(p.interpolate(&a, &b, *frames).map_err(failed)?, true)
+            }
+            Request::Render { .. } => {
+                let ws = job
+                    .latents
+                    .iter()
+                    .map(|l| self.tensor(l)?.unsqueeze(0).map_err(failed))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let w = Tensor::cat(&ws, 0).map_err(failed)?;
+                let images = p.render(&w).map_err(failed)?;
+                let r = Rendered {
+                    latents: w,
+                    images,
+                    truncated: false,
+                    scores: None,
+                };
+                self.output(r, false)
             }
             _ => {
                 let mut v = self.run_batch(std::slice::from_ref(job))?;

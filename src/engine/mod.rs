@@ -13,8 +13,12 @@
 //!   [`EngineError::ShuttingDown`].
 //! - PNG/GIF encoding happens in the awaiting task (a blocking thread), not
 //!   on the inference thread.
+//! - While no job waits, the worker gives the backend short pieces of
+//!   background work ([`Backend::idle`]); while the backend is warming up
+//!   (no mapper yet), jobs are refused at once with its progress.
 
 pub mod backend;
+pub mod growing;
 pub mod types;
 
 use std::collections::{HashMap, VecDeque};
@@ -27,6 +31,7 @@ use serde::Deserialize;
 use tokio::sync::oneshot;
 
 pub use backend::{Backend, PipelineBackend, RawOutput, Resolved};
+pub use growing::GrowingBackend;
 pub use types::*;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -74,6 +79,8 @@ struct State {
     next_latent: u64,
     shutting_down: bool,
     drain: bool,
+    /// The backend's warm-up progress, as the worker last saw it.
+    warming: Option<Warmup>,
     /// Bounded latent store: insertion order for eviction.
     latents: HashMap<LatentId, Latent>,
     latent_order: VecDeque<LatentId>,
@@ -142,7 +149,10 @@ impl Engine {
                     }
                 };
                 let shared = Arc::new(Shared {
-                    state: Mutex::new(State::default()),
+                    state: Mutex::new(State {
+                        warming: backend.warming(),
+                        ..State::default()
+                    }),
                     wake: Condvar::new(),
                     config: config2,
                     latent_shape: backend.latent_shape(),
@@ -178,6 +188,9 @@ impl Engine {
         let mut s = self.shared.lock();
         if s.shutting_down {
             return Err(EngineError::ShuttingDown);
+        }
+        if let Some(w) = s.warming {
+            return Err(EngineError::WarmingUp(w));
         }
         // The user's own limit first: "wait for your job" is the accurate
         // answer for them even when the queue happens to be full too.
@@ -216,6 +229,16 @@ impl Engine {
 
     pub fn queue_len(&self) -> usize {
         self.shared.lock().queue.len()
+    }
+
+    /// `Some` while the backend warms up (jobs are refused meanwhile).
+    pub fn warming(&self) -> Option<Warmup> {
+        self.shared.lock().warming
+    }
+
+    /// Whether [`Engine::shutdown`] has been called (new jobs are refused).
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.lock().shutting_down
     }
 
     /// Cancel a queued job (running jobs finish). True if it was cancelled.
@@ -411,12 +434,27 @@ fn validate(r: &Request, shape: (usize, usize)) -> Result<(), EngineError> {
             check_latent(a)?;
             check_latent(b)
         }
+        Request::Render { latents } => {
+            if !(1..=MAX_COUNT).contains(&latents.len()) {
+                return bad(format!("render: 1 to {MAX_COUNT} latents"));
+            }
+            latents.iter().try_for_each(check_latent)
+        }
     }
+}
+
+/// What the worker does next.
+enum Next {
+    Batch(Vec<Queued>),
+    /// No job waits and the backend has background work.
+    Idle,
+    Stop,
 }
 
 /// Take the next batch: the oldest job, plus (if batchable) later jobs of
 /// the same kind up to `max_batch` images, waiting up to `max_wait` for them.
-fn next_batch(shared: &Shared) -> Option<Vec<Queued>> {
+/// With an empty queue: [`Next::Idle`] if `idle_work`, else wait for a job.
+fn next_batch(shared: &Shared, idle_work: bool) -> Next {
     let cfg = &shared.config;
     let mut s = shared.lock();
     loop {
@@ -427,9 +465,12 @@ fn next_batch(shared: &Shared) -> Option<Vec<Queued>> {
                 shared.finish(q.user);
                 let _ = q.tx.send(Err(EngineError::ShuttingDown));
             }
-            return None;
+            return Next::Stop;
         }
         if s.queue.is_empty() {
+            if idle_work {
+                return Next::Idle;
+            }
             s = shared.wake.wait(s).unwrap_or_else(|e| e.into_inner());
             continue;
         }
@@ -484,7 +525,7 @@ fn next_batch(shared: &Shared) -> Option<Vec<Queued>> {
                 }
             }
         }
-        return Some(batch);
+        return Next::Batch(batch);
     }
 }
 
@@ -496,7 +537,19 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 }
 
 fn worker<B: Backend>(shared: Arc<Shared>, mut backend: B) {
-    while let Some(batch) = next_batch(&shared) {
+    // Ask once: a backend without background work answers false.
+    let mut idle_work = true;
+    loop {
+        let batch = match next_batch(&shared, idle_work) {
+            Next::Stop => break,
+            Next::Batch(b) => b,
+            Next::Idle => {
+                // A panic in background work ends that work, not the worker.
+                idle_work = catch_unwind(AssertUnwindSafe(|| backend.idle())).unwrap_or(false);
+                shared.lock().warming = backend.warming();
+                continue;
+            }
+        };
         // Resolve latent ids now: an evicted latent fails only its job.
         let mut ready = Vec::new();
         for q in batch {
@@ -552,6 +605,7 @@ fn resolve(shared: &Shared, r: &Request) -> Result<Resolved, EngineError> {
     let latents = match r {
         Request::Edit { latent, .. } | Request::Variations { latent, .. } => vec![get(latent)?],
         Request::Interpolate { a, b, .. } => vec![get(a)?, get(b)?],
+        Request::Render { latents } => latents.iter().map(get).collect::<Result<_, _>>()?,
         _ => Vec::new(),
     };
     Ok(Resolved {

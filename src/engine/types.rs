@@ -60,6 +60,9 @@ pub enum Request {
         b: LatentRef,
         frames: usize,
     },
+    /// Render stored latents as they are (one PNG each): showing an earlier
+    /// result again, or several of them side by side.
+    Render { latents: Vec<LatentRef> },
 }
 
 impl Request {
@@ -78,6 +81,7 @@ impl Request {
             Request::Imagine { candidates, .. } => *candidates,
             Request::Variations { count, .. } => *count,
             Request::Interpolate { frames, .. } => *frames,
+            Request::Render { latents } => latents.len(),
             Request::Edit { .. } | Request::Invert { .. } => 1,
         }
     }
@@ -111,6 +115,33 @@ pub enum EngineError {
     Cancelled,
     #[error("the image service is shutting down; please try again later")]
     ShuttingDown,
+    #[error("{0}")]
+    WarmingUp(Warmup),
     #[error("generation failed: {0}")]
     Failed(String),
+}
+
+/// How far a backend is from serving its first job (e.g. while the first
+/// mapper is being built from generated faces).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Warmup {
+    pub percent: u8,
+    /// Seconds left, once a rate is known.
+    pub eta_s: Option<u64>,
+}
+
+impl std::fmt::Display for Warmup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "warming up: the face model is being built from generated faces ({}%",
+            self.percent
+        )?;
+        match self.eta_s {
+            Some(s) if s >= 90 => write!(f, ", about {} min left", (s + 30) / 60)?,
+            Some(s) => write!(f, ", about {} s left", s.max(1))?,
+            None => {}
+        }
+        write!(f, "); please try again then")
+    }
 }

@@ -28,6 +28,12 @@ pub struct Settings {
     pub variation_xi: f64,
     /// Blend of a seeded random style into the fine layers (colour, texture).
     pub fine_mix: f64,
+    /// Mappers that carry their fit's residuals (the closed-form one): how
+    /// much of a drawn residual each image adds to the prediction (0 = every
+    /// image the prediction, 1 = as much as real faces deviate from it).
+    /// Such mappers take their variety from this instead of `variation_xi`
+    /// and `fine_mix`.
+    pub sample_temperature: f64,
     /// Images per generator call.
     pub max_batch: usize,
     pub noise: NoiseMode,
@@ -39,6 +45,7 @@ impl Default for Settings {
             truncation: 1.0,
             variation_xi: 0.15,
             fine_mix: 0.5,
+            sample_temperature: 0.8,
             max_batch: 8,
             noise: NoiseMode::Fixed,
         }
@@ -106,6 +113,23 @@ pub struct Pipeline {
     pub settings: Settings,
 }
 
+/// The configured mapper, checked against the loaded CLIP and generator;
+/// warnings (e.g. a differently named CLIP) for the caller to show.
+pub fn load_mapper(
+    cfg: &crate::config::Config,
+    clip: &Clip,
+    generator: &dyn Generator,
+) -> Result<(Mapper, Vec<String>)> {
+    let compat = crate::mapper::Compat {
+        clip_model: &cfg.clip.model,
+        clip_dim: clip.embed_dim(),
+        generator: generator.id(),
+        num_styles: generator.num_styles(),
+        w_dim: generator.w_dim(),
+    };
+    Mapper::load(&cfg.mapper_path(), &compat, generator.device())
+}
+
 /// LAFITE's perturbation: `normalise((1 - xi) e + xi n / |n|)`.
 pub fn perturb(e: &Tensor, xi: f64, seed: u64) -> Result<Tensor> {
     let (n, d) = e.dims2()?;
@@ -118,19 +142,21 @@ impl Pipeline {
     /// checking that the mapper fits the other two. Warnings (e.g. a mapper
     /// trained with a differently named CLIP) are returned for display.
     pub fn load(cfg: &crate::config::Config, device: &Device) -> Result<(Pipeline, Vec<String>)> {
-        let mapper_path = cfg.mapper_path();
         // Cheap checks first: a missing mapper should not cost a CLIP download.
-        crate::mapper::read_meta(&mapper_path)?;
+        crate::mapper::read_meta(&cfg.mapper_path())?;
         let clip = Clip::load(&cfg.clip_files()?, device)?;
         let generator = crate::generator::open(cfg, device, true)?;
-        let compat = crate::mapper::Compat {
-            clip_model: &cfg.clip.model,
-            clip_dim: clip.embed_dim(),
-            generator: generator.id(),
-            num_styles: generator.num_styles(),
-            w_dim: generator.w_dim(),
-        };
-        let (mapper, warnings) = Mapper::load(&mapper_path, &compat, device)?;
+        Self::assemble(cfg, clip, generator)
+    }
+
+    /// The pipeline of loaded models and the configured mapper (checked
+    /// against them).
+    pub fn assemble(
+        cfg: &crate::config::Config,
+        clip: Clip,
+        generator: Box<dyn Generator>,
+    ) -> Result<(Pipeline, Vec<String>)> {
+        let (mapper, warnings) = load_mapper(cfg, &clip, generator.as_ref())?;
         Ok((
             Pipeline {
                 clip,
@@ -196,6 +222,17 @@ impl Pipeline {
             let e = text.narrow(0, i, 1)?;
             // Candidate k uses seed + k everywhere, so one image of a batch
             // equals the same seed asked alone.
+            let seeds: Vec<u64> = (0..r.candidates as u64)
+                .map(|k| r.seed.wrapping_add(k))
+                .collect();
+            let rows = e.broadcast_as((r.candidates, e.dim(1)?))?.contiguous()?;
+            if let Some(w) = self
+                .mapper
+                .sample(&rows, &seeds, self.settings.sample_temperature)?
+            {
+                wplus.push(g.truncate(&w, self.check_truncation(r.truncation)?)?);
+                continue;
+            }
             let es = (0..r.candidates)
                 .map(|k| {
                     perturb(
@@ -205,7 +242,7 @@ impl Pipeline {
                     )
                 })
                 .collect::<Result<Vec<_>>>()?;
-            let mut w = self.mapper.forward(&Tensor::cat(&es, 0)?)?;
+            let mut w = self.mapper.forward_text(&Tensor::cat(&es, 0)?)?;
             if self.settings.fine_mix > 0.0 && !fine.is_empty() {
                 let z = z_for_seeds(r.seed, r.candidates, g.z_dim(), self.device())?;
                 let rand = g
@@ -270,7 +307,7 @@ impl Pipeline {
         }
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let (e, _) = self.clip.encode_text(&refs)?;
-        let w = self.mapper.forward(&e)?; // [2n, S, D], target/neutral interleaved
+        let w = self.mapper.forward_text(&e)?; // [2n, S, D], target/neutral interleaved
         let (s, d) = (w.dim(1)?, w.dim(2)?);
         let pairs = w.reshape((instructions.len(), 2, s, d))?;
         Ok((pairs.narrow(1, 0, 1)? - pairs.narrow(1, 1, 1)?)?.squeeze(1)?)

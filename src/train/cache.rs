@@ -30,6 +30,10 @@ pub const MANIFEST: &str = "manifest.json";
 const VERSION: u32 = 1;
 /// Stream family of cached pairs (eval samples use another).
 pub const DOMAIN: &str = "pair";
+/// Pairs rendered per step: the generator runs them in `gen_batch` chunks,
+/// CLIP's image encoder takes them at once (per image it costs about half
+/// at batch 8 what it costs at batch 1 on a CPU).
+const EMBED_BATCH: usize = 8;
 
 /// What the pairs depend on. A cache is reused only under an equal key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,6 +128,156 @@ pub struct Renderer<'a> {
     pub spec: SampleSpec,
 }
 
+/// A pair cache being read or grown: the complete chunks on disk, plus the
+/// pairs rendered since the last chunk was written. [`ensure`] grows it to a
+/// size in one go; the engine grows it a few pairs at a time while idle.
+pub struct Bank {
+    dir: PathBuf,
+    manifest: Manifest,
+    /// Pairs of the chunks on disk, in order, then the pending ones.
+    parts: Vec<PairSet>,
+    /// Pairs in `parts` that are not in a chunk file yet.
+    pending: usize,
+    chunk_pairs: usize,
+}
+
+impl Bank {
+    /// Open the cache in `dir` for `key`: the listed chunks are checked and
+    /// loaded (at most `limit` pairs' worth), unusable ones and strays
+    /// removed; a cache of other settings is started anew.
+    pub fn open(
+        dir: &Path,
+        key: &CacheKey,
+        limit: usize,
+        chunk_pairs: usize,
+        quiet: bool,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|err| Error::Write {
+            path: dir.to_path_buf(),
+            err,
+        })?;
+        let fresh = Manifest {
+            key: key.clone(),
+            chunks: Vec::new(),
+        };
+        let mut manifest = match read_manifest(dir)? {
+            Some(m) if m.key == *key => m,
+            Some(m) => {
+                note(
+                    quiet,
+                    &format!(
+                        "the pair cache in {} was built with other settings ({}); rebuilding it",
+                        dir.display(),
+                        key_changes(&m.key, key)
+                    ),
+                );
+                fresh
+            }
+            None => fresh,
+        };
+        // Load listed chunks in order while they are intact and needed.
+        let mut parts: Vec<PairSet> = Vec::new();
+        let mut covered = 0usize;
+        let mut kept = Vec::new();
+        for c in &manifest.chunks {
+            if covered >= limit {
+                kept.push(c.clone());
+                continue;
+            }
+            match load_chunk(dir, c, covered as u64) {
+                Ok(p) => {
+                    covered += p.len();
+                    parts.push(p);
+                    kept.push(c.clone());
+                }
+                Err(e) => {
+                    note(quiet, &format!("pair cache chunk {} is unusable ({e}); rendering from pair {covered} again", c.file));
+                    break;
+                }
+            }
+        }
+        manifest.chunks = kept;
+        write_manifest(dir, &manifest)?;
+        remove_strays(dir, &manifest)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            manifest,
+            parts,
+            pending: 0,
+            chunk_pairs: chunk_pairs.max(1),
+        })
+    }
+
+    /// Pairs in memory (written or pending).
+    pub fn len(&self) -> usize {
+        self.parts.iter().map(PairSet::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Render the next pairs (one CLIP batch, not past `limit`) and write a
+    /// chunk when one is complete or `limit` is reached. Returns the pairs
+    /// rendered.
+    pub fn grow(&mut self, r: &Renderer, limit: usize) -> Result<usize> {
+        let have = self.len();
+        let step = EMBED_BATCH.max(r.spec.gen_batch);
+        let n = step.min(limit.saturating_sub(have));
+        if n == 0 {
+            return Ok(0);
+        }
+        let start = have as u64;
+        let s = data::render_samples(
+            r.g,
+            r.clip,
+            r.key.seed,
+            DOMAIN,
+            start..start + n as u64,
+            &r.spec,
+        )?;
+        crate::generator::check_finite(&s.e, "a CLIP embedding of a rendered pair")?;
+        self.parts.push(PairSet {
+            w: s.codes.w.to_device(&Device::Cpu)?,
+            cross: s.codes.cross,
+            e: s.e.to_device(&Device::Cpu)?,
+        });
+        self.pending += n;
+        if self.pending >= self.chunk_pairs || self.len() >= limit {
+            self.write_pending()?;
+        }
+        Ok(n)
+    }
+
+    /// Write the pending pairs as one chunk and list it in the manifest.
+    fn write_pending(&mut self) -> Result<()> {
+        if self.pending == 0 {
+            return Ok(());
+        }
+        let mut tail = Vec::new();
+        let mut count = 0;
+        while count < self.pending {
+            let p = self.parts.pop().expect("pending pairs are in parts");
+            count += p.len();
+            tail.push(p);
+        }
+        tail.reverse();
+        let chunk = concat(tail, count)?;
+        let first = self.len() as u64;
+        let c = save_chunk(&self.dir, first, &chunk)?;
+        self.manifest.chunks.push(c);
+        write_manifest(&self.dir, &self.manifest)?;
+        self.parts.push(chunk);
+        self.pending = 0;
+        Ok(())
+    }
+
+    /// The first `n` pairs (at most all of them).
+    pub fn pairs(&self, n: usize) -> Result<PairSet> {
+        concat(self.parts.clone(), n.min(self.len()))
+    }
+}
+
 /// The first `total` pairs, from `dir` where possible, rendering (and
 /// saving) what is missing. `None` if `stop` was raised: the complete chunks
 /// stay on disk for the next run.
@@ -135,56 +289,8 @@ pub fn ensure(
     stop: &AtomicBool,
     quiet: bool,
 ) -> Result<Option<(PairSet, CacheStats)>> {
-    std::fs::create_dir_all(dir).map_err(|err| Error::Write {
-        path: dir.to_path_buf(),
-        err,
-    })?;
-    let mut manifest = match read_manifest(dir)? {
-        Some(m) if m.key == r.key => m,
-        Some(m) => {
-            note(
-                quiet,
-                &format!(
-                    "the pair cache in {} was built with other settings ({}); rebuilding it",
-                    dir.display(),
-                    key_changes(&m.key, &r.key)
-                ),
-            );
-            Manifest {
-                key: r.key.clone(),
-                chunks: Vec::new(),
-            }
-        }
-        None => Manifest {
-            key: r.key.clone(),
-            chunks: Vec::new(),
-        },
-    };
-
-    // Load listed chunks in order while they are intact and needed.
-    let mut parts: Vec<PairSet> = Vec::new();
-    let mut covered = 0usize;
-    let mut kept = Vec::new();
-    for c in &manifest.chunks {
-        if covered >= total {
-            kept.push(c.clone());
-            continue;
-        }
-        match load_chunk(dir, c, covered as u64) {
-            Ok(p) => {
-                covered += p.len();
-                parts.push(p);
-                kept.push(c.clone());
-            }
-            Err(e) => {
-                note(quiet, &format!("pair cache chunk {} is unusable ({e}); rendering from pair {covered} again", c.file));
-                break;
-            }
-        }
-    }
-    manifest.chunks = kept;
-    write_manifest(dir, &manifest)?;
-    remove_strays(dir, &manifest)?;
+    let mut bank = Bank::open(dir, &r.key, total, chunk_pairs, quiet)?;
+    let covered = bank.len();
     let mut stats = CacheStats {
         reused: covered.min(total),
         ..Default::default()
@@ -200,19 +306,13 @@ pub fn ensure(
         );
     }
     let mut progress = Progress::new("pairs", covered as u64, total as u64, quiet);
-    while covered < total {
-        let n = chunk_pairs.min(total - covered);
-        let Some(part) = render_chunk(r, covered as u64, n, stop)? else {
+    while bank.len() < total {
+        if stop.load(Ordering::SeqCst) {
             progress.finish();
             return Ok(None);
-        };
-        let chunk = save_chunk(dir, covered as u64, &part)?;
-        manifest.chunks.push(chunk);
-        write_manifest(dir, &manifest)?;
-        covered += n;
-        stats.rendered += n;
-        parts.push(part);
-        progress.update(covered as u64, "");
+        }
+        stats.rendered += bank.grow(r, total)?;
+        progress.update(bank.len() as u64, "");
     }
     progress.finish();
     stats.render_s = if stats.rendered > 0 {
@@ -220,7 +320,7 @@ pub fn ensure(
     } else {
         0.0
     };
-    Ok(Some((concat(parts, total)?, stats)))
+    Ok(Some((bank.pairs(total)?, stats)))
 }
 
 fn note(quiet: bool, msg: &str) {
@@ -297,34 +397,6 @@ fn remove_strays(dir: &Path, m: &Manifest) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn render_chunk(r: &Renderer, first: u64, n: usize, stop: &AtomicBool) -> Result<Option<PairSet>> {
-    let mut parts = Vec::new();
-    let mut done = 0;
-    while done < n {
-        if stop.load(Ordering::SeqCst) {
-            return Ok(None);
-        }
-        let len = r.spec.gen_batch.min(n - done);
-        let start = first + done as u64;
-        let s = data::render_samples(
-            r.g,
-            r.clip,
-            r.key.seed,
-            DOMAIN,
-            start..start + len as u64,
-            &r.spec,
-        )?;
-        crate::generator::check_finite(&s.e, "a CLIP embedding of a rendered pair")?;
-        parts.push(PairSet {
-            w: s.codes.w.to_device(&Device::Cpu)?,
-            cross: s.codes.cross,
-            e: s.e.to_device(&Device::Cpu)?,
-        });
-        done += len;
-    }
-    Ok(Some(concat(parts, n)?))
 }
 
 fn save_chunk(dir: &Path, first: u64, p: &PairSet) -> Result<Chunk> {

@@ -20,6 +20,9 @@ pub enum Mode {
     /// Fresh samples every step, with image and CLIP losses through the
     /// frozen generator and CLIP: the GPU mode.
     Full,
+    /// Precompute pairs as in `cache`, then fit the closed-form mapper on
+    /// them in seconds (no steps): what first use builds.
+    Fit,
 }
 
 impl std::fmt::Display for Mode {
@@ -27,6 +30,7 @@ impl std::fmt::Display for Mode {
         f.write_str(match self {
             Mode::Cache => "cache",
             Mode::Full => "full",
+            Mode::Fit => "fit",
         })
     }
 }
@@ -106,6 +110,8 @@ pub struct TrainConfig {
     pub loss: LossWeights,
     /// Architecture of a new mapper.
     pub mapper: MapperConfig,
+    /// The closed-form fit (`mode = "fit"`).
+    pub fit: super::fit::FitConfig,
 }
 
 impl Default for TrainConfig {
@@ -136,6 +142,7 @@ impl Default for TrainConfig {
             run_dir: PathBuf::from("train"),
             loss: LossWeights::default(),
             mapper: MapperConfig::default(),
+            fit: super::fit::FitConfig::default(),
         }
     }
 }
@@ -192,6 +199,18 @@ impl TrainConfig {
             }
         }
         match self.mode {
+            Mode::Fit => {
+                self.fit.validate()?;
+                if self.image_dir.is_some() {
+                    return bad("image_dir needs mode = \"full\"".into());
+                }
+                if self.style_mixing != 0.0 {
+                    return bad(
+                        "style_mixing must be 0 in fit mode (the fit maps to one w per image)"
+                            .into(),
+                    );
+                }
+            }
             Mode::Cache => {
                 if self.pairs == 0 {
                     return bad("pairs must be at least 1 in cache mode".into());

@@ -14,7 +14,11 @@
 //! - [`cache`]: the pair cache (chunked, manifest, resumable).
 //! - [`source`]: each step's batch, from the cache or fresh samples.
 //! - [`gap`]: the LAFITE perturbation; [`losses`]: the objective.
+//! - [`fit`]: the closed-form mapper (`mode = "fit"`): ridge regression on
+//!   the pair cache, with the text shift from [`captions`].
 //! - [`optim`]: AdamW with saveable state, and the schedule.
+//! - [`warmup`]: first use: the first mapper built before the first face,
+//!   then improved as the bank grows in idle time.
 //! - [`checkpoint`]: checkpoint files; [`progress`]: progress line and metrics;
 //!   [`interrupt`]: the Ctrl-C flag; [`cli`]: the command-line entry.
 //! - `run`: [`train`] itself, the loop that ties these together.
@@ -25,10 +29,12 @@
 //! reproduces the uninterrupted run's losses exactly.
 
 pub mod cache;
+pub mod captions;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod data;
+pub mod fit;
 pub mod gap;
 pub mod images;
 pub mod interrupt;
@@ -37,6 +43,7 @@ pub mod optim;
 pub mod progress;
 mod run;
 pub mod source;
+pub mod warmup;
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;

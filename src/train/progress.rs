@@ -8,26 +8,41 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 
-/// A progress line for `total` units of work, `start` of them already done.
+/// A progress bar for `total` units of work, `start` of them already done:
+/// indicatif's bar (count, rate, ETA) on a terminal; off a terminal, where
+/// a bar would only fill logs with control codes, a plain line every 10 s.
 pub struct Progress {
     unit: &'static str,
     start: u64,
     total: u64,
     began: Instant,
     last_print: Option<Instant>,
-    tty: bool,
+    bar: Option<indicatif::ProgressBar>,
     quiet: bool,
 }
 
 impl Progress {
     pub fn new(unit: &'static str, start: u64, total: u64, quiet: bool) -> Self {
+        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(total).with_position(start);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{prefix} [{bar:30}] {pos}/{len} {msg} | {per_sec} | ETA {eta}",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(unit);
+            bar.reset_eta();
+            bar
+        });
         Self {
             unit,
             start,
             total,
             began: Instant::now(),
             last_print: None,
-            tty: std::io::stderr().is_terminal(),
+            bar,
             quiet,
         }
     }
@@ -42,45 +57,48 @@ impl Progress {
         }
     }
 
+    /// Seconds left at the rate so far (`None` before any unit is done).
+    pub fn eta_s(&self, done: u64) -> Option<f64> {
+        let rate = self.rate(done);
+        (rate > 0.0).then(|| self.total.saturating_sub(done) as f64 / rate)
+    }
+
     pub fn elapsed_s(&self) -> f64 {
         self.began.elapsed().as_secs_f64()
     }
 
-    /// Show `done` units with `detail`; at most twice a second on a terminal
-    /// (every 10 s in a log), and always for the last unit.
+    /// Show `done` units with `detail` (on a log: every 10 s, and always for
+    /// the last unit).
     pub fn update(&mut self, done: u64, detail: &str) {
         if self.quiet {
             return;
         }
-        let every = if self.tty { 0.5 } else { 10.0 };
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+            bar.set_message(detail.to_string());
+            return;
+        }
         let due = self
             .last_print
-            .is_none_or(|t| t.elapsed().as_secs_f64() >= every);
+            .is_none_or(|t| t.elapsed().as_secs_f64() >= 10.0);
         if !due && done < self.total {
             return;
         }
         self.last_print = Some(Instant::now());
-        let rate = self.rate(done);
-        let eta = if rate > 0.0 {
-            format_secs(self.total.saturating_sub(done) as f64 / rate)
-        } else {
-            "?".into()
-        };
-        let line = format!(
-            "{} {done}/{} {detail} | {rate:.2} {}/s | ETA {eta}",
-            self.unit, self.total, self.unit
+        let eta = self.eta_s(done).map_or_else(|| "?".into(), format_secs);
+        eprintln!(
+            "{} {done}/{} {detail} | {:.2} {}/s | ETA {eta}",
+            self.unit,
+            self.total,
+            self.rate(done),
+            self.unit
         );
-        if self.tty {
-            eprint!("\r\x1b[2K{line}");
-        } else {
-            eprintln!("{line}");
-        }
     }
 
-    /// End the updating line.
+    /// End the bar (it stays on screen).
     pub fn finish(&mut self) {
-        if self.tty && !self.quiet && self.last_print.is_some() {
-            eprintln!();
+        if let Some(bar) = &self.bar {
+            bar.abandon();
         }
     }
 }

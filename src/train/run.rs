@@ -112,6 +112,9 @@ impl State {
 pub fn train(s: &Setup) -> Result<Report> {
     let cfg = &s.config;
     cfg.validate()?;
+    if cfg.mode == Mode::Fit {
+        return fit_run(s);
+    }
     let dev = s.g.device().clone();
     let ckpt = s.run_dir.join(checkpoint::FILE);
     let metrics_path = s.run_dir.join("metrics.jsonl");
@@ -271,20 +274,10 @@ fn open_source<'a>(
         gen_batch: cfg.gen_batch,
     };
     Ok(Some(match cfg.mode {
-        Mode::Cache => {
-            let key = cache::CacheKey::new(g, clip, &s.clip_model, cfg.seed, &spec);
-            let r = cache::Renderer { g, clip, key, spec };
-            let dir = s.run_dir.join("pairs");
-            let Some((pairs, stats)) =
-                cache::ensure(&dir, &r, cfg.pairs, cfg.chunk_pairs, s.stop, s.quiet)?
-            else {
+        Mode::Cache | Mode::Fit => {
+            let Some(pairs) = pair_cache(s, spec, metrics, report)? else {
                 return Ok(None);
             };
-            metrics.write(&serde_json::json!({
-                "event": "pair_cache", "reused": stats.reused, "rendered": stats.rendered,
-                "render_s": stats.render_s, "pairs_per_s": stats.pairs_per_s(),
-            }))?;
-            report.cache = Some(stats);
             Box::new(source::CacheSource::new(
                 pairs,
                 g.num_styles(),
@@ -316,4 +309,73 @@ fn open_source<'a>(
             })
         }
     }))
+}
+
+/// The run's first `train.pairs` cached pairs (rendering what is missing);
+/// `None` if interrupted.
+fn pair_cache(
+    s: &Setup,
+    spec: data::SampleSpec,
+    metrics: &mut progress::Metrics,
+    report: &mut Report,
+) -> Result<Option<cache::PairSet>> {
+    let cfg = &s.config;
+    let key = cache::CacheKey::new(s.g, s.clip, &s.clip_model, cfg.seed, &spec);
+    let r = cache::Renderer {
+        g: s.g,
+        clip: s.clip,
+        key,
+        spec,
+    };
+    let dir = s.run_dir.join("pairs");
+    let Some((pairs, stats)) =
+        cache::ensure(&dir, &r, cfg.pairs, cfg.chunk_pairs, s.stop, s.quiet)?
+    else {
+        return Ok(None);
+    };
+    metrics.write(&serde_json::json!({
+        "event": "pair_cache", "reused": stats.reused, "rendered": stats.rendered,
+        "render_s": stats.render_s, "pairs_per_s": stats.pairs_per_s(),
+    }))?;
+    report.cache = Some(stats);
+    Ok(Some(pairs))
+}
+
+/// `mode = "fit"`: the pair cache, then the closed-form mapper (no steps,
+/// no checkpoint: the fit takes seconds and is the same every time).
+fn fit_run(s: &Setup) -> Result<Report> {
+    let cfg = &s.config;
+    let ckpt = s.run_dir.join(checkpoint::FILE);
+    let metrics_path = s.run_dir.join("metrics.jsonl");
+    prepare_paths(s, &ckpt)?;
+    let mut metrics = progress::Metrics::open(&metrics_path, None)?;
+    let mut report = Report {
+        start_step: 0,
+        step: 0,
+        interrupted: false,
+        losses: Vec::new(),
+        cache: None,
+        steps_per_s: 0.0,
+        checkpoint: ckpt,
+        metrics: metrics_path,
+        mapper: None,
+    };
+    let spec = data::SampleSpec {
+        truncation: cfg.truncation,
+        style_mixing: cfg.style_mixing,
+        image_size: data::effective_image_size(cfg.image_size, s.g.resolution()),
+        gen_batch: cfg.gen_batch,
+    };
+    let Some(pairs) = pair_cache(s, spec, &mut metrics, &mut report)? else {
+        report.interrupted = true;
+        return Ok(report);
+    };
+    let (mapper, varmap, fit) = super::fit::make_mapper(s.g, s.clip, &s.clip_model, cfg, &pairs)?;
+    metrics.write(&serde_json::json!({"event": "fit", "fit": fit}))?;
+    if !s.quiet {
+        eprintln!("{}", fit.summary());
+    }
+    mapper::save(&s.out, &varmap, mapper.w_avg(), &mapper.meta)?;
+    report.mapper = Some(s.out.clone());
+    Ok(report)
 }

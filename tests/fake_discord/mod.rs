@@ -2,9 +2,18 @@
 //! routes the bot uses (under `/api/v10`) and a gateway websocket that
 //! speaks Hello / Identify / READY / Resume / heartbeats and dispatches
 //! interactions. It records every call, and can be told to fail edits
-//! (5xx, 429) or to drop the gateway connection.
+//! (5xx, 429) or to drop the gateway connection. Every request body is
+//! checked against Discord's OpenAPI schema ([`schema`]); what fails is
+//! kept in [`Fake::violations`].
+//!
+//! It also plays Discord's attachment CDN: a plain HTTP/1.1 server on its
+//! own port, written by hand so that it can misbehave exactly (stall after
+//! some bytes, cut the connection, claim a size it never sends, stream
+//! without end, redirect).
 
 #![allow(dead_code)]
+
+pub mod schema;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -18,6 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, put};
 use axum::{Json, Router};
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
 
 pub const APP_ID: u64 = 4242;
@@ -69,6 +79,23 @@ pub enum Failure {
     RateLimited(f64),
 }
 
+/// How the fake CDN answers for one file.
+#[derive(Debug, Clone)]
+pub enum Serve {
+    /// 200 with this content type and body.
+    File { content_type: String, body: Vec<u8> },
+    /// Headers that promise `len` bytes, the first bytes of `body`, then
+    /// silence until the client gives up.
+    Stall { body: Vec<u8>, len: usize },
+    /// Headers that promise `len` bytes, `body`, then the connection closes.
+    Cut { body: Vec<u8>, len: usize },
+    /// An image/png body with no declared length that never ends (until
+    /// the client hangs up, or 256 MiB).
+    Endless,
+    /// 302 to this address.
+    Redirect(String),
+}
+
 enum GwCmd {
     Dispatch(&'static str, Value),
     Drop,
@@ -88,6 +115,13 @@ struct Inner {
     next_id: u64,
     seq: u64,
     sent: HashMap<String, Instant>,
+    /// Schema violations of the bodies received: "METHOD path: error".
+    violations: Vec<String>,
+    files: HashMap<String, Serve>,
+    /// Names of the files requested, in order.
+    file_hits: Vec<String>,
+    /// Roles and permission bits of members (guild interactions).
+    members: HashMap<u64, (Vec<u64>, u64)>,
 }
 
 pub struct Fake {
@@ -100,6 +134,10 @@ pub struct Fake {
     guild: Mutex<Option<u64>>,
     /// `attachment_size_limit` of the interactions sent.
     size_limit: Mutex<u32>,
+    /// Channel of the interactions sent.
+    channel: Mutex<u64>,
+    /// The fake CDN, `http://127.0.0.1:<port>`.
+    pub files_base: String,
 }
 
 type St = State<Arc<Fake>>;
@@ -108,6 +146,8 @@ impl Fake {
     pub async fn start() -> Arc<Fake> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
+        let cdn = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let cdn_port = cdn.local_addr().unwrap().port();
         let fake = Arc::new(Fake {
             base: format!("http://127.0.0.1:{port}"),
             inner: Mutex::new(Inner {
@@ -119,6 +159,14 @@ impl Fake {
             port,
             guild: Mutex::new(None),
             size_limit: Mutex::new(8 * 1024 * 1024),
+            channel: Mutex::new(777),
+            files_base: format!("http://127.0.0.1:{cdn_port}"),
+        });
+        let f = fake.clone();
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = cdn.accept().await {
+                tokio::spawn(serve_file(sock, f.clone()));
+            }
         });
         let app = Router::new()
             .route("/api/v10/gateway", get(gateway_url))
@@ -188,8 +236,52 @@ impl Fake {
         self.lock().sent.get(token).copied()
     }
 
-    /// Make the next edits of `token` fail as given, in order.
-    pub fn fail_edits(&self, token: &str, failures: &[Failure]) {
+    /// Request bodies that did not match Discord's schema.
+    pub fn violations(&self) -> Vec<String> {
+        self.lock().violations.clone()
+    }
+
+    fn check(&self, template: &str, method: &str, path: &str, body: &Value) {
+        let errors = schema::spec().check(template, method, body);
+        if !errors.is_empty() {
+            let mut i = self.lock();
+            for e in errors {
+                i.violations.push(format!("{method} {path}: {e}"));
+            }
+        }
+    }
+
+    /// Serve a file on the fake CDN; returns its address.
+    pub fn serve(&self, name: &str, how: Serve) -> String {
+        self.lock().files.insert(name.to_string(), how);
+        self.file_url(name)
+    }
+
+    pub fn file_url(&self, name: &str) -> String {
+        format!("{}/files/{name}", self.files_base)
+    }
+
+    /// How often `name` was requested from the fake CDN.
+    pub fn file_hits(&self, name: &str) -> usize {
+        self.lock().file_hits.iter().filter(|n| *n == name).count()
+    }
+
+    /// The roles and permissions `user` has in guild interactions (default:
+    /// no roles, no permissions).
+    pub fn set_member(&self, user: u64, roles: &[u64], permissions: u64) {
+        self.lock()
+            .members
+            .insert(user, (roles.to_vec(), permissions));
+    }
+
+    pub fn set_channel(&self, channel: u64) {
+        *self.channel.lock().unwrap() = channel;
+    }
+
+    /// Make the next result deliveries of `token` (edits that carry an
+    /// image) fail as given, in order. Progress edits pass untouched: how
+    /// many of them a job gets depends on how long it waits in the queue.
+    pub fn fail_deliveries(&self, token: &str, failures: &[Failure]) {
         self.lock()
             .failures
             .entry(token.to_string())
@@ -258,12 +350,13 @@ impl Fake {
     ) -> (String, Value) {
         let id = self.new_id();
         let token = format!("tok-{id}");
+        let channel = *self.channel.lock().unwrap();
         let mut v = json!({
             "id": id.to_string(),
             "application_id": APP_ID.to_string(),
             "type": kind,
             "data": data,
-            "channel_id": "777",
+            "channel_id": channel.to_string(),
             "user": user_json(user),
             "token": token,
             "version": 1,
@@ -276,6 +369,16 @@ impl Fake {
         });
         if let Some(g) = guild {
             v["guild_id"] = json!(g.to_string());
+            // In a guild Discord sends the member (with the user in it and
+            // their permissions in the channel), not `user`.
+            let (roles, perms) = self.lock().members.get(&user).cloned().unwrap_or_default();
+            let roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+            v["member"] = json!({
+                "user": user_json(user), "roles": roles, "permissions": perms.to_string(),
+                "joined_at": "2026-01-01T00:00:00.000000+00:00", "deaf": false, "mute": false,
+                "flags": 0, "pending": false, "nick": null, "avatar": null,
+            });
+            v.as_object_mut().unwrap().remove("user");
         }
         self.lock().sent.insert(token.clone(), Instant::now());
         (token, v)
@@ -301,6 +404,39 @@ impl Fake {
     pub fn command_in(&self, user: u64, guild: Option<u64>, name: &str, options: Value) -> String {
         let data = json!({"id": "9001", "name": name, "type": 1, "options": options});
         let (token, v) = self.base_interaction(2, user, guild, data);
+        self.dispatch("INTERACTION_CREATE", v);
+        token
+    }
+
+    /// A slash command with attachments: `options` refer to them by id
+    /// (`{"name": "image", "type": 11, "value": id}`), and Discord sends
+    /// what it knows of each in `resolved`.
+    pub fn command_with_files(
+        &self,
+        user: u64,
+        name: &str,
+        options: Value,
+        attachments: &[Value],
+    ) -> String {
+        let resolved: serde_json::Map<String, Value> = attachments
+            .iter()
+            .map(|a| (a["id"].as_str().unwrap().to_string(), a.clone()))
+            .collect();
+        let data = json!({"id": "9001", "name": name, "type": 1, "options": options,
+                          "resolved": {"attachments": resolved}});
+        let (token, v) = self.base_interaction(2, user, self.default_guild(), data);
+        self.dispatch("INTERACTION_CREATE", v);
+        token
+    }
+
+    /// A message command (type 3) on a message with these attachments.
+    pub fn message_command(&self, user: u64, name: &str, attachments: &[Value]) -> String {
+        let msg = self.new_id();
+        let mut m = message_json(msg, "look at this", attachments);
+        m["author"] = user_json(user);
+        let data = json!({"id": "9002", "name": name, "type": 3, "target_id": msg.to_string(),
+                          "resolved": {"messages": {msg.to_string(): m}}});
+        let (token, v) = self.base_interaction(2, user, self.default_guild(), data);
         self.dispatch("INTERACTION_CREATE", v);
         token
     }
@@ -398,6 +534,12 @@ async fn gateway_bot(State(f): St) -> Json<Value> {
 }
 
 async fn register(State(f): St, uri: Uri, Json(body): Json<Value>) -> Json<Value> {
+    let template = if uri.path().contains("/guilds/") {
+        "/applications/{application_id}/guilds/{guild_id}/commands"
+    } else {
+        "/applications/{application_id}/commands"
+    };
+    f.check(template, "put", uri.path(), &body);
     f.lock()
         .registrations
         .push((uri.path().to_string(), body.clone()));
@@ -427,6 +569,12 @@ async fn callback(
     Path((_id, token)): Path<(String, String)>,
     Json(body): Json<Value>,
 ) -> StatusCode {
+    f.check(
+        "/interactions/{interaction_id}/{interaction_token}/callback",
+        "post",
+        &format!("/interactions/…/{token}/callback"),
+        &body,
+    );
     let kind = body["type"].as_u64().unwrap_or(0);
     let data = body.get("data").cloned().unwrap_or(Value::Null);
     f.record(&token, Event::Callback { kind, data });
@@ -478,11 +626,20 @@ async fn original(
         return StatusCode::NO_CONTENT.into_response();
     }
     let (payload, files) = payload(req).await;
-    let forced = f
-        .lock()
-        .failures
-        .get_mut(&token)
-        .and_then(|q| q.pop_front());
+    f.check(
+        "/webhooks/{webhook_id}/{webhook_token}/messages/@original",
+        "patch",
+        &format!("/webhooks/…/{token}/messages/@original"),
+        &payload,
+    );
+    let forced = if files.is_empty() {
+        None
+    } else {
+        f.lock()
+            .failures
+            .get_mut(&token)
+            .and_then(|q| q.pop_front())
+    };
     let (status, resp) = match forced {
         Some(Failure::Status(s)) => (
             s,
@@ -537,6 +694,12 @@ async fn followup(
     req: Request,
 ) -> Response {
     let (payload, _) = payload(req).await;
+    f.check(
+        "/webhooks/{webhook_id}/{webhook_token}",
+        "post",
+        &format!("/webhooks/…/{token}"),
+        &payload,
+    );
     let id = f.new_id();
     f.record(&token, Event::Followup { payload });
     Json(message_json(id, "", &[])).into_response()
@@ -637,4 +800,113 @@ async fn gateway(mut socket: WebSocket, f: Arc<Fake>) {
             },
         }
     }
+}
+
+/// One request to the fake CDN: `GET /files/<name>`, answered as told.
+async fn serve_file(mut sock: tokio::net::TcpStream, f: Arc<Fake>) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match sock.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+        if head.len() > 65536 {
+            return;
+        }
+    }
+    let text = String::from_utf8_lossy(&head);
+    let path = text.split_whitespace().nth(1).unwrap_or("").to_string();
+    let name = path
+        .strip_prefix("/files/")
+        .unwrap_or("")
+        .split('?')
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let how = {
+        let mut i = f.lock();
+        i.file_hits.push(name.clone());
+        i.files.get(&name).cloned()
+    };
+    let header = |status: &str, ct: &str, len: Option<usize>, extra: &str| {
+        let len = len.map_or(String::new(), |n| format!("content-length: {n}\r\n"));
+        format!("HTTP/1.1 {status}\r\ncontent-type: {ct}\r\n{len}{extra}connection: close\r\n\r\n")
+    };
+    match how {
+        None => {
+            let _ = sock
+                .write_all(header("404 Not Found", "text/plain", Some(0), "").as_bytes())
+                .await;
+        }
+        Some(Serve::File { content_type, body }) => {
+            let _ = sock
+                .write_all(header("200 OK", &content_type, Some(body.len()), "").as_bytes())
+                .await;
+            let _ = sock.write_all(&body).await;
+        }
+        Some(Serve::Stall { body, len }) => {
+            let _ = sock
+                .write_all(header("200 OK", "image/png", Some(len), "").as_bytes())
+                .await;
+            let _ = sock.write_all(&body).await;
+            let _ = sock.flush().await;
+            // Hold the connection open until the client hangs up.
+            while let Ok(n) = sock.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        Some(Serve::Cut { body, len }) => {
+            let _ = sock
+                .write_all(header("200 OK", "image/png", Some(len), "").as_bytes())
+                .await;
+            let _ = sock.write_all(&body).await;
+            let _ = sock.flush().await;
+            // Dropped here, mid-body.
+        }
+        Some(Serve::Endless) => {
+            if sock
+                .write_all(header("200 OK", "image/png", None, "").as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let chunk = vec![0u8; 64 * 1024];
+            for _ in 0..4096 {
+                if sock.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+        }
+        Some(Serve::Redirect(to)) => {
+            let extra = format!("location: {to}\r\n");
+            let _ = sock
+                .write_all(header("302 Found", "text/plain", Some(0), &extra).as_bytes())
+                .await;
+        }
+    }
+}
+
+/// An attachment as Discord describes it in `resolved` and in messages.
+pub fn attachment_json(
+    id: u64,
+    filename: &str,
+    url: &str,
+    size: usize,
+    content_type: Option<&str>,
+    dims: Option<(u32, u32)>,
+) -> Value {
+    let mut a = json!({"id": id.to_string(), "filename": filename, "size": size, "url": url,
+                       "proxy_url": url});
+    if let Some(ct) = content_type {
+        a["content_type"] = json!(ct);
+    }
+    if let Some((w, h)) = dims {
+        a["width"] = json!(w);
+        a["height"] = json!(h);
+    }
+    a
 }
