@@ -279,15 +279,25 @@ pub fn clip(c: &crate::clip::Clip, model: &str, iters: usize, candle: bool) -> R
     })
 }
 
+/// What `bench engine` runs on: the configured generator (real weights),
+/// the pipeline settings, and the engine's settings it varies.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub models_dir: std::path::PathBuf,
+    pub generator: crate::generator::GeneratorConfig,
+    pub settings: crate::pipeline::Settings,
+    pub engine: crate::engine::EngineConfig,
+}
+
 /// A pipeline with real generator weights, a random ViT-B/32-shaped CLIP and
 /// a random mapper: the speed of the real thing, without trained weights.
 pub fn random_pipeline(
-    cfg: &crate::config::Config,
+    cfg: &BenchConfig,
     device: &candle_core::Device,
 ) -> Result<crate::pipeline::Pipeline> {
     let clip =
         crate::clip::Clip::with_random_weights(crate::clip::config::vit_base_patch32(), device)?;
-    let generator = crate::generator::open(cfg, device, true)?;
+    let generator = crate::generator::open(&cfg.generator, &cfg.models_dir, device, true)?;
     let meta = crate::mapper::MapperMeta {
         clip_model: "random".into(),
         clip_dim: clip.embed_dim(),
@@ -305,7 +315,7 @@ pub fn random_pipeline(
         clip,
         mapper,
         generator,
-        settings: cfg.pipeline_settings(),
+        settings: cfg.settings.clone(),
     })
 }
 
@@ -335,7 +345,7 @@ pub struct EngineBench {
 /// `concurrency` clients, each submitting `jobs` one-image /imagine jobs one
 /// after the other, against the engine with batching on and off.
 pub fn engine(
-    cfg: &crate::config::Config,
+    cfg: &BenchConfig,
     device: &candle_core::Device,
     concurrency: usize,
     jobs: usize,

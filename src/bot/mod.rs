@@ -15,8 +15,10 @@
 //! - [`attach`]: downloading and checking the photos users send.
 //! - [`inflight`]: counting answers in progress, for graceful shutdown.
 //!
-//! [`run`] drives the serenity client until a shutdown signal; [`serve`]
-//! is the whole `clip2gan bot` command (models, engine, signals, run).
+//! [`run`] drives the serenity client until a shutdown signal. The bot gets
+//! only its own sections ([`Settings`]) and a running engine: loading the
+//! models, starting the engine and the signals are the `clip2gan bot`
+//! command's (`src/cli/bot.rs` in the binary).
 
 pub mod attach;
 pub mod commands;
@@ -273,55 +275,6 @@ pub async fn run_with_clock(
     drop(store);
     info!("stopped");
     outcome
-}
-
-/// `clip2gan bot`: load the models into the engine, then run until
-/// SIGINT or SIGTERM.
-pub async fn serve(cfg: crate::config::Config, token: Token) -> Result<(), BotError> {
-    let settings = Settings {
-        discord: cfg.discord.clone(),
-        bot: cfg.bot.clone(),
-    };
-    settings.bot.validate()?;
-    AllowList::parse(&settings.discord.attachment_hosts).map_err(BotError::Config)?;
-    let output_size = cfg.engine.output_size;
-    crate::image_io::check_size(output_size, 1024).map_err(|e| BotError::Config(e.to_string()))?;
-    let engine_cfg = cfg.engine.clone();
-    info!("loading the models");
-    let engine = tokio::task::spawn_blocking(move || {
-        Engine::start(engine_cfg, move || {
-            crate::engine::growing::open(&cfg, output_size)
-        })
-    })
-    .await
-    .map_err(|e| BotError::Engine(e.to_string()))?
-    .map_err(|e| BotError::Engine(e.to_string()))?;
-    info!("models loaded");
-    run(settings, token, Arc::new(engine), signal()).await
-}
-
-/// SIGINT (Ctrl-C) or SIGTERM (docker stop, systemd).
-async fn signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {},
-                    _ = term.recv() => {},
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    info!("signal received");
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default: info for clip2gan,

@@ -28,7 +28,7 @@ use candle_transformers::models::clip::ClipModel;
 use image::DynamicImage;
 
 use crate::error::{Error, Result};
-pub use hub::ClipFiles;
+pub use hub::{ClipConfig, ClipFiles};
 pub use preprocess::Preprocessor;
 pub use tokenizer::{Tokenizer, Tokens};
 

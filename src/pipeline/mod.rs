@@ -5,7 +5,10 @@
 //! images), which is what lets the engine merge concurrent users' work.
 //! Results are tensors; the engine turns them into plain bytes.
 
+pub mod config;
 pub mod instruction;
+
+pub use config::{PipelineConfig, PipelineSetup};
 
 use candle_core::{DType, Device, Tensor, D};
 
@@ -116,7 +119,7 @@ pub struct Pipeline {
 /// The configured mapper, checked against the loaded CLIP and generator;
 /// warnings (e.g. a differently named CLIP) for the caller to show.
 pub fn load_mapper(
-    cfg: &crate::config::Config,
+    cfg: &PipelineSetup,
     clip: &Clip,
     generator: &dyn Generator,
 ) -> Result<(Mapper, Vec<String>)> {
@@ -141,18 +144,18 @@ impl Pipeline {
     /// Load CLIP, the generator and the mapper named in the configuration,
     /// checking that the mapper fits the other two. Warnings (e.g. a mapper
     /// trained with a differently named CLIP) are returned for display.
-    pub fn load(cfg: &crate::config::Config, device: &Device) -> Result<(Pipeline, Vec<String>)> {
+    pub fn load(cfg: &PipelineSetup, device: &Device) -> Result<(Pipeline, Vec<String>)> {
         // Cheap checks first: a missing mapper should not cost a CLIP download.
         crate::mapper::read_meta(&cfg.mapper_path())?;
         let clip = Clip::load(&cfg.clip_files()?, device)?;
-        let generator = crate::generator::open(cfg, device, true)?;
+        let generator = cfg.open_generator(device, true)?;
         Self::assemble(cfg, clip, generator)
     }
 
     /// The pipeline of loaded models and the configured mapper (checked
     /// against them).
     pub fn assemble(
-        cfg: &crate::config::Config,
+        cfg: &PipelineSetup,
         clip: Clip,
         generator: Box<dyn Generator>,
     ) -> Result<(Pipeline, Vec<String>)> {
@@ -162,7 +165,7 @@ impl Pipeline {
                 clip,
                 mapper,
                 generator,
-                settings: cfg.pipeline_settings(),
+                settings: cfg.settings(),
             },
             warnings,
         ))
