@@ -149,8 +149,9 @@ struct EditArgs {
     /// The latent to edit (.npy W+ [23,512] or [1,23,512], e.g. from imagine).
     #[arg(long)]
     latent: PathBuf,
-    /// -3 to 3; negative reverses the edit.
-    #[arg(long, default_value_t = 1.0)]
+    // The help names the pipeline's range, so that it is written once.
+    #[arg(long, default_value_t = 1.0,
+          help = format!("{}; negative reverses the edit.", clip2gan::pipeline::limits::strength_span()))]
     strength: f64,
     /// Restrict the edit to coarse, middle or fine layers.
     #[arg(long, value_enum, default_value = "all")]

@@ -18,7 +18,7 @@ use serenity::all::{
 };
 use tracing::{error, info, warn};
 
-use crate::engine::{EngineError, JobHandle, Latent, LatentRef, Layers, Output, Request};
+use crate::engine::{limits, EngineError, JobHandle, Latent, LatentRef, Layers, Output, Request};
 
 use super::attach::{self, Photo};
 use super::commands::{self, check_strength, check_text, Command};
@@ -708,7 +708,8 @@ impl Bot {
                 .parse::<f64>()
                 .map_err(|_| {
                     format!(
-                        "`strength` must be a number from -3 to 3, not \"{}\".",
+                        "`strength` must be a number from {}, not \"{}\".",
+                        limits::strength_span(),
                         render::escape(&render::clean_input(&raw))
                     )
                 })
@@ -1254,10 +1255,14 @@ fn text_inputs(max_chars: usize) -> Vec<CreateActionRow> {
         .placeholder("add smile, make older, remove beard…")
         .max_length(max_chars.min(4000) as u16)
         .required(true);
-    let strength = CreateInputText::new(InputTextStyle::Short, "Strength, -3 to 3", "strength")
-        .placeholder("1")
-        .max_length(8)
-        .required(false);
+    let strength = CreateInputText::new(
+        InputTextStyle::Short,
+        format!("Strength, {}", limits::strength_span()),
+        "strength",
+    )
+    .placeholder("1")
+    .max_length(8)
+    .required(false);
     vec![
         CreateActionRow::InputText(instruction),
         CreateActionRow::InputText(strength),

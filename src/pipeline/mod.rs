@@ -7,8 +7,10 @@
 
 pub mod config;
 pub mod instruction;
+pub mod limits;
 
 pub use config::{PipelineConfig, PipelineSetup};
+pub use limits::{MAX_COUNT, STRENGTH_RANGE};
 
 use candle_core::{DType, Device, Tensor, D};
 
@@ -16,11 +18,6 @@ use crate::clip::{l2_normalize, Clip};
 use crate::error::{Error, Result};
 use crate::generator::{seeded_normal, z_for_seeds, Generator, NoiseMode};
 use crate::mapper::Mapper;
-
-/// Most images one request may ask for.
-pub const MAX_COUNT: usize = 16;
-/// Edit strengths outside this range distort faces beyond recognition.
-pub const STRENGTH_RANGE: std::ops::RangeInclusive<f64> = -3.0..=3.0;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -198,22 +195,8 @@ impl Pipeline {
     /// Text to faces for several requests in one batch.
     pub fn imagine(&self, reqs: &[ImagineRequest]) -> Result<Vec<Rendered>> {
         for r in reqs {
-            if r.prompt.trim().is_empty() {
-                return Err(Error::invalid(
-                    "the prompt is empty: describe a face, e.g. \"a man with a beard\"",
-                ));
-            }
-            if !(1..=MAX_COUNT).contains(&r.count)
-                || r.candidates < r.count
-                || r.candidates > 4 * MAX_COUNT
-            {
-                return Err(Error::invalid(format!(
-                    "count {} / candidates {} out of range: count 1 to {MAX_COUNT}, candidates count to {}",
-                    r.count,
-                    r.candidates,
-                    4 * MAX_COUNT
-                )));
-            }
+            limits::check_prompt(&r.prompt).map_err(Error::InvalidArgument)?;
+            limits::check_count(r.count, r.candidates).map_err(Error::InvalidArgument)?;
             self.check_truncation(r.truncation)?;
         }
         let prompts: Vec<&str> = reqs.iter().map(|r| r.prompt.as_str()).collect();
@@ -302,9 +285,7 @@ impl Pipeline {
     pub fn directions(&self, instructions: &[&str]) -> Result<Tensor> {
         let mut texts = Vec::with_capacity(2 * instructions.len());
         for ins in instructions {
-            let p = instruction::parse(ins).ok_or_else(|| {
-                Error::invalid("the edit is empty: say what to change, e.g. \"add smile\"")
-            })?;
+            let p = instruction::parse(ins).ok_or_else(|| Error::invalid(limits::EMPTY_EDIT))?;
             texts.push(p.target);
             texts.push(p.neutral);
         }
@@ -338,12 +319,7 @@ impl Pipeline {
         }
         let shape = (self.generator.num_styles(), self.generator.w_dim());
         for r in reqs {
-            if !STRENGTH_RANGE.contains(&r.strength) || !r.strength.is_finite() {
-                return Err(Error::invalid(format!(
-                    "strength {} is out of range: use -3 to 3",
-                    r.strength
-                )));
-            }
+            limits::check_strength(r.strength).map_err(Error::InvalidArgument)?;
             if r.latent.dims2()? != shape {
                 return Err(Error::invalid(format!(
                     "latent has shape {:?}, this generator needs [{}, {}]",
@@ -379,11 +355,7 @@ impl Pipeline {
         count: usize,
         amount: f64,
     ) -> Result<Rendered> {
-        if !(0.0..=1.0).contains(&amount) || !(1..=MAX_COUNT).contains(&count) {
-            return Err(Error::invalid(format!(
-                "variations: amount {amount} must be in [0, 1], count {count} in 1 to {MAX_COUNT}"
-            )));
-        }
+        limits::check_variations(count, amount).map_err(Error::InvalidArgument)?;
         let g = &self.generator;
         let z = z_for_seeds(seed, count, g.z_dim(), self.device())?;
         let rand = g.broadcast_w(&g.map(&z)?)?;
@@ -409,11 +381,7 @@ impl Pipeline {
 
     /// `frames` images from latent `a` to `b` (linear in W+), both ends included.
     pub fn interpolate(&self, a: &Tensor, b: &Tensor, frames: usize) -> Result<Rendered> {
-        if !(2..=64).contains(&frames) {
-            return Err(Error::invalid(format!(
-                "frames {frames} out of range: use 2 to 64"
-            )));
-        }
+        limits::check_frames(frames).map_err(Error::InvalidArgument)?;
         let mut w = Vec::with_capacity(frames);
         for k in 0..frames {
             let t = k as f64 / (frames - 1) as f64;
