@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use clip2gan::npy::{self, Array};
 use common::{fixture, repo};
@@ -13,7 +13,7 @@ use common::{fixture, repo};
 /// Run from the repository root (the example config's paths are relative to
 /// it), without environment overrides of the models directory or device.
 fn clip2gan(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clip2gan"))
+    common::bin()
         .args(["--config", "tests/fixtures/stylegan2/config.toml"])
         .args(args)
         .env_remove("CLIP2GAN_MODELS_DIR")
@@ -142,7 +142,7 @@ fn bad_checkpoint_fails_clearly() {
         ),
     )
     .unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_clip2gan"))
+    let o = common::bin()
         .args([
             "--config",
             p(&cfg),
@@ -165,7 +165,7 @@ fn bad_checkpoint_fails_clearly() {
         "[generator]\nkind = \"stylegan2\"\ncheckpoint = \"/nonexistent/g.pt\"\n",
     )
     .unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_clip2gan"))
+    let o = common::bin()
         .args([
             "--config",
             p(&cfg),

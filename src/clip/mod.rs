@@ -369,16 +369,7 @@ mod tests {
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         assert_eq!(a.dims(), b.dims());
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
+        crate::parity::max_abs_diff(a, b).unwrap()
     }
 
     fn portable<T>(f: impl FnOnce() -> T) -> T {
