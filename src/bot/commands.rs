@@ -215,13 +215,17 @@ pub fn parse(data: &CommandData, cfg: &BotConfig) -> Result<Command, String> {
             .find(|o| o.name == name)
             .map(|o| &o.value)
     };
+    // A text option, checked (a missing one is empty, and refused).
+    let text = |name: &str| {
+        let raw = match opt(name) {
+            Some(CommandDataOptionValue::String(s)) => s.as_str(),
+            _ => "",
+        };
+        check_text(raw, name, cfg)
+    };
     match data.name.as_str() {
         "imagine" => {
-            let prompt = match opt("prompt") {
-                Some(CommandDataOptionValue::String(s)) => s.as_str(),
-                _ => "",
-            };
-            let prompt = check_text(prompt, "prompt", cfg)?;
+            let prompt = text("prompt")?;
             let count = match opt("count") {
                 None => 1,
                 Some(v) => int(v, "count")?,
@@ -257,11 +261,7 @@ pub fn parse(data: &CommandData, cfg: &BotConfig) -> Result<Command, String> {
             })
         }
         "edit" => {
-            let instruction = match opt("instruction") {
-                Some(CommandDataOptionValue::String(s)) => s.as_str(),
-                _ => "",
-            };
-            let instruction = check_text(instruction, "instruction", cfg)?;
+            let instruction = text("instruction")?;
             let strength = match opt("strength") {
                 None => 1.0,
                 Some(CommandDataOptionValue::Number(x)) => *x,

@@ -117,37 +117,26 @@ impl Bot {
     pub(super) async fn handle(self: Arc<Self>, http: Arc<Http>, interaction: Interaction) {
         // Counted from the start, so a shutdown waits for answers in progress.
         let _guard = self.inflight.enter();
+        // The three kinds carry these under the same names, but serenity
+        // gives them no common trait: a macro reads them from each.
+        macro_rules! context {
+            ($i:expr, $member:expr) => {
+                (
+                    $i.id,
+                    &$i.token,
+                    $i.user.id,
+                    $i.guild_id,
+                    $i.attachment_size_limit,
+                    $i.channel_id,
+                    $i.channel.as_ref().and_then(|ch| ch.parent_id),
+                    $member,
+                )
+            };
+        }
         let (id, token, user, guild, limit, channel, parent, member) = match &interaction {
-            Interaction::Command(c) => (
-                c.id,
-                &c.token,
-                c.user.id,
-                c.guild_id,
-                c.attachment_size_limit,
-                c.channel_id,
-                c.channel.as_ref().and_then(|ch| ch.parent_id),
-                c.member.as_deref(),
-            ),
-            Interaction::Component(c) => (
-                c.id,
-                &c.token,
-                c.user.id,
-                c.guild_id,
-                c.attachment_size_limit,
-                c.channel_id,
-                c.channel.as_ref().and_then(|ch| ch.parent_id),
-                c.member.as_ref(),
-            ),
-            Interaction::Modal(m) => (
-                m.id,
-                &m.token,
-                m.user.id,
-                m.guild_id,
-                m.attachment_size_limit,
-                m.channel_id,
-                m.channel.as_ref().and_then(|ch| ch.parent_id),
-                m.member.as_ref(),
-            ),
+            Interaction::Command(c) => context!(c, c.member.as_deref()),
+            Interaction::Component(c) => context!(c, c.member.as_ref()),
+            Interaction::Modal(m) => context!(m, m.member.as_ref()),
             _ => return,
         };
         let resp = Responder {
@@ -283,14 +272,8 @@ impl Bot {
                 strength,
                 image: Some(photo),
             } => {
-                self.photo(
-                    resp,
-                    ctx,
-                    &photo,
-                    Some((instruction, strength)),
-                    String::new(),
-                )
-                .await
+                self.edit_photo(resp, ctx, &photo, instruction, strength)
+                    .await
             }
             Command::Edit {
                 instruction,
@@ -730,14 +713,8 @@ impl Bot {
                     .map(|(_, p)| p.photo);
                 match photo {
                     Some(photo) => {
-                        self.photo(
-                            resp,
-                            ctx,
-                            &photo,
-                            Some((instruction, strength)),
-                            String::new(),
-                        )
-                        .await
+                        self.edit_photo(resp, ctx, &photo, instruction, strength)
+                            .await
                     }
                     None => {
                         self.say(
@@ -861,6 +838,25 @@ impl Bot {
 
     /// A photo job: checks on what Discord says about the photo (answered
     /// at once), then defer, download, decode, invert, maybe edit.
+    /// A photo with an edit to apply once it is inverted.
+    async fn edit_photo(
+        self: &Arc<Self>,
+        resp: Responder,
+        ctx: &Ctx,
+        photo: &Photo,
+        instruction: String,
+        strength: f64,
+    ) {
+        self.photo(
+            resp,
+            ctx,
+            photo,
+            Some((instruction, strength)),
+            String::new(),
+        )
+        .await
+    }
+
     async fn photo(
         self: &Arc<Self>,
         resp: Responder,

@@ -388,14 +388,9 @@ mod tests {
     /// multiples of 16 leave ragged column blocks in the threaded matmuls.
     #[test]
     fn fast_path_matches_candle() {
-        const CONFIG: &str = r#"{
-          "projection_dim": 40,
-          "text_config": {"hidden_size": 48, "intermediate_size": 100,
-                          "num_hidden_layers": 3, "num_attention_heads": 6},
-          "vision_config": {"hidden_size": 48, "intermediate_size": 100,
-                            "num_hidden_layers": 3, "num_attention_heads": 4,
-                            "image_size": 48, "patch_size": 12}
-        }"#;
+        const CONFIG: &str = r#"{"projection_dim": 40,
+          "text_config": {"hidden_size": 48, "intermediate_size": 100, "num_hidden_layers": 3, "num_attention_heads": 6},
+          "vision_config": {"hidden_size": 48, "intermediate_size": 100, "num_hidden_layers": 3, "num_attention_heads": 4, "image_size": 48, "patch_size": 12}}"#;
         let dir = tempfile::tempdir().unwrap();
         save_seeded_random_checkpoint(dir.path(), CONFIG, 7).unwrap();
         let clip = Clip::from_dir(dir.path(), &Device::Cpu).unwrap();

@@ -131,13 +131,7 @@ impl PipelineBackend {
                     .collect::<Result<Vec<_>, _>>()?;
                 let w = Tensor::cat(&ws, 0).map_err(failed)?;
                 let images = p.render(&w).map_err(failed)?;
-                let r = Rendered {
-                    latents: w,
-                    images,
-                    truncated: false,
-                    scores: None,
-                };
-                self.output(r, false)
+                self.output(Rendered::plain(w, images), false)
             }
             _ => {
                 let mut v = self.run_batch(std::slice::from_ref(job))?;

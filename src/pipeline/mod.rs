@@ -106,6 +106,18 @@ pub struct Rendered {
     pub scores: Option<Vec<f32>>,
 }
 
+impl Rendered {
+    /// Latents and their images, with no prompt behind them.
+    pub fn plain(latents: Tensor, images: Tensor) -> Self {
+        Rendered {
+            latents,
+            images,
+            truncated: false,
+            scores: None,
+        }
+    }
+}
+
 pub struct Pipeline {
     pub clip: Clip,
     pub mapper: Mapper,
@@ -371,12 +383,7 @@ impl Pipeline {
             .broadcast_as(rand.shape())?;
         let w = (&base + (rand - &base)?.broadcast_mul(&mask)?)?;
         let images = self.render(&w)?;
-        Ok(Rendered {
-            latents: w,
-            images,
-            truncated: false,
-            scores: None,
-        })
+        Ok(Rendered::plain(w, images))
     }
 
     /// `frames` images from latent `a` to `b` (linear in W+), both ends included.
@@ -389,25 +396,13 @@ impl Pipeline {
         }
         let w = Tensor::cat(&w, 0)?.to_device(self.device())?;
         let images = self.render(&w)?;
-        Ok(Rendered {
-            latents: w,
-            images,
-            truncated: false,
-            scores: None,
-        })
+        Ok(Rendered::plain(w, images))
     }
 
     fn render_each(&self, w: &Tensor) -> Result<Vec<Rendered>> {
         let images = self.render(w)?;
         (0..w.dim(0)?)
-            .map(|i| {
-                Ok(Rendered {
-                    latents: w.narrow(0, i, 1)?,
-                    images: images.narrow(0, i, 1)?,
-                    truncated: false,
-                    scores: None,
-                })
-            })
+            .map(|i| Ok(Rendered::plain(w.narrow(0, i, 1)?, images.narrow(0, i, 1)?)))
             .collect()
     }
 }
