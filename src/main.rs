@@ -221,7 +221,27 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
+/// The library's notes (progress, downloads, warnings) go through tracing;
+/// at the terminal they read as plain lines, level and message, filtered by
+/// `RUST_LOG` (default: info for clip2gan, warnings for the rest). The bot
+/// sets up its own log format.
+fn init_cli_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,clip2gan=info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .without_time()
+        .with_target(false)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if !matches!(cli.command, Command::Bot) {
+        init_cli_logging();
+    }
     let cfg = load_config(&cli)?;
     match cli.command {
         Command::Fetch(a) => fetch(&cfg, a),

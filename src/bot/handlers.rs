@@ -116,7 +116,7 @@ fn role_ids(m: Option<&Member>) -> Vec<u64> {
 impl Bot {
     pub(super) async fn handle(self: Arc<Self>, http: Arc<Http>, interaction: Interaction) {
         // Counted from the start, so a shutdown waits for answers in progress.
-        let _guard = self.inflight.enter();
+        let _guard = self.inflight.token();
         // The three kinds carry these under the same names, but serenity
         // gives them no common trait: a macro reads them from each.
         macro_rules! context {
@@ -829,9 +829,7 @@ impl Bot {
             return;
         }
         let bot = self.clone();
-        let guard = self.inflight.enter();
-        tokio::spawn(async move {
-            let _guard = guard;
+        self.inflight.spawn(async move {
             bot.follow(resp, user, job, then, charge).await;
         });
     }
@@ -886,10 +884,8 @@ impl Bot {
             prompt,
         };
         let bot = self.clone();
-        let guard = self.inflight.enter();
         let user = ctx.user;
-        tokio::spawn(async move {
-            let _guard = guard;
+        self.inflight.spawn(async move {
             if let Err(Refused(text)) = bot.follow_photo(&resp, user, job).await {
                 bot.refund(charge).await;
                 if let Some(text) = text {

@@ -13,7 +13,6 @@
 //!   in memory and on disk.
 //! - [`guild`]: the settings server admins control, merged with the config.
 //! - [`attach`]: downloading and checking the photos users send.
-//! - [`inflight`]: counting answers in progress, for graceful shutdown.
 //!
 //! [`run`] drives the serenity client until a shutdown signal. The bot gets
 //! only its own sections ([`Settings`]) and a running engine: loading the
@@ -25,7 +24,6 @@ pub mod commands;
 pub mod config;
 pub mod guild;
 mod handlers;
-pub mod inflight;
 pub mod render;
 pub mod respond;
 pub mod store;
@@ -40,13 +38,13 @@ use serenity::all::{
     async_trait, ClientBuilder, Command as DiscordCommand, Context, EventHandler, GatewayIntents,
     GuildId, HttpBuilder, Interaction, Ready, ResumedEvent,
 };
+use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::engine::Engine;
 
 use attach::{AllowList, Fetcher, Photo};
 pub use config::{BotConfig, DiscordConfig, Token};
-use inflight::InFlight;
 use respond::Retry;
 use store::Store;
 
@@ -101,7 +99,8 @@ pub(crate) struct Bot {
     cooldowns: DashMap<u64, Instant>,
     /// Set at shutdown: new interactions are refused politely.
     closing: AtomicBool,
-    inflight: Arc<InFlight>,
+    /// Every answer in progress, so that shutdown can wait for them.
+    inflight: TaskTracker,
     registered: AtomicBool,
 }
 
@@ -217,7 +216,7 @@ pub async fn run_with_clock(
         pending: DashMap::new(),
         cooldowns: DashMap::new(),
         closing: AtomicBool::new(false),
-        inflight: Arc::new(InFlight::default()),
+        inflight: TaskTracker::new(),
         registered: AtomicBool::new(false),
     });
     // Interactions need no privileged intents (nor any other).
@@ -237,12 +236,13 @@ pub async fn run_with_clock(
     let e = engine.clone();
     let _ = tokio::task::spawn_blocking(move || e.shutdown(false)).await;
     let grace = Duration::from_secs(bot.cfg.shutdown_grace_s);
-    if tokio::time::timeout(grace, bot.inflight.wait_idle())
+    bot.inflight.close();
+    if tokio::time::timeout(grace, bot.inflight.wait())
         .await
         .is_err()
     {
         warn!(
-            pending = bot.inflight.count(),
+            pending = bot.inflight.len(),
             "answers still in progress after the grace period were dropped"
         );
     }

@@ -641,7 +641,7 @@ impl Hub<'_> {
 
     fn download(&self, repo: &ApiRepo, file: &str) -> std::result::Result<PathBuf, Failure> {
         self.cache.remove_dangling(file);
-        eprintln!(
+        tracing::info!(
             "downloading {file} of {} (revision {}) from {} into {}",
             self.model,
             self.revision,
