@@ -945,10 +945,7 @@ impl Bot {
             Ok(out) => self.result_reply(&resp, user, out, then).await,
             Err(e) => {
                 self.refund(charge).await;
-                Reply {
-                    content: format!("❌ {}", sentence(&e)),
-                    ..Default::default()
-                }
+                failure(&e)
             }
         };
         self.deliver(&resp, user, &reply, id.0, started).await
@@ -995,11 +992,8 @@ impl Bot {
         let out = match self.wait(resp, invert, &mut shown).await {
             Ok(out) => out,
             Err(e) => {
-                let reply = Reply {
-                    content: format!("❌ {}", sentence(&e)),
-                    ..Default::default()
-                };
-                self.deliver(resp, user, &reply, job_id, started).await;
+                self.deliver(resp, user, &failure(&e), job_id, started)
+                    .await;
                 return Err(Refused(None));
             }
         };
@@ -1048,11 +1042,8 @@ impl Bot {
         let out = match self.wait(resp, edit, &mut shown).await {
             Ok(out) => out,
             Err(e) => {
-                let reply = Reply {
-                    content: format!("❌ {}", sentence(&e)),
-                    ..Default::default()
-                };
-                self.deliver(resp, user, &reply, job_id, started).await;
+                self.deliver(resp, user, &failure(&e), job_id, started)
+                    .await;
                 return Ok(());
             }
         };
@@ -1269,6 +1260,14 @@ fn edit_modal(r: Ref, max_chars: usize) -> CreateModal {
 fn photo_modal(key: u64, max_chars: usize) -> CreateModal {
     CreateModal::new(format!("{PHOTO_MODAL}{key}"), "Edit this face")
         .components(text_inputs(max_chars))
+}
+
+/// The reply that a job failed, and why.
+fn failure(e: &EngineError) -> Reply {
+    Reply {
+        content: format!("❌ {}", sentence(e)),
+        ..Default::default()
+    }
 }
 
 /// An engine error as a reply: its message, capitalised, with a full stop.

@@ -146,6 +146,13 @@ from_redb!(
     redb::CommitError
 );
 
+/// A user's undo history, written inside a larger transaction.
+fn put_history(t: &redb::WriteTransaction, user: u64, hist: &[Ref]) -> Result<(), DbError> {
+    let bytes = serde_json::to_vec(hist).expect("refs serialise");
+    t.open_table(HISTORY)?.insert(user, bytes.as_slice())?;
+    Ok(())
+}
+
 fn db_err(path: &Path, e: impl std::fmt::Display) -> BotError {
     BotError::Store(format!("{}: {e}", path.display()))
 }
@@ -358,12 +365,7 @@ impl Store {
                 results.remove(*id)?;
             }
             drop(results);
-            t.open_table(HISTORY)?.insert(
-                user,
-                serde_json::to_vec(&hist)
-                    .expect("refs serialise")
-                    .as_slice(),
-            )?;
+            put_history(t, user, &hist)?;
             t.open_table(META)?.insert("next_id", rec.id + 1)?;
             Ok(())
         })?;
@@ -434,12 +436,7 @@ impl Store {
         let owner = rec.owner;
         self.write(|t| {
             t.open_table(RESULTS)?.remove(id)?;
-            t.open_table(HISTORY)?.insert(
-                owner,
-                serde_json::to_vec(&hist)
-                    .expect("refs serialise")
-                    .as_slice(),
-            )?;
+            put_history(t, owner, &hist)?;
             Ok(())
         })?;
         if let Some(n) = order.by_id.remove(&id) {
