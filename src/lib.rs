@@ -26,7 +26,7 @@
 //!
 //! The CLI commands run the same pipeline on the main thread, without the
 //! engine. Settings flow the other way: only the command layer (the binary:
-//! `src/main.rs`, `src/cli/`) holds the whole [`config::Config`]; it hands
+//! `src/main.rs`, `src/cli/`) holds the whole `Config` of [`config`]; it hands
 //! each layer its own section ([`generator::GeneratorConfig`],
 //! [`pipeline::PipelineSetup`], [`engine::EngineConfig`],
 //! [`bot::Settings`], [`train::TrainConfig`], [`eval::Options`],
