@@ -23,9 +23,10 @@
 //!   losses, AdamW, checkpoints, resume); [`eval`]: `clip2gan eval-mapper`
 //!   against baselines, with [`variety`] (range and variety of imagine's
 //!   latents); [`prompts`]: prompt files.
-//! - [`ops`]: the kernels candle lacks (depthwise 3x3, fused noise + bias +
-//!   leaky ReLU, inverse Haar DWT), each with a fast CPU path and a portable
-//!   tensor-op path for other devices.
+//! - [`ops`]: the kernel layer of both generators (depthwise 3x3, inverse
+//!   Haar DWT, FIR resampling, dense conv on gemm, the fused conv epilogue),
+//!   each with a fast CPU path and a portable, differentiable tensor-op path,
+//!   and the one switch between them.
 //! - [`latent`] and [`npy`]: latent files (z, w, W+) in NumPy format.
 //! - [`image_io`]: area resizing, RGB8 conversion, grids, atomic PNG writes.
 //! - [`engine`]: the inference engine (queue, batching, per-user limits,

@@ -109,7 +109,7 @@ impl Preprocessor {
         } else {
             (self.resize, self.resize * w / h)
         };
-        if crate::ops::cpu_fast(images) && !images.track_op() {
+        if crate::ops::fast_path(&[images]) {
             return self.generator_cpu(images, nh, nw);
         }
         let dev = images.device();

@@ -24,9 +24,9 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use super::fir::FILTER_1331;
 use crate::error::{Error, Result};
 use crate::generator::seeded_normal;
+use crate::ops::fir::FILTER_1331;
 
 /// The mapping network's default learning-rate multiplier (NVIDIA's and
 /// rosinality's `lr_mlp`); it scales the stored weights at run time.
