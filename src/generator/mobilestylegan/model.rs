@@ -64,19 +64,15 @@ impl WeightFile {
                 hint: "Run `clip2gan fetch` to download and convert them (or see README.md, \"Models\").".into(),
             });
         }
-        let bad = |e: String| Error::BadWeights {
-            file: path.display().to_string(),
-            detail: format!("cannot read safetensors: {e}"),
-        };
         let bytes = std::fs::read(path).map_err(|err| Error::Read {
             path: path.to_path_buf(),
             err,
         })?;
-        let (_, header) =
-            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
-        let metadata = header.metadata().clone().unwrap_or_default();
-        let tensors = candle_core::safetensors::load_buffer(&bytes, device)
-            .map_err(|e| bad(e.to_string()))?;
+        let crate::tensorfile::TensorFile { tensors, metadata } =
+            crate::tensorfile::decode(&bytes, device).map_err(|e| Error::BadWeights {
+                file: path.display().to_string(),
+                detail: format!("cannot read safetensors: {e}"),
+            })?;
         Ok(Self {
             path: path.to_path_buf(),
             tensors,
