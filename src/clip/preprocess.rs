@@ -454,21 +454,8 @@ mod tests {
                 * 0.5)
                 .unwrap();
             let fast = p.from_generator(&x).unwrap();
-            crate::ops::force_portable(true);
-            let slow = p.from_generator(&x);
-            crate::ops::force_portable(false);
-            let slow = slow.unwrap();
-            assert_eq!(fast.dims(), slow.dims());
-            let d: f32 = (&fast - &slow)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let slow = crate::ops::testing::portable(|| p.from_generator(&x)).unwrap();
+            let d = crate::ops::testing::max_diff(&fast, &slow);
             assert!(d < 1e-5, "case {i}: differs by {d}");
         }
     }

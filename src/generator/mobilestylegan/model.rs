@@ -404,13 +404,7 @@ impl Generator for MobileStyleGan {
     }
 
     fn map(&self, z: &Tensor) -> Result<Tensor> {
-        let (_, d) = z.dims2()?;
-        if d != self.z_dim {
-            return Err(Error::invalid(format!(
-                "z must have {} columns, got {d}",
-                self.z_dim
-            )));
-        }
+        crate::generator::check_z(z, self.z_dim)?;
         map_z(&self.mapping, &z.to_dtype(DType::F32)?)
     }
 

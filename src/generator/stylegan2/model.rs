@@ -398,13 +398,7 @@ impl Generator for StyleGan2 {
     }
 
     fn map(&self, z: &Tensor) -> Result<Tensor> {
-        let (_, d) = z.dims2()?;
-        if d != self.arch.z_dim {
-            return Err(Error::invalid(format!(
-                "z must have {} columns, got {d}",
-                self.arch.z_dim
-            )));
-        }
+        crate::generator::check_z(z, self.arch.z_dim)?;
         let z = z.to_dtype(DType::F32)?.to_device(&self.device)?;
         let norm = (z.sqr()?.mean_keepdim(D::Minus1)? + 1e-8)?.sqrt()?;
         let mut x = z.broadcast_div(&norm)?;
@@ -440,6 +434,7 @@ impl Generator for StyleGan2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::testing::max_diff;
 
     /// The polyphase 2x2 conv equals a transposed 3x3 conv with stride 2.
     #[test]
@@ -474,28 +469,10 @@ mod tests {
             .reshape((2, 4, 12, 10))
             .unwrap();
         let head = got.narrow(2, 0, 11).unwrap().narrow(3, 0, 9).unwrap();
-        let d: f32 = (head - &want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let d = max_diff(&head, &want);
         assert!(d < 1e-5, "{d}");
-        let tail: f32 = got
-            .narrow(2, 11, 1)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let last_row = got.narrow(2, 11, 1).unwrap();
+        let tail = max_diff(&last_row, &last_row.zeros_like().unwrap());
         assert_eq!(tail, 0.0, "the extra last row must be zero");
     }
 }
