@@ -116,18 +116,23 @@ fn downscale_rgb8(src: &[f32], n: usize, r: usize, size: usize) -> Vec<RgbImage>
         buf.par_chunks_mut(size * 3)
             .enumerate()
             .for_each(|(y, row)| {
+                // Block sums row by row into `acc`: for each output pixel the
+                // order of candle's loop (source rows, then columns).
+                let mut acc = vec![0f32; size];
                 for ch in 0..3 {
                     let p = &img[ch * plane..(ch + 1) * plane];
-                    for x in 0..size {
-                        let mut sum = 0f32;
-                        for m in 0..k {
-                            let line = &p[(y * k + m) * r + x * k..][..k];
-                            for &v in line {
-                                sum += v;
+                    acc.fill(0.0);
+                    for m in 0..k {
+                        let line = &p[(y * k + m) * r..(y * k + m + 1) * r];
+                        for (a, block) in acc.iter_mut().zip(line.chunks_exact(k)) {
+                            for &v in block {
+                                *a += v;
                             }
                         }
+                    }
+                    for (px, &sum) in row.chunks_exact_mut(3).zip(&acc) {
                         let v = ((sum * scale + 1.0) * 127.5).clamp(0.0, 255.0);
-                        row[x * 3 + ch] = v.round() as u8;
+                        px[ch] = v.round() as u8;
                     }
                 }
             });
