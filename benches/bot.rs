@@ -13,7 +13,6 @@
 //!
 //! A benchmark, not a test: it asserts only that every job got its image.
 
-#[allow(dead_code)]
 #[path = "../tests/fake_discord/mod.rs"]
 mod fake_discord;
 
@@ -142,8 +141,14 @@ fn main() {
         .map(|u| u.trim().parse().expect("--users: numbers, e.g. 1,16"))
         .collect();
     let jobs: usize = arg(&args, "--jobs").map_or(2, |j| j.parse().expect("--jobs: a number"));
-    let cfg = clip2gan::config::Config::load(None).expect("config");
-    let dev = clip2gan::device::select(&cfg.device).expect("device");
+    let app = clip2gan::config::Config::load(None).expect("config");
+    let dev = clip2gan::device::select(&app.device).expect("device");
+    let cfg = clip2gan::bench::BenchConfig {
+        models_dir: app.models_dir.clone(),
+        generator: app.generator.clone(),
+        settings: app.pipeline_setup().settings(),
+        engine: app.engine.clone(),
+    };
     let max_batch = cfg.engine.max_batch;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -288,15 +288,25 @@ pub fn clip(c: &crate::clip::Clip, model: &str, iters: usize, candle: bool) -> R
     })
 }
 
+/// What `bench engine` runs on: the configured generator (real weights),
+/// the pipeline settings, and the engine's settings it varies.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    pub models_dir: std::path::PathBuf,
+    pub generator: crate::generator::GeneratorConfig,
+    pub settings: crate::pipeline::Settings,
+    pub engine: crate::engine::EngineConfig,
+}
+
 /// A pipeline with real generator weights, a random ViT-B/32-shaped CLIP and
 /// a random mapper: the speed of the real thing, without trained weights.
 pub fn random_pipeline(
-    cfg: &crate::config::Config,
+    cfg: &BenchConfig,
     device: &candle_core::Device,
 ) -> Result<crate::pipeline::Pipeline> {
     let clip =
         crate::clip::Clip::with_random_weights(crate::clip::config::vit_base_patch32(), device)?;
-    let generator = crate::generator::open(cfg, device, true)?;
+    let generator = crate::generator::open(&cfg.generator, &cfg.models_dir, device, true)?;
     let meta = crate::mapper::MapperMeta {
         clip_model: "random".into(),
         clip_dim: clip.embed_dim(),
@@ -314,7 +324,7 @@ pub fn random_pipeline(
         clip,
         mapper,
         generator,
-        settings: cfg.pipeline_settings(),
+        settings: cfg.settings.clone(),
     })
 }
 
@@ -466,13 +476,13 @@ fn generator_batches(max_batch: usize) -> Vec<usize> {
 /// batching on (`max_batch`) and off; and the generator alone timed in the
 /// same run, so the ratio engine / generator holds under the same load.
 pub fn engine(
-    cfg: &crate::config::Config,
+    cfg: &BenchConfig,
     device: &candle_core::Device,
     concurrency: &[usize],
     jobs: usize,
     max_batch: usize,
 ) -> Result<EngineBench> {
-    let gen = crate::generator::open(cfg, device, true)?;
+    let gen = crate::generator::open(&cfg.generator, &cfg.models_dir, device, true)?;
     let batches = generator_batches(max_batch);
     let time_generator = || -> Result<Vec<GeneratorBench>> {
         batches
@@ -538,7 +548,7 @@ pub fn bench_request(client: usize, job: usize) -> crate::engine::Request {
 /// pipeline of [`random_pipeline`], and one full batch already run
 /// (untimed: the first pass pays for touching its working memory).
 pub fn warm_engine(
-    cfg: &crate::config::Config,
+    cfg: &BenchConfig,
     device: &candle_core::Device,
     clients: usize,
     max_batch: usize,
@@ -579,7 +589,7 @@ pub fn warm_engine(
 /// one after the other (the next once the last one's PNG is ready), against
 /// a [`warm_engine`].
 pub fn engine_clients(
-    cfg: &crate::config::Config,
+    cfg: &BenchConfig,
     device: &candle_core::Device,
     concurrency: usize,
     jobs: usize,

@@ -1,12 +1,25 @@
 //! Settings: built-in defaults, then `config.toml` (or the file given with
 //! `--config`), then environment variables `CLIP2GAN_<KEY>` with `__` between
 //! levels (e.g. `CLIP2GAN_GENERATOR__TRUNCATION=0.6`), then command-line flags.
+//!
+//! [`Config`] is the whole file, and only the command layer (`src/main.rs`
+//! and `src/cli/`) holds it: each section's type lives with the layer it
+//! configures and checks itself there, and the command layer hands every
+//! layer its own sections. So this module imports the layers, and no layer
+//! imports it.
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::bot::{BotConfig, DiscordConfig};
+pub use crate::clip::ClipConfig;
+use crate::engine::EngineConfig;
 use crate::error::{Error, Result};
+pub use crate::generator::GeneratorConfig;
+pub use crate::mapper::MapperFileConfig;
+pub use crate::pipeline::{PipelineConfig, PipelineSetup};
+use crate::train::TrainConfig;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -19,113 +32,10 @@ pub struct Config {
     pub clip: ClipConfig,
     pub mapper: MapperFileConfig,
     pub pipeline: PipelineConfig,
-    pub engine: crate::engine::EngineConfig,
-    pub discord: crate::bot::DiscordConfig,
-    pub bot: crate::bot::BotConfig,
-    pub train: crate::train::TrainConfig,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MapperFileConfig {
-    /// The trained mapper `imagine` and `edit` use, relative to `models_dir`
-    /// unless absolute.
-    pub path: PathBuf,
-    /// No mapper at `path`: build one on first use (a pair bank of
-    /// generated faces and the closed-form fit, see `train --mode fit`).
-    pub build: bool,
-    /// Pairs of the first fit (serving starts after it).
-    pub first_pairs: usize,
-    /// The bank grows to this many pairs while the bot is idle, and the
-    /// mapper is refitted at each doubling.
-    pub pairs: usize,
-}
-
-impl Default for MapperFileConfig {
-    fn default() -> Self {
-        Self {
-            path: PathBuf::from("mapper.safetensors"),
-            build: true,
-            first_pairs: 512,
-            pairs: 2048,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PipelineConfig {
-    /// Truncation of mapped latents toward w_avg (1 = none).
-    pub truncation: f64,
-    /// Perturbation of the text embedding per seed (variety between images).
-    pub variation_xi: f64,
-    /// Blend of a seeded random style into the fine layers.
-    pub fine_mix: f64,
-    /// Share of a drawn fit residual each image adds (mappers with residuals).
-    pub sample_temperature: f64,
-}
-
-impl Default for PipelineConfig {
-    fn default() -> Self {
-        let s = crate::pipeline::Settings::default();
-        Self {
-            truncation: s.truncation,
-            variation_xi: s.variation_xi,
-            fine_mix: s.fine_mix,
-            sample_temperature: s.sample_temperature,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ClipConfig {
-    /// A local directory in transformers layout, or a Hugging Face repo id.
-    pub model: String,
-    /// Hub revision (branch, tag or commit) when `model` is a repo id.
-    pub revision: String,
-    /// Hub download cache, relative to `models_dir` unless absolute. Unset:
-    /// the Python client's (`HF_HUB_CACHE`, else `$HF_HOME/hub`, else
-    /// `~/.cache/huggingface/hub`), so that its downloads are shared.
-    pub cache_dir: Option<PathBuf>,
-    /// Never touch the network; use the cache only (also: HF_HUB_OFFLINE=1).
-    pub offline: bool,
-}
-
-impl Default for ClipConfig {
-    fn default() -> Self {
-        Self {
-            model: "openai/clip-vit-base-patch32".into(),
-            revision: "main".into(),
-            cache_dir: None,
-            offline: false,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GeneratorConfig {
-    /// Generator architecture: `mobilestylegan` (default, fetched
-    /// automatically) or `stylegan2` (a checkpoint you provide).
-    pub kind: String,
-    /// Directory of the converted weights, relative to `models_dir` unless absolute.
-    pub weights: PathBuf,
-    /// `stylegan2`: the checkpoint file (`.pt` or `.safetensors`), relative
-    /// to `models_dir` unless absolute.
-    pub checkpoint: Option<PathBuf>,
-    /// `stylegan2`: if set, refuse a checkpoint of another resolution.
-    pub resolution: Option<usize>,
-    /// `stylegan2`: if set, refuse a checkpoint whose channels differ from
-    /// this channel multiplier's (2 = config-f).
-    pub channel_multiplier: Option<usize>,
-    /// `stylegan2`: clamp conv outputs to +-X (ADA's `conv_clamp`); 0 = off.
-    /// Unset: the checkpoint's metadata, else off.
-    pub conv_clamp: Option<f64>,
-    /// Default truncation psi for seeds and prompts.
-    pub truncation: f64,
-    /// Images per forward pass; bounds memory (about 1 GB per 1024 px image on CPU).
-    pub max_batch: usize,
+    pub engine: EngineConfig,
+    pub discord: DiscordConfig,
+    pub bot: BotConfig,
+    pub train: TrainConfig,
 }
 
 impl Default for Config {
@@ -137,25 +47,10 @@ impl Default for Config {
             clip: ClipConfig::default(),
             mapper: MapperFileConfig::default(),
             pipeline: PipelineConfig::default(),
-            engine: crate::engine::EngineConfig::default(),
-            discord: crate::bot::DiscordConfig::default(),
-            bot: crate::bot::BotConfig::default(),
-            train: crate::train::TrainConfig::default(),
-        }
-    }
-}
-
-impl Default for GeneratorConfig {
-    fn default() -> Self {
-        Self {
-            kind: "mobilestylegan".into(),
-            weights: PathBuf::from("mobilestylegan-ffhq"),
-            checkpoint: None,
-            resolution: None,
-            channel_multiplier: None,
-            conv_clamp: None,
-            truncation: 0.7,
-            max_batch: 8,
+            engine: EngineConfig::default(),
+            discord: DiscordConfig::default(),
+            bot: BotConfig::default(),
+            train: TrainConfig::default(),
         }
     }
 }
@@ -196,85 +91,34 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Each section checks itself; `[train]`, `[engine]` and the bot's
+    /// sections are checked by the commands that use them, once their flags
+    /// are applied.
     pub fn validate(&self) -> Result<()> {
-        crate::generator::check_truncation(self.generator.truncation)?;
-        let p = &self.pipeline;
-        if !(0.0..=1.0).contains(&p.variation_xi)
-            || !(0.0..=1.0).contains(&p.fine_mix)
-            || !(0.0..=1.5).contains(&p.sample_temperature)
-        {
-            return Err(Error::Config(
-                "pipeline.variation_xi and fine_mix must be in [0, 1], sample_temperature in [0, 1.5]"
-                    .into(),
-            ));
+        self.generator.validate()?;
+        self.pipeline.validate()?;
+        self.mapper.validate()
+    }
+
+    /// What loading the pipeline needs, from `[clip]`, `[generator]`,
+    /// `[mapper]`, `[pipeline]` and `models_dir`.
+    pub fn pipeline_setup(&self) -> PipelineSetup {
+        PipelineSetup {
+            models_dir: self.models_dir.clone(),
+            clip: self.clip.clone(),
+            generator: self.generator.clone(),
+            mapper: self.mapper.clone(),
+            pipeline: self.pipeline.clone(),
         }
-        crate::generator::check_truncation(p.truncation)?;
-        if self.generator.max_batch == 0 {
-            return Err(Error::Config(
-                "generator.max_batch must be at least 1".into(),
-            ));
-        }
-        let g = &self.generator;
-        match g.kind.as_str() {
-            "mobilestylegan" => {}
-            "stylegan2" => {
-                if g.checkpoint.is_none() {
-                    return Err(Error::Config(
-                        "generator.kind = \"stylegan2\" needs generator.checkpoint (a .pt or .safetensors file)".into(),
-                    ));
-                }
-                if let Some(r) = g.resolution {
-                    crate::generator::stylegan2::load::check_resolution(r)
-                        .map_err(|_| Error::Config(format!(
-                            "generator.resolution = {r} is not a power of two between 4 and 4096"
-                        )))?;
-                }
-                if g.channel_multiplier == Some(0) {
-                    return Err(Error::Config(
-                        "generator.channel_multiplier must be at least 1 (2 = config-f)".into(),
-                    ));
-                }
-                if let Some(c) = g.conv_clamp {
-                    if !c.is_finite() || c < 0.0 {
-                        return Err(Error::Config(format!(
-                            "generator.conv_clamp = {c}: use a positive number, or 0 for none"
-                        )));
-                    }
-                }
-            }
-            other => {
-                return Err(Error::Config(format!(
-                    "generator.kind = {other:?} is not available; this build has \"mobilestylegan\" and \"stylegan2\""
-                )))
-            }
-        }
-        let m = &self.mapper;
-        if m.first_pairs < 32 || m.pairs < m.first_pairs {
-            return Err(Error::Config(format!(
-                "mapper.first_pairs = {} must be at least 32 and mapper.pairs = {} at least that",
-                m.first_pairs, m.pairs
-            )));
-        }
-        // [train] is checked by `clip2gan train` once its flags are applied.
-        Ok(())
     }
 
     /// Locate (and download if needed) the configured CLIP checkpoint.
     pub fn clip_files(&self) -> Result<crate::clip::ClipFiles> {
-        let c = &self.clip;
-        crate::clip::hub::resolve(
-            &c.model,
-            &c.revision,
-            c.cache_dir
-                .as_ref()
-                .map(|d| self.models_dir.join(d))
-                .as_deref(),
-            c.offline,
-        )
+        self.clip.files(&self.models_dir)
     }
 
     pub fn mapper_path(&self) -> PathBuf {
-        self.models_dir.join(&self.mapper.path)
+        self.mapper.path_in(&self.models_dir)
     }
 
     /// How first use builds the mapper when there is none at
@@ -284,7 +128,7 @@ impl Config {
         self.mapper.build.then(|| crate::train::warmup::Plan {
             out: self.mapper_path(),
             run_dir: self.models_dir.join(&self.train.run_dir),
-            train: crate::train::TrainConfig {
+            train: TrainConfig {
                 mode: crate::train::Mode::Fit,
                 style_mixing: 0.0,
                 ..self.train.clone()
@@ -295,28 +139,22 @@ impl Config {
         })
     }
 
-    /// Pipeline settings from `[pipeline]` and `[generator]`.
-    pub fn pipeline_settings(&self) -> crate::pipeline::Settings {
-        crate::pipeline::Settings {
-            truncation: self.pipeline.truncation,
-            variation_xi: self.pipeline.variation_xi,
-            fine_mix: self.pipeline.fine_mix,
-            sample_temperature: self.pipeline.sample_temperature,
-            max_batch: self.generator.max_batch,
-            noise: crate::generator::NoiseMode::Fixed,
-        }
+    /// Open the configured generator (see [`crate::generator::open`]).
+    pub fn open_generator(
+        &self,
+        device: &candle_core::Device,
+        auto_fetch: bool,
+    ) -> Result<Box<dyn crate::generator::Generator>> {
+        crate::generator::open(&self.generator, &self.models_dir, device, auto_fetch)
     }
 
     /// The StyleGAN2 checkpoint path, resolved against `models_dir`.
     pub fn checkpoint_path(&self) -> Option<PathBuf> {
-        self.generator
-            .checkpoint
-            .as_ref()
-            .map(|c| self.models_dir.join(c))
+        self.generator.checkpoint_path(&self.models_dir)
     }
 
     pub fn generator_dir(&self) -> PathBuf {
-        self.models_dir.join(&self.generator.weights)
+        self.generator.weights_dir(&self.models_dir)
     }
 }
 

@@ -13,56 +13,16 @@
 //! (the true prompt ranks first among `candidates`: it and others drawn at
 //! random). Text metrics only mean something with real CLIP weights.
 
-use std::path::{Path, PathBuf};
-
 use candle_core::{Tensor, D};
-use clap::Args;
 use rand::seq::IteratorRandom;
 use serde::Serialize;
 
 use crate::clip::Clip;
-use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::generator::{Generator, NoiseMode};
-use crate::mapper::{Compat, Mapper};
+use crate::mapper::Mapper;
 use crate::train::data::{self, SampleSpec};
 use crate::train::TrainConfig;
-
-#[derive(Args, Debug, Clone)]
-pub struct EvalArgs {
-    /// Mapper file (default: [mapper] path); a training checkpoint works too.
-    #[arg(long)]
-    pub mapper: Option<PathBuf>,
-    /// Held-out samples.
-    #[arg(long, default_value_t = 64)]
-    pub samples: usize,
-    /// Seed of the held-out samples.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Side at which PSNR compares images.
-    #[arg(long, default_value_t = 256)]
-    pub psnr_size: usize,
-    /// Perturb the held-out embeddings with LAFITE noise first (0 = clean).
-    #[arg(long, default_value_t = 0.0)]
-    pub xi: f64,
-    /// Prompt file (one per line, UTF-8) for CLIP score and R-precision.
-    #[arg(long)]
-    pub prompts: Option<PathBuf>,
-    /// With --prompts: also imagine this many images per prompt and report
-    /// whether their latents stay in the generator's range and how much
-    /// they differ (see `variety`).
-    #[arg(long)]
-    pub variety: Option<usize>,
-    /// R-precision candidates per prompt (the true one included).
-    #[arg(long, default_value_t = 100)]
-    pub candidates: usize,
-    /// Images per generator call.
-    #[arg(long, default_value_t = 8)]
-    pub batch: usize,
-    /// Where the JSON report goes (default: the mapper path + .eval.json).
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-}
 
 /// One line of the table.
 #[derive(Debug, Clone, Serialize)]
@@ -334,77 +294,6 @@ pub fn table(r: &EvalReport) -> String {
         out.push('\n');
     }
     out
-}
-
-/// Run `clip2gan eval-mapper`.
-pub fn run(cfg: &Config, a: &EvalArgs) -> Result<EvalReport> {
-    let path = a.mapper.clone().unwrap_or_else(|| cfg.mapper_path());
-    let prompts = a.prompts.as_deref().map(crate::prompts::read).transpose()?;
-    let json = a.json.clone().unwrap_or_else(|| json_path(&path));
-    crate::fsutil::check_writable(&json)?;
-    let dev = crate::device::select(&cfg.device)?;
-    let meta = crate::mapper::read_meta(&path)?;
-    let g = crate::generator::open(cfg, &dev, true)?;
-    let clip = Clip::load(&cfg.clip_files()?, &dev)?;
-    let (trained, warnings) = Mapper::load(
-        &path,
-        &Compat {
-            clip_model: &cfg.clip.model,
-            clip_dim: clip.embed_dim(),
-            generator: g.id(),
-            num_styles: g.num_styles(),
-            w_dim: g.w_dim(),
-        },
-        &dev,
-    )?;
-    for w in warnings {
-        eprintln!("warning: {w}");
-    }
-    let mut tc: TrainConfig = serde_json::from_value(meta.training.clone()).unwrap_or_default();
-    // A closed-form mapper has no starting weights: its "untrained"
-    // baseline is the MLP that `train` would start from.
-    if meta.config.kind == crate::mapper::MapperKind::Mlp {
-        tc.mapper = meta.config.clone();
-    }
-    let (untrained, _) = crate::train::untrained_mapper(g.as_ref(), &clip, &meta.clip_model, &tc)?;
-    let mut report = evaluate(
-        g.as_ref(),
-        &clip,
-        &trained,
-        &untrained,
-        &Options {
-            samples: a.samples,
-            seed: a.seed,
-            psnr_size: a.psnr_size,
-            xi: a.xi,
-            batch: a.batch,
-            prompts,
-            candidates: a.candidates,
-        },
-    )?;
-    report.mapper = path.display().to_string();
-    print!("{}", table(&report));
-    if let (Some(n), Some(prompts)) = (a.variety, a.prompts.as_deref()) {
-        let p = crate::pipeline::Pipeline {
-            clip,
-            mapper: trained,
-            generator: g,
-            settings: cfg.pipeline_settings(),
-        };
-        let v = crate::variety::measure(&p, &crate::prompts::read(prompts)?, n)?;
-        print!("{}", crate::variety::table(&v));
-        report.variety = Some(v);
-    }
-    let text = serde_json::to_string_pretty(&report).map_err(|e| Error::invalid(e.to_string()))?;
-    crate::fsutil::write_atomic(&json, text.as_bytes())?;
-    eprintln!("report written to {}", json.display());
-    Ok(report)
-}
-
-fn json_path(mapper: &Path) -> PathBuf {
-    let mut s = mapper.as_os_str().to_owned();
-    s.push(".eval.json");
-    PathBuf::from(s)
 }
 
 #[cfg(test)]

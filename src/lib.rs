@@ -1,46 +1,91 @@
 //! clip2gan: text-to-face generation after CLIP2GAN (arXiv 2211.15045).
 //!
-//! # Layout
+//! This is the crate's one module map; the README points here.
 //!
-//! - [`generator`]: the [`generator::Generator`] trait (z -> w -> W+ -> image)
-//!   and its implementations. [`generator::mobilestylegan`] is the default:
-//!   `ir` reads the OpenVINO IR the weights ship in, `convert` walks that
-//!   graph into named tensors, `fetch` downloads and converts once, `model`
-//!   is the native candle network. [`generator::stylegan2`] runs StyleGAN2
+//! # Threads and data flow (`clip2gan bot`)
+//!
+//! ```text
+//!  Discord gateway ──> serenity task (tokio) ──> bot::handlers
+//!                                                   │ engine::Request (plain types)
+//!                                                   v
+//!                                     engine queue (bounded, per-user limits)
+//!                                                   │ batches of one kind
+//!                                                   v
+//!            worker thread "clip2gan-inference" ── Backend::run
+//!              (owns the models and the device)     │ pipeline: CLIP -> mapper
+//!              idle time: grow the pair bank,       │   -> generator (tensors)
+//!              refit the mapper (engine::growing)   v
+//!                                     RawOutput (RGB images, latents)
+//!                                                   │ back to the awaiting task
+//!                                                   v
+//!                    PNG / GIF encoding (tokio blocking thread)
+//!                                                   │ engine::Output (bytes)
+//!                                                   v
+//!                    bot::respond: the reply, with retries ──> Discord HTTP
+//! ```
+//!
+//! The CLI commands run the same pipeline on the main thread, without the
+//! engine. Settings flow the other way: only the command layer (the binary:
+//! `src/main.rs`, `src/cli/`) holds the whole `Config` of [`config`]; it hands
+//! each layer its own section ([`generator::GeneratorConfig`],
+//! [`pipeline::PipelineSetup`], [`engine::EngineConfig`],
+//! [`bot::Settings`], [`train::TrainConfig`], [`eval::Options`],
+//! [`bench::BenchConfig`]), and no layer imports `config`.
+//!
+//! # Modules
+//!
+//! - [`generator`]: the [`generator::Generator`] trait (z -> w -> W+ -> image),
+//!   its `[generator]` section and `open`. [`generator::mobilestylegan`] is
+//!   the default: `ir` reads the OpenVINO IR the weights ship in, `convert`
+//!   walks that graph into named tensors, `fetch` downloads and converts
+//!   once, `model` is the native candle network, `random` makes random
+//!   weight sets for tests. [`generator::stylegan2`] runs StyleGAN2
 //!   checkpoints users bring (`load`: rosinality `.pt` / safetensors in
-//!   either naming; `model`; `fir`: upfirdn2d resampling).
-//! - [`clip`]: CLIP text and image encoders (on candle-transformers' CLIP):
-//!   `tokenizer` (offline, with the original clean-up), `preprocess`
-//!   (PIL-exact resize + crop, and a differentiable path for training),
-//!   `config` (transformers `config.json`), `hub` (local dir or hub download).
+//!   either naming; `model`; `fir`: upfirdn2d resampling; `conv`: dense conv).
+//! - [`clip`]: CLIP text and image encoders: `tokenizer` (offline, with the
+//!   original clean-up), `preprocess` (PIL-exact resize + crop, and a
+//!   differentiable path for training), `config` (transformers
+//!   `config.json`), `hub` (the `[clip]` section; local dir or hub
+//!   download), `fast` (the CPU fast path), `vision` (the differentiable
+//!   image tower).
 //! - [`mapper`]: the CLIP2GAN mapping network (CLIP embedding -> W+ residual
 //!   over `w_avg`): an MLP or the closed-form linear map, with the text
-//!   shift and residual sampling; its file format and compatibility checks.
-//! - [`train`]: `clip2gan train`, making a mapper from generated faces: the
-//!   pair cache (`cache`, growable `Bank`), the closed-form fit (`fit`,
-//!   `captions`), first use (`warmup`: the first mapper before the first
-//!   face, improved in idle time), and MLP training (modality-gap noise,
-//!   losses, AdamW, checkpoints, resume); [`eval`]: `clip2gan eval-mapper`
-//!   against baselines, with [`variety`] (range and variety of imagine's
-//!   latents); [`prompts`]: prompt files.
+//!   shift and residual sampling; its file format, compatibility checks and
+//!   the `[mapper]` section.
+//! - [`pipeline`]: CLIP -> mapper -> generator for batches of requests
+//!   (imagine, edit, invert, variations, interpolate); `config` (the
+//!   `[pipeline]` section, [`pipeline::PipelineSetup`]), `limits` (request
+//!   limits and their messages, for every layer), `instruction` (edit
+//!   phrases to text pairs).
+//! - [`engine`]: the inference engine (queue, batching, per-user limits,
+//!   idle-time work, warm-up) in plain types: `types` (requests, outputs,
+//!   errors), `backend` (the pipeline as a backend), `growing` (the backend
+//!   that builds and refits the mapper while idle).
+//! - [`bot`]: the Discord bot on the engine (commands, buttons, dialogs,
+//!   results store, server settings, photo downloads); it knows nothing of
+//!   tensors. Its own map is in `bot/mod.rs`.
+//! - [`train`]: making a mapper from generated faces (pair cache,
+//!   closed-form fit, first use, MLP training); its map is in `train/mod.rs`.
+//!   [`eval`]: measuring a mapper against baselines, with [`variety`] (range
+//!   and variety of imagine's latents); [`prompts`]: prompt files.
 //! - [`ops`]: the kernels candle lacks (depthwise 3x3, fused noise + bias +
 //!   leaky ReLU, inverse Haar DWT), each with a fast CPU path and a portable
 //!   tensor-op path for other devices.
 //! - [`latent`] and [`npy`]: latent files (z, w, W+) in NumPy format.
 //! - [`image_io`]: area resizing, RGB8 conversion, grids, atomic PNG writes.
-//! - [`engine`]: the inference engine (queue, batching, per-user limits,
-//!   idle-time work, warm-up) over the [`pipeline`] (CLIP -> mapper ->
-//!   generator), in plain types; `engine::growing` is the backend that
-//!   builds and refits the mapper while idle.
-//! - [`bot`]: the Discord bot on the engine (commands, buttons, results
-//!   store); it knows nothing of tensors.
-//! - [`config`]: `config.toml` + environment + flags; [`device`]: CPU/CUDA choice.
+//! - [`parity`]: a generator against the reference fixtures, and tensor
+//!   differences for the tests.
 //! - [`bench`]: the `clip2gan bench` measurements (printed as JSON).
+//! - [`config`]: `config.toml` + environment + flags, the whole file (for
+//!   the command layer only); [`device`]: CPU/CUDA choice.
 //! - [`error`]: typed errors that say what to do; [`fsutil`]: atomic writes;
 //!   [`tensorfile`]: safetensors files with metadata; [`rng`]: named,
 //!   seeded random streams; [`runtime`]: process start-up tuning (allocator).
 //!
-//! The binary (`src/main.rs`) is a thin clap front end over these modules.
+//! The binary (`src/main.rs`, with `src/cli/` for `bot`, `train` and
+//! `eval-mapper`) is the clap front end over these modules. `tools/` holds
+//! reference scripts, `tests/` the integration tests (shared fixtures in
+//! `tests/common/`), `models/` the fetched weights (never committed).
 
 pub mod bench;
 pub mod bot;

@@ -1,6 +1,8 @@
 //! Command-line front end. Each subcommand parses its flags, validates them
 //! before any expensive work, and calls into the library.
 
+mod cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -62,10 +64,10 @@ enum Command {
         fixtures: PathBuf,
     },
     /// Train the mapper (self-supervised; see README "Training the mapper").
-    Train(clip2gan::train::cli::TrainArgs),
+    Train(cli::train::TrainArgs),
     /// Evaluate a mapper on held-out samples against baselines; prints a
     /// table and writes JSON.
-    EvalMapper(clip2gan::eval::EvalArgs),
+    EvalMapper(cli::eval::EvalArgs),
 }
 
 #[derive(Args)]
@@ -147,8 +149,9 @@ struct EditArgs {
     /// The latent to edit (.npy W+ [23,512] or [1,23,512], e.g. from imagine).
     #[arg(long)]
     latent: PathBuf,
-    /// -3 to 3; negative reverses the edit.
-    #[arg(long, default_value_t = 1.0)]
+    // The help names the pipeline's range, so that it is written once.
+    #[arg(long, default_value_t = 1.0,
+          help = format!("{}; negative reverses the edit.", clip2gan::pipeline::limits::strength_span()))]
     strength: f64,
     /// Restrict the edit to coarse, middle or fine layers.
     #[arg(long, value_enum, default_value = "all")]
@@ -221,7 +224,27 @@ fn load_config(cli: &Cli) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
+/// The library's notes (progress, downloads, warnings) go through tracing;
+/// at the terminal they read as plain lines, level and message, filtered by
+/// `RUST_LOG` (default: info for clip2gan, warnings for the rest). The bot
+/// sets up its own log format.
+fn init_cli_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,clip2gan=info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .without_time()
+        .with_target(false)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if !matches!(cli.command, Command::Bot) {
+        init_cli_logging();
+    }
     let cfg = load_config(&cli)?;
     match cli.command {
         Command::Fetch(a) => fetch(&cfg, a),
@@ -237,7 +260,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ClipScore { text, images } => clip_score(&cfg, &text, &images),
         Command::Parity { fixtures } => {
             let dev = device::select(&cfg.device)?;
-            let g = generator::open(&cfg, &dev, true)?;
+            let g = cfg.open_generator(&dev, true)?;
             let r = clip2gan::parity::generator_vs_fixtures(g.as_ref(), &fixtures)?;
             println!("{}", serde_json::to_string(&r)?);
             if !r.pass {
@@ -247,7 +270,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Bot => bot(cfg),
+        Command::Bot => cli::bot::run(cfg),
         Command::Imagine(a) => imagine(&cfg, a),
         Command::Edit(a) => edit(&cfg, a),
         Command::Bench(BenchCommand::Engine {
@@ -262,20 +285,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .into());
             }
             let dev = device::select(&cfg.device)?;
-            let r = bench::engine(&cfg, &dev, &concurrency, jobs_per_client, max_batch)?;
+            let setup = bench::BenchConfig {
+                models_dir: cfg.models_dir.clone(),
+                generator: cfg.generator.clone(),
+                settings: cfg.pipeline_setup().settings(),
+                engine: cfg.engine.clone(),
+            };
+            let r = bench::engine(&setup, &dev, &concurrency, jobs_per_client, max_batch)?;
             eprint!("{}", r.table());
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
         Command::Train(a) => {
-            if clip2gan::train::cli::run(&cfg, &a)?.interrupted {
+            if cli::train::run(&cfg, &a)?.interrupted {
                 // The conventional status of a process stopped by SIGINT.
                 std::process::exit(130);
             }
             Ok(())
         }
         Command::EvalMapper(a) => {
-            clip2gan::eval::run(&cfg, &a)?;
+            cli::eval::run(&cfg, &a)?;
             Ok(())
         }
         Command::Bench(BenchCommand::Clip { iters, candle }) => {
@@ -298,9 +327,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let dev = device::select(&cfg.device)?;
             let g: Box<dyn generator::Generator> = match kind.as_str() {
                 "mobilestylegan" => {
-                    let mut cfg = cfg.clone();
-                    cfg.generator.kind = kind;
-                    generator::open(&cfg, &dev, true)?
+                    let g = generator::GeneratorConfig {
+                        kind,
+                        ..cfg.generator.clone()
+                    };
+                    generator::open(&g, &cfg.models_dir, &dev, true)?
                 }
                 "stylegan2" => Box::new(StyleGan2::random_config_f(resolution, 0, &dev)?),
                 _ => {
@@ -319,26 +350,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn bot(cfg: Config) -> anyhow::Result<()> {
-    clip2gan::bot::init_logging();
-    // The token first: a missing one should not cost a model load.
-    let token = clip2gan::bot::config::resolve_token(&cfg.discord)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    rt.block_on(clip2gan::bot::serve(cfg, token))?;
-    Ok(())
-}
-
 fn load_pipeline(cfg: &Config) -> anyhow::Result<clip2gan::pipeline::Pipeline> {
     let dev = device::select(&cfg.device)?;
-    let first_use = cfg.first_use().filter(|_| !cfg.mapper_path().exists());
+    let setup = cfg.pipeline_setup();
+    let first_use = cfg.first_use().filter(|_| !setup.mapper_path().exists());
     let (p, warnings) = match first_use {
-        None => clip2gan::pipeline::Pipeline::load(cfg, &dev)?,
+        None => clip2gan::pipeline::Pipeline::load(&setup, &dev)?,
         Some(plan) => {
-            let clip = clip::Clip::load(&cfg.clip_files()?, &dev)?;
-            let g = generator::open(cfg, &dev, true)?;
+            let clip = clip::Clip::load(&setup.clip_files()?, &dev)?;
+            let g = setup.open_generator(&dev, true)?;
             eprintln!(
                 "No mapper at {} yet: building one from {} generated faces (once; later runs reuse it). \
                  `clip2gan train --mode fit --pairs {}` or the bot's idle time make it better.",
@@ -348,7 +368,7 @@ fn load_pipeline(cfg: &Config) -> anyhow::Result<clip2gan::pipeline::Pipeline> {
             );
             let stop = clip2gan::train::interrupt::install();
             clip2gan::train::warmup::build_first(&plan, &clip, g.as_ref(), stop, false)?;
-            clip2gan::pipeline::Pipeline::assemble(cfg, clip, g)?
+            clip2gan::pipeline::Pipeline::assemble(&setup, clip, g)?
         }
     };
     for w in warnings {
@@ -475,10 +495,7 @@ fn generate(cfg: &Config, a: GenerateArgs) -> anyhow::Result<()> {
     }
     // The resolution is known before loading for MobileStyleGAN, and for
     // StyleGAN2 if configured; otherwise --size is checked once it is.
-    let known = match cfg.generator.kind.as_str() {
-        "mobilestylegan" => Some(1024),
-        _ => cfg.generator.resolution,
-    };
+    let known = cfg.generator.known_resolution();
     if let (Some(size), Some(res)) = (a.size, known) {
         image_io::check_size(size, res)?;
     }
@@ -492,7 +509,7 @@ fn generate(cfg: &Config, a: GenerateArgs) -> anyhow::Result<()> {
     };
 
     let dev = device::select(&cfg.device)?;
-    let g = generator::open(cfg, &dev, true)?;
+    let g = cfg.open_generator(&dev, true)?;
     let size = a.size.unwrap_or(g.resolution());
     image_io::check_size(size, g.resolution())?;
     let wplus = match &a.latent {

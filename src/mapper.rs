@@ -23,7 +23,7 @@
 //! LayerNorm has no backward pass and would stop gradients silently.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Init, LayerNorm, Linear, Module, VarBuilder, VarMap};
@@ -105,6 +105,52 @@ pub struct MapperMeta {
 }
 
 /// The CLIP and generator a mapper is about to be used with.
+/// The `[mapper]` section: the mapper file the pipeline serves, and how
+/// first use builds one when it is missing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MapperFileConfig {
+    /// The trained mapper `imagine` and `edit` use, relative to `models_dir`
+    /// unless absolute.
+    pub path: PathBuf,
+    /// No mapper at `path`: build one on first use (a pair bank of
+    /// generated faces and the closed-form fit, see `train --mode fit`).
+    pub build: bool,
+    /// Pairs of the first fit (serving starts after it).
+    pub first_pairs: usize,
+    /// The bank grows to this many pairs while the bot is idle, and the
+    /// mapper is refitted at each doubling.
+    pub pairs: usize,
+}
+
+impl Default for MapperFileConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("mapper.safetensors"),
+            build: true,
+            first_pairs: 512,
+            pairs: 2048,
+        }
+    }
+}
+
+impl MapperFileConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.first_pairs < 32 || self.pairs < self.first_pairs {
+            return Err(Error::Config(format!(
+                "mapper.first_pairs = {} must be at least 32 and mapper.pairs = {} at least that",
+                self.first_pairs, self.pairs
+            )));
+        }
+        Ok(())
+    }
+
+    /// The mapper file, resolved against `models_dir`.
+    pub fn path_in(&self, models_dir: &Path) -> PathBuf {
+        models_dir.join(&self.path)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Compat<'a> {
     pub clip_model: &'a str,
@@ -555,14 +601,7 @@ mod tests {
         let (loaded, warnings) = Mapper::load(&p, &compat(&meta), &dev).unwrap();
         assert!(warnings.is_empty());
         let y2 = loaded.forward(&e).unwrap();
-        let d: f32 = (y - y2)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let d = crate::parity::max_abs_diff(&y, &y2).unwrap();
         assert_eq!(d, 0.0);
 
         let mut other = meta.clone();

@@ -51,6 +51,19 @@ pub fn diff(a: &[f32], b: &[f32]) -> Result<(f32, f32)> {
     Ok((max, (sum / a.len().max(1) as f64) as f32))
 }
 
+/// Largest absolute difference of two tensors of one shape: how the fast
+/// kernels are held to their portable paths, and those to candle's own.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    if a.dims() != b.dims() {
+        return Err(Error::invalid(format!(
+            "shapes {:?} and {:?} differ",
+            a.dims(),
+            b.dims()
+        )));
+    }
+    Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar()?)
+}
+
 /// Map the fixture z, synthesise, and compare w, the crops and the 64 px images.
 pub fn generator_vs_fixtures(g: &dyn Generator, dir: &Path) -> Result<ParityReport> {
     let z = read(dir, "z.npy")?;

@@ -16,82 +16,28 @@ use clip2gan::engine::{
     Resolved,
 };
 use clip2gan::generator::Generator;
-use clip2gan::mapper::{self, Mapper, MapperConfig, MapperMeta};
 use clip2gan::pipeline::{Pipeline, Settings as PipelineSettings};
 use fake_discord::{Event, Failure, Fake, Timed};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-const SMALL_CLIP: &str = r#"{
-  "projection_dim": 16,
-  "text_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2},
-  "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-                    "image_size": 32, "patch_size": 8}
-}"#;
 const SIZE: usize = 64;
 const WAIT: Duration = Duration::from_secs(60);
 
-/// One random CLIP + mapper for the whole test binary (as in tests/pipeline.rs).
+/// One tiny pipeline (random CLIP + mapper) for the whole test binary.
 fn models() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let tmp = tempfile::tempdir().unwrap();
-        clip2gan::clip::save_random_checkpoint(&tmp.path().join("clip"), SMALL_CLIP).unwrap();
-        let g = common::mobilestylegan();
-        let meta = MapperMeta {
-            clip_model: tmp.path().join("clip").display().to_string(),
-            clip_dim: 16,
-            generator: g.id().into(),
-            num_styles: g.num_styles(),
-            w_dim: g.w_dim(),
-            config: MapperConfig {
-                depth: 2,
-                width: 64,
-                ..Default::default()
-            },
-            step: 0,
-            training: serde_json::Value::Null,
-            metrics: serde_json::Value::Null,
-        };
-        let varmap = candle_nn::VarMap::new();
-        let m = Mapper::init(&varmap, meta, g.w_avg(), &Device::Cpu).unwrap();
-        for (name, var) in varmap.data().lock().unwrap().iter() {
-            if name == "out.weight" {
-                var.set(&(var.as_tensor() * 300.0).unwrap()).unwrap();
-            }
-        }
-        mapper::save(
-            &tmp.path().join("mapper.safetensors"),
-            &varmap,
-            g.w_avg(),
-            &m.meta,
-        )
-        .unwrap();
-        tmp
-    })
-    .path()
+    DIR.get_or_init(common::tiny_pipeline_dir).path()
 }
 
 fn pipeline(dir: &Path) -> Pipeline {
-    let path = dir.join("mapper.safetensors");
-    let meta = mapper::read_meta(&path).unwrap();
-    let compat = mapper::Compat {
-        clip_model: &meta.clip_model,
-        clip_dim: meta.clip_dim,
-        generator: &meta.generator,
-        num_styles: meta.num_styles,
-        w_dim: meta.w_dim,
-    };
-    let (mapper, _) = Mapper::load(&path, &compat, &Device::Cpu).unwrap();
-    Pipeline {
-        clip: clip2gan::clip::Clip::from_dir(&dir.join("clip"), &Device::Cpu).unwrap(),
-        mapper,
-        generator: Box::new(common::mobilestylegan()),
-        settings: PipelineSettings {
+    common::tiny_pipeline(
+        dir,
+        PipelineSettings {
             max_batch: 4,
             ..Default::default()
         },
-    }
+    )
 }
 
 fn engine(cfg: EngineConfig) -> Arc<Engine> {
@@ -995,7 +941,7 @@ fn missing_token_is_a_clear_error() {
     let run = |config: &str| {
         let cfg = dir.path().join("c.toml");
         std::fs::write(&cfg, config).unwrap();
-        std::process::Command::new(env!("CARGO_BIN_EXE_clip2gan"))
+        common::bin()
             .args(["--config", cfg.to_str().unwrap(), "bot"])
             .current_dir(dir.path())
             .env_remove("DISCORD_TOKEN")

@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use clip2gan::npy::{self, Array};
 use common::{fixture, npy as read_npy};
@@ -18,7 +18,7 @@ fn models_dir() -> PathBuf {
 }
 
 fn clip2gan(models: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clip2gan"))
+    common::bin()
         .args(args)
         .env("CLIP2GAN_MODELS_DIR", models)
         .env("CLIP2GAN_DEVICE", "cpu")
@@ -320,7 +320,7 @@ fn broken_weights_name_file_and_tensor() {
 #[test]
 fn missing_weights_offline_says_what_to_do() {
     let tmp = tempfile::tempdir().unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_clip2gan"))
+    let o = common::bin()
         .args(["generate", "-o", path_str(&tmp.path().join("x.png"))])
         .env("CLIP2GAN_MODELS_DIR", tmp.path())
         .env("PYTHON", "/nonexistent/python3")

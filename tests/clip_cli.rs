@@ -1,18 +1,9 @@
 //! `clip2gan tokenize` and `clip2gan clip-score` end to end, with a small
 //! random CLIP that has the real vocabulary, loaded from a local directory.
 
-use std::process::Command;
+mod common;
 
-const SMALL_CLIP: &str = r#"{
-  "projection_dim": 16,
-  "text_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2},
-  "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-                    "image_size": 32, "patch_size": 8}
-}"#;
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_clip2gan"))
-}
+use common::{bin, SMALL_CLIP};
 
 #[test]
 fn tokenize_prints_ids_and_reports_truncation() {

@@ -4,12 +4,14 @@
 //! HF_HUB_OFFLINE) and its cache layout. Each test has its own hub, home
 //! and cache; the child process sees only the variables set here.
 
+mod common;
 mod fake_hub;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
+use common::SMALL_CLIP;
 use fake_hub::FakeHub;
 
 const REPO: &str = "test-org/tiny-clip";
@@ -18,12 +20,6 @@ const FILES: [&str; 3] = [
     "model.safetensors",
     "preprocessor_config.json",
 ];
-const SMALL_CLIP: &str = r#"{
-  "projection_dim": 16,
-  "text_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2},
-  "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-                    "image_size": 32, "patch_size": 8}
-}"#;
 /// As in OpenAI's repos, at the small model's size (the same values the
 /// loader assumes without the file).
 const PREPROCESSOR: &str = r#"{
@@ -103,7 +99,7 @@ impl World {
 
     /// `clip2gan --config <config>` in that environment, no subcommand yet.
     fn clip2gan(&self, config: &Path) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_clip2gan"));
+        let mut c = common::bin();
         c.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.path("home"))

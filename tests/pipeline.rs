@@ -5,93 +5,15 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use candle_core::{Device, Tensor};
 use clip2gan::engine::{Engine, EngineConfig, LatentRef, PipelineBackend, Request};
-use clip2gan::generator::Generator;
-use clip2gan::mapper::{self, Mapper, MapperConfig, MapperMeta};
 use clip2gan::pipeline::{EditRequest, ImagineRequest, Layers, Pipeline, Settings};
 
-const SMALL_CLIP: &str = r#"{
-  "projection_dim": 16,
-  "text_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2},
-  "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-                    "image_size": 32, "patch_size": 8}
-}"#;
-
-/// A temp dir with `clip/` and `mapper.safetensors` for MobileStyleGAN.
-fn setup() -> tempfile::TempDir {
-    let tmp = tempfile::tempdir().unwrap();
-    clip2gan::clip::save_random_checkpoint(&tmp.path().join("clip"), SMALL_CLIP).unwrap();
-    let g = common::mobilestylegan();
-    let meta = MapperMeta {
-        clip_model: tmp.path().join("clip").display().to_string(),
-        clip_dim: 16,
-        generator: g.id().into(),
-        num_styles: g.num_styles(),
-        w_dim: g.w_dim(),
-        config: MapperConfig {
-            depth: 2,
-            width: 64,
-            ..Default::default()
-        },
-        step: 0,
-        training: serde_json::Value::Null,
-        metrics: serde_json::Value::Null,
-    };
-    let varmap = candle_nn::VarMap::new();
-    // Scale up the random output layer so that prompts map to visibly
-    // different latents (a fresh mapper stays very close to w_avg).
-    let m = Mapper::init(&varmap, meta, g.w_avg(), &Device::Cpu).unwrap();
-    for (name, var) in varmap.data().lock().unwrap().iter() {
-        if name == "out.weight" {
-            var.set(&(var.as_tensor() * 300.0).unwrap()).unwrap();
-        }
-    }
-    mapper::save(
-        &tmp.path().join("mapper.safetensors"),
-        &varmap,
-        g.w_avg(),
-        &m.meta,
-    )
-    .unwrap();
-    tmp
-}
+use common::{bin, max_abs, tiny_pipeline_dir as setup};
 
 fn pipeline(dir: &Path) -> Pipeline {
-    let path = dir.join("mapper.safetensors");
-    let meta = mapper::read_meta(&path).unwrap();
-    let (mapper, _) = Mapper::load(&path, &compat(&meta), &Device::Cpu).unwrap();
-    Pipeline {
-        clip: clip2gan::clip::Clip::from_dir(&dir.join("clip"), &Device::Cpu).unwrap(),
-        mapper,
-        generator: Box::new(common::mobilestylegan()),
-        settings: Settings::default(),
-    }
-}
-
-fn compat(m: &MapperMeta) -> mapper::Compat<'_> {
-    mapper::Compat {
-        clip_model: &m.clip_model,
-        clip_dim: m.clip_dim,
-        generator: &m.generator,
-        num_styles: m.num_styles,
-        w_dim: m.w_dim,
-    }
-}
-
-fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+    common::tiny_pipeline(dir, Settings::default())
 }
 
 fn req(prompt: &str, count: usize, seed: u64) -> ImagineRequest {
@@ -346,7 +268,7 @@ fn cli(dir: &Path, args: &[&str]) -> std::process::Output {
     let models = std::env::var_os("CLIP2GAN_MODELS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| common::repo().join("models"));
-    Command::new(env!("CARGO_BIN_EXE_clip2gan"))
+    bin()
         .args(args)
         .env("CLIP2GAN_MODELS_DIR", models)
         .env("CLIP2GAN_CLIP__MODEL", dir.join("clip"))
@@ -408,7 +330,7 @@ fn cli_imagine_then_edit() {
     // Without a mapper and with first use switched off (first use itself
     // is tested in tests/hub.rs): the error says how to get one.
     std::fs::remove_file(dir.path().join("mapper.safetensors")).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_clip2gan"))
+    let o = bin()
         .args(["imagine", "x", "-o", out.to_str().unwrap()])
         .env(
             "CLIP2GAN_MAPPER__PATH",

@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use clip2gan::npy::{self, Array};
 use common::{fixture, repo};
@@ -13,7 +13,7 @@ use common::{fixture, repo};
 /// Run from the repository root (the example config's paths are relative to
 /// it), without environment overrides of the models directory or device.
 fn clip2gan(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_clip2gan"))
+    common::bin()
         .args(["--config", "tests/fixtures/stylegan2/config.toml"])
         .args(args)
         .env_remove("CLIP2GAN_MODELS_DIR")
@@ -128,6 +128,24 @@ fn seeds_grid_and_sizes() {
     assert!(!out.exists());
 }
 
+/// `generate` with the configuration file `cfg` (its paths alone name the
+/// models), on the CPU.
+fn generate_with(cfg: &Path, out: &Path) -> Output {
+    common::bin()
+        .args([
+            "--config",
+            p(cfg),
+            "--device",
+            "cpu",
+            "generate",
+            "-o",
+            p(out),
+        ])
+        .env_remove("CLIP2GAN_MODELS_DIR")
+        .output()
+        .unwrap()
+}
+
 /// A wrong checkpoint path or layout fails with the file named, nothing written.
 #[test]
 fn bad_checkpoint_fails_clearly() {
@@ -142,19 +160,7 @@ fn bad_checkpoint_fails_clearly() {
         ),
     )
     .unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_clip2gan"))
-        .args([
-            "--config",
-            p(&cfg),
-            "--device",
-            "cpu",
-            "generate",
-            "-o",
-            p(&out),
-        ])
-        .env_remove("CLIP2GAN_MODELS_DIR")
-        .output()
-        .unwrap();
+    let o = generate_with(&cfg, &out);
     assert!(!o.status.success());
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("net64.safetensors: channels per block"), "{e}");
@@ -165,18 +171,7 @@ fn bad_checkpoint_fails_clearly() {
         "[generator]\nkind = \"stylegan2\"\ncheckpoint = \"/nonexistent/g.pt\"\n",
     )
     .unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_clip2gan"))
-        .args([
-            "--config",
-            p(&cfg),
-            "--device",
-            "cpu",
-            "generate",
-            "-o",
-            p(&out),
-        ])
-        .output()
-        .unwrap();
+    let o = generate_with(&cfg, &out);
     assert!(!o.status.success());
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(e.contains("/nonexistent/g.pt"), "{e}");

@@ -179,14 +179,7 @@ fn learns_and_resumes_exactly() {
         .unwrap()
         .tensors;
     for (k, v) in &ta {
-        let d: f32 = (v - &tb[k])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let d = common::max_abs(v, &tb[k]);
         assert_eq!(d, 0.0, "{k}");
     }
 

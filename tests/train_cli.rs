@@ -21,7 +21,7 @@ fn env() -> Env {
 
 impl Env {
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_clip2gan"));
+        let mut c = common::bin();
         c.args(args)
             .env("CLIP2GAN_MODELS_DIR", self.dir.path())
             .env("CLIP2GAN_GENERATOR__WEIGHTS", "tiny-g")

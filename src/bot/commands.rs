@@ -12,6 +12,7 @@ use super::config::BotConfig;
 use super::guild::SettingsCmd;
 use super::render::{blocked, clean_input, MAX_IMAGES, MAX_MORPH_FRAMES};
 use super::store::Ref;
+use crate::engine::limits::{strength_ok, strength_span, STRENGTH_RANGE};
 
 /// The message command (right click on a message -> Apps). Message
 /// commands have a display name with capitals and spaces, and no
@@ -106,10 +107,13 @@ pub fn definitions(cfg: &BotConfig) -> Vec<CreateCommand> {
                 CreateCommandOption::new(
                     CommandOptionType::Number,
                     "strength",
-                    "How much, -3 to 3 (default 1; negative reverses the edit)",
+                    format!(
+                        "How much, {} (default 1; negative reverses the edit)",
+                        strength_span()
+                    ),
                 )
-                .min_number_value(-3.0)
-                .max_number_value(3.0),
+                .min_number_value(*STRENGTH_RANGE.start())
+                .max_number_value(*STRENGTH_RANGE.end()),
             )
             .add_option(image(
                 "A photo of a face to edit instead of your latest image",
@@ -211,13 +215,17 @@ pub fn parse(data: &CommandData, cfg: &BotConfig) -> Result<Command, String> {
             .find(|o| o.name == name)
             .map(|o| &o.value)
     };
+    // A text option, checked (a missing one is empty, and refused).
+    let text = |name: &str| {
+        let raw = match opt(name) {
+            Some(CommandDataOptionValue::String(s)) => s.as_str(),
+            _ => "",
+        };
+        check_text(raw, name, cfg)
+    };
     match data.name.as_str() {
         "imagine" => {
-            let prompt = match opt("prompt") {
-                Some(CommandDataOptionValue::String(s)) => s.as_str(),
-                _ => "",
-            };
-            let prompt = check_text(prompt, "prompt", cfg)?;
+            let prompt = text("prompt")?;
             let count = match opt("count") {
                 None => 1,
                 Some(v) => int(v, "count")?,
@@ -253,16 +261,17 @@ pub fn parse(data: &CommandData, cfg: &BotConfig) -> Result<Command, String> {
             })
         }
         "edit" => {
-            let instruction = match opt("instruction") {
-                Some(CommandDataOptionValue::String(s)) => s.as_str(),
-                _ => "",
-            };
-            let instruction = check_text(instruction, "instruction", cfg)?;
+            let instruction = text("instruction")?;
             let strength = match opt("strength") {
                 None => 1.0,
                 Some(CommandDataOptionValue::Number(x)) => *x,
                 Some(CommandDataOptionValue::Integer(i)) => *i as f64,
-                Some(_) => return Err("`strength` must be a number from -3 to 3.".into()),
+                Some(_) => {
+                    return Err(format!(
+                        "`strength` must be a number from {}.",
+                        strength_span()
+                    ))
+                }
             };
             Ok(Command::Edit {
                 instruction,
@@ -331,11 +340,12 @@ pub fn parse(data: &CommandData, cfg: &BotConfig) -> Result<Command, String> {
 }
 
 pub fn check_strength(s: f64) -> Result<f64, String> {
-    if s.is_finite() && crate::pipeline::STRENGTH_RANGE.contains(&s) {
+    if strength_ok(s) {
         Ok(s)
     } else {
         Err(format!(
-            "`strength` must be from -3 to 3 (it was {s}); 1 is a clear change, negative reverses it."
+            "`strength` must be from {} (it was {s}); 1 is a clear change, negative reverses it.",
+            strength_span()
         ))
     }
 }

@@ -229,6 +229,11 @@ pub fn parse(options: &[CommandDataOption]) -> Result<SettingsCmd, String> {
         Some(CommandDataOptionValue::Integer(i)) => Some(*i),
         _ => None,
     };
+    // An integer option from 0 to `max`; else the message, told what came.
+    let within = |name: &str, max: u64, msg: fn(String) -> String| match int(name) {
+        Some(v) if (0..=max as i64).contains(&v) => Ok(v as u64),
+        other => Err(msg(shown(other))),
+    };
     Ok(match path.as_str() {
         "show" => SettingsCmd::Show,
         "reset" => SettingsCmd::Reset,
@@ -238,24 +243,12 @@ pub fn parse(options: &[CommandDataOption]) -> Result<SettingsCmd, String> {
         "blocklist add" => SettingsCmd::WordAdd(word()?),
         "blocklist remove" => SettingsCmd::WordRemove(word()?),
         "blocklist clear" => SettingsCmd::WordsClear,
-        "cooldown" => match int("seconds") {
-            Some(s) if (0..=MAX_COOLDOWN_S as i64).contains(&s) => SettingsCmd::Cooldown(s as u64),
-            other => {
-                return Err(format!(
-                    "The cooldown must be 0 to {MAX_COOLDOWN_S} seconds{}.",
-                    shown(other)
-                ))
-            }
-        },
-        "quota" => match int("per_day") {
-            Some(q) if (0..=MAX_QUOTA as i64).contains(&q) => SettingsCmd::Quota(q as u32),
-            other => {
-                return Err(format!(
-                    "The daily quota must be 0 (no limit) to {MAX_QUOTA}{}.",
-                    shown(other)
-                ))
-            }
-        },
+        "cooldown" => SettingsCmd::Cooldown(within("seconds", MAX_COOLDOWN_S, |got| {
+            format!("The cooldown must be 0 to {MAX_COOLDOWN_S} seconds{got}.")
+        })?),
+        "quota" => SettingsCmd::Quota(within("per_day", MAX_QUOTA.into(), |got| {
+            format!("The daily quota must be 0 (no limit) to {MAX_QUOTA}{got}.")
+        })? as u32),
         "role" => match opt("role") {
             None => SettingsCmd::Role(None),
             Some(CommandDataOptionValue::Role(r)) => SettingsCmd::Role(Some(r.get())),

@@ -18,7 +18,7 @@ use serenity::all::{
 };
 use tracing::{error, info, warn};
 
-use crate::engine::{EngineError, JobHandle, Latent, LatentRef, Layers, Output, Request};
+use crate::engine::{limits, EngineError, JobHandle, Latent, LatentRef, Layers, Output, Request};
 
 use super::attach::{self, Photo};
 use super::commands::{self, check_strength, check_text, Command};
@@ -116,38 +116,27 @@ fn role_ids(m: Option<&Member>) -> Vec<u64> {
 impl Bot {
     pub(super) async fn handle(self: Arc<Self>, http: Arc<Http>, interaction: Interaction) {
         // Counted from the start, so a shutdown waits for answers in progress.
-        let _guard = self.inflight.enter();
+        let _guard = self.inflight.token();
+        // The three kinds carry these under the same names, but serenity
+        // gives them no common trait: a macro reads them from each.
+        macro_rules! context {
+            ($i:expr, $member:expr) => {
+                (
+                    $i.id,
+                    &$i.token,
+                    $i.user.id,
+                    $i.guild_id,
+                    $i.attachment_size_limit,
+                    $i.channel_id,
+                    $i.channel.as_ref().and_then(|ch| ch.parent_id),
+                    $member,
+                )
+            };
+        }
         let (id, token, user, guild, limit, channel, parent, member) = match &interaction {
-            Interaction::Command(c) => (
-                c.id,
-                &c.token,
-                c.user.id,
-                c.guild_id,
-                c.attachment_size_limit,
-                c.channel_id,
-                c.channel.as_ref().and_then(|ch| ch.parent_id),
-                c.member.as_deref(),
-            ),
-            Interaction::Component(c) => (
-                c.id,
-                &c.token,
-                c.user.id,
-                c.guild_id,
-                c.attachment_size_limit,
-                c.channel_id,
-                c.channel.as_ref().and_then(|ch| ch.parent_id),
-                c.member.as_ref(),
-            ),
-            Interaction::Modal(m) => (
-                m.id,
-                &m.token,
-                m.user.id,
-                m.guild_id,
-                m.attachment_size_limit,
-                m.channel_id,
-                m.channel.as_ref().and_then(|ch| ch.parent_id),
-                m.member.as_ref(),
-            ),
+            Interaction::Command(c) => context!(c, c.member.as_deref()),
+            Interaction::Component(c) => context!(c, c.member.as_ref()),
+            Interaction::Modal(m) => context!(m, m.member.as_ref()),
             _ => return,
         };
         let resp = Responder {
@@ -283,14 +272,8 @@ impl Bot {
                 strength,
                 image: Some(photo),
             } => {
-                self.photo(
-                    resp,
-                    ctx,
-                    &photo,
-                    Some((instruction, strength)),
-                    String::new(),
-                )
-                .await
+                self.edit_photo(resp, ctx, &photo, instruction, strength)
+                    .await
             }
             Command::Edit {
                 instruction,
@@ -708,7 +691,8 @@ impl Bot {
                 .parse::<f64>()
                 .map_err(|_| {
                     format!(
-                        "`strength` must be a number from -3 to 3, not \"{}\".",
+                        "`strength` must be a number from {}, not \"{}\".",
+                        limits::strength_span(),
                         render::escape(&render::clean_input(&raw))
                     )
                 })
@@ -729,14 +713,8 @@ impl Bot {
                     .map(|(_, p)| p.photo);
                 match photo {
                     Some(photo) => {
-                        self.photo(
-                            resp,
-                            ctx,
-                            &photo,
-                            Some((instruction, strength)),
-                            String::new(),
-                        )
-                        .await
+                        self.edit_photo(resp, ctx, &photo, instruction, strength)
+                            .await
                     }
                     None => {
                         self.say(
@@ -851,15 +829,32 @@ impl Bot {
             return;
         }
         let bot = self.clone();
-        let guard = self.inflight.enter();
-        tokio::spawn(async move {
-            let _guard = guard;
+        self.inflight.spawn(async move {
             bot.follow(resp, user, job, then, charge).await;
         });
     }
 
     /// A photo job: checks on what Discord says about the photo (answered
     /// at once), then defer, download, decode, invert, maybe edit.
+    /// A photo with an edit to apply once it is inverted.
+    async fn edit_photo(
+        self: &Arc<Self>,
+        resp: Responder,
+        ctx: &Ctx,
+        photo: &Photo,
+        instruction: String,
+        strength: f64,
+    ) {
+        self.photo(
+            resp,
+            ctx,
+            photo,
+            Some((instruction, strength)),
+            String::new(),
+        )
+        .await
+    }
+
     async fn photo(
         self: &Arc<Self>,
         resp: Responder,
@@ -889,10 +884,8 @@ impl Bot {
             prompt,
         };
         let bot = self.clone();
-        let guard = self.inflight.enter();
         let user = ctx.user;
-        tokio::spawn(async move {
-            let _guard = guard;
+        self.inflight.spawn(async move {
             if let Err(Refused(text)) = bot.follow_photo(&resp, user, job).await {
                 bot.refund(charge).await;
                 if let Some(text) = text {
@@ -952,10 +945,7 @@ impl Bot {
             Ok(out) => self.result_reply(&resp, user, out, then).await,
             Err(e) => {
                 self.refund(charge).await;
-                Reply {
-                    content: format!("❌ {}", sentence(&e)),
-                    ..Default::default()
-                }
+                failure(&e)
             }
         };
         self.deliver(&resp, user, &reply, id.0, started).await
@@ -1002,11 +992,8 @@ impl Bot {
         let out = match self.wait(resp, invert, &mut shown).await {
             Ok(out) => out,
             Err(e) => {
-                let reply = Reply {
-                    content: format!("❌ {}", sentence(&e)),
-                    ..Default::default()
-                };
-                self.deliver(resp, user, &reply, job_id, started).await;
+                self.deliver(resp, user, &failure(&e), job_id, started)
+                    .await;
                 return Err(Refused(None));
             }
         };
@@ -1055,11 +1042,8 @@ impl Bot {
         let out = match self.wait(resp, edit, &mut shown).await {
             Ok(out) => out,
             Err(e) => {
-                let reply = Reply {
-                    content: format!("❌ {}", sentence(&e)),
-                    ..Default::default()
-                };
-                self.deliver(resp, user, &reply, job_id, started).await;
+                self.deliver(resp, user, &failure(&e), job_id, started)
+                    .await;
                 return Ok(());
             }
         };
@@ -1254,10 +1238,14 @@ fn text_inputs(max_chars: usize) -> Vec<CreateActionRow> {
         .placeholder("add smile, make older, remove beard…")
         .max_length(max_chars.min(4000) as u16)
         .required(true);
-    let strength = CreateInputText::new(InputTextStyle::Short, "Strength, -3 to 3", "strength")
-        .placeholder("1")
-        .max_length(8)
-        .required(false);
+    let strength = CreateInputText::new(
+        InputTextStyle::Short,
+        format!("Strength, {}", limits::strength_span()),
+        "strength",
+    )
+    .placeholder("1")
+    .max_length(8)
+    .required(false);
     vec![
         CreateActionRow::InputText(instruction),
         CreateActionRow::InputText(strength),
@@ -1272,6 +1260,14 @@ fn edit_modal(r: Ref, max_chars: usize) -> CreateModal {
 fn photo_modal(key: u64, max_chars: usize) -> CreateModal {
     CreateModal::new(format!("{PHOTO_MODAL}{key}"), "Edit this face")
         .components(text_inputs(max_chars))
+}
+
+/// The reply that a job failed, and why.
+fn failure(e: &EngineError) -> Reply {
+    Reply {
+        content: format!("❌ {}", sentence(e)),
+        ..Default::default()
+    }
 }
 
 /// An engine error as a reply: its message, capitalised, with a full stop.

@@ -13,17 +13,17 @@
 //!   in memory and on disk.
 //! - [`guild`]: the settings server admins control, merged with the config.
 //! - [`attach`]: downloading and checking the photos users send.
-//! - [`inflight`]: counting answers in progress, for graceful shutdown.
 //!
-//! [`run`] drives the serenity client until a shutdown signal; [`serve`]
-//! is the whole `clip2gan bot` command (models, engine, signals, run).
+//! [`run`] drives the serenity client until a shutdown signal. The bot gets
+//! only its own sections ([`Settings`]) and a running engine: loading the
+//! models, starting the engine and the signals are the `clip2gan bot`
+//! command's (`src/cli/bot.rs` in the binary).
 
 pub mod attach;
 pub mod commands;
 pub mod config;
 pub mod guild;
 mod handlers;
-pub mod inflight;
 pub mod render;
 pub mod respond;
 pub mod store;
@@ -38,13 +38,13 @@ use serenity::all::{
     async_trait, ClientBuilder, Command as DiscordCommand, Context, EventHandler, GatewayIntents,
     GuildId, HttpBuilder, Interaction, Ready, ResumedEvent,
 };
+use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::engine::Engine;
 
 use attach::{AllowList, Fetcher, Photo};
 pub use config::{BotConfig, DiscordConfig, Token};
-use inflight::InFlight;
 use respond::Retry;
 use store::Store;
 
@@ -99,7 +99,8 @@ pub(crate) struct Bot {
     cooldowns: DashMap<u64, Instant>,
     /// Set at shutdown: new interactions are refused politely.
     closing: AtomicBool,
-    inflight: Arc<InFlight>,
+    /// Every answer in progress, so that shutdown can wait for them.
+    inflight: TaskTracker,
     registered: AtomicBool,
 }
 
@@ -215,7 +216,7 @@ pub async fn run_with_clock(
         pending: DashMap::new(),
         cooldowns: DashMap::new(),
         closing: AtomicBool::new(false),
-        inflight: Arc::new(InFlight::default()),
+        inflight: TaskTracker::new(),
         registered: AtomicBool::new(false),
     });
     // Interactions need no privileged intents (nor any other).
@@ -235,12 +236,13 @@ pub async fn run_with_clock(
     let e = engine.clone();
     let _ = tokio::task::spawn_blocking(move || e.shutdown(false)).await;
     let grace = Duration::from_secs(bot.cfg.shutdown_grace_s);
-    if tokio::time::timeout(grace, bot.inflight.wait_idle())
+    bot.inflight.close();
+    if tokio::time::timeout(grace, bot.inflight.wait())
         .await
         .is_err()
     {
         warn!(
-            pending = bot.inflight.count(),
+            pending = bot.inflight.len(),
             "answers still in progress after the grace period were dropped"
         );
     }
@@ -273,55 +275,6 @@ pub async fn run_with_clock(
     drop(store);
     info!("stopped");
     outcome
-}
-
-/// `clip2gan bot`: load the models into the engine, then run until
-/// SIGINT or SIGTERM.
-pub async fn serve(cfg: crate::config::Config, token: Token) -> Result<(), BotError> {
-    let settings = Settings {
-        discord: cfg.discord.clone(),
-        bot: cfg.bot.clone(),
-    };
-    settings.bot.validate()?;
-    AllowList::parse(&settings.discord.attachment_hosts).map_err(BotError::Config)?;
-    let output_size = cfg.engine.output_size;
-    crate::image_io::check_size(output_size, 1024).map_err(|e| BotError::Config(e.to_string()))?;
-    let engine_cfg = cfg.engine.clone();
-    info!("loading the models");
-    let engine = tokio::task::spawn_blocking(move || {
-        Engine::start(engine_cfg, move || {
-            crate::engine::growing::open(&cfg, output_size)
-        })
-    })
-    .await
-    .map_err(|e| BotError::Engine(e.to_string()))?
-    .map_err(|e| BotError::Engine(e.to_string()))?;
-    info!("models loaded");
-    run(settings, token, Arc::new(engine), signal()).await
-}
-
-/// SIGINT (Ctrl-C) or SIGTERM (docker stop, systemd).
-async fn signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {},
-                    _ = term.recv() => {},
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    info!("signal received");
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default: info for clip2gan,

@@ -146,6 +146,13 @@ from_redb!(
     redb::CommitError
 );
 
+/// A user's undo history, written inside a larger transaction.
+fn put_history(t: &redb::WriteTransaction, user: u64, hist: &[Ref]) -> Result<(), DbError> {
+    let bytes = serde_json::to_vec(hist).expect("refs serialise");
+    t.open_table(HISTORY)?.insert(user, bytes.as_slice())?;
+    Ok(())
+}
+
 fn db_err(path: &Path, e: impl std::fmt::Display) -> BotError {
     BotError::Store(format!("{}: {e}", path.display()))
 }
@@ -223,26 +230,28 @@ impl Store {
                 _ => skipped += 1,
             }
         }
-        let history = txn.open_table(HISTORY).map_err(|x| e(x.into()))?;
-        for item in history.iter().map_err(|x| e(x.into()))? {
-            let (k, v) = item.map_err(|x| e(x.into()))?;
-            match serde_json::from_slice::<Vec<Ref>>(v.value()) {
-                Ok(h) => {
-                    self.history.insert(k.value(), h);
+        // The JSON tables: a row that no longer parses is skipped, not fatal.
+        let json_rows = |table, into: &mut dyn FnMut(u64, &[u8]) -> bool| {
+            let t = txn.open_table(table).map_err(|x| e(x.into()))?;
+            let mut bad = 0;
+            for item in t.iter().map_err(|x| e(x.into()))? {
+                let (k, v) = item.map_err(|x| e(x.into()))?;
+                if !into(k.value(), v.value()) {
+                    bad += 1;
                 }
-                Err(_) => skipped += 1,
             }
-        }
-        let guilds = txn.open_table(GUILDS).map_err(|x| e(x.into()))?;
-        for item in guilds.iter().map_err(|x| e(x.into()))? {
-            let (k, v) = item.map_err(|x| e(x.into()))?;
-            match serde_json::from_slice::<GuildSettings>(v.value()) {
-                Ok(g) => {
-                    self.guilds.insert(k.value(), g);
-                }
-                Err(_) => skipped += 1,
-            }
-        }
+            Ok::<_, BotError>(bad)
+        };
+        skipped += json_rows(HISTORY, &mut |k, v| {
+            serde_json::from_slice::<Vec<Ref>>(v)
+                .map(|h| self.history.insert(k, h))
+                .is_ok()
+        })?;
+        skipped += json_rows(GUILDS, &mut |k, v| {
+            serde_json::from_slice::<GuildSettings>(v)
+                .map(|g| self.guilds.insert(k, g))
+                .is_ok()
+        })?;
         let quota = txn.open_table(QUOTA).map_err(|x| e(x.into()))?;
         for item in quota.iter().map_err(|x| e(x.into()))? {
             let (k, v) = item.map_err(|x| e(x.into()))?;
@@ -356,12 +365,7 @@ impl Store {
                 results.remove(*id)?;
             }
             drop(results);
-            t.open_table(HISTORY)?.insert(
-                user,
-                serde_json::to_vec(&hist)
-                    .expect("refs serialise")
-                    .as_slice(),
-            )?;
+            put_history(t, user, &hist)?;
             t.open_table(META)?.insert("next_id", rec.id + 1)?;
             Ok(())
         })?;
@@ -432,12 +436,7 @@ impl Store {
         let owner = rec.owner;
         self.write(|t| {
             t.open_table(RESULTS)?.remove(id)?;
-            t.open_table(HISTORY)?.insert(
-                owner,
-                serde_json::to_vec(&hist)
-                    .expect("refs serialise")
-                    .as_slice(),
-            )?;
+            put_history(t, owner, &hist)?;
             Ok(())
         })?;
         if let Some(n) = order.by_id.remove(&id) {
@@ -460,12 +459,23 @@ impl Store {
         }
     }
 
-    fn save_history(&self, user: u64, hist: Vec<Ref>) -> Result<(), BotError> {
-        let bytes = serde_json::to_vec(&hist).expect("refs serialise");
+    /// One row of a JSON table, on disk (memory is the caller's to update
+    /// once this succeeded).
+    fn put_json(
+        &self,
+        table: TableDefinition<u64, &[u8]>,
+        key: u64,
+        value: &impl Serialize,
+    ) -> Result<(), BotError> {
+        let bytes = serde_json::to_vec(value).expect("plain data serialises");
         self.write(|t| {
-            t.open_table(HISTORY)?.insert(user, bytes.as_slice())?;
+            t.open_table(table)?.insert(key, bytes.as_slice())?;
             Ok(())
-        })?;
+        })
+    }
+
+    fn save_history(&self, user: u64, hist: Vec<Ref>) -> Result<(), BotError> {
+        self.put_json(HISTORY, user, &hist)?;
         self.history.insert(user, hist);
         Ok(())
     }
@@ -477,11 +487,7 @@ impl Store {
 
     pub fn set_guild(&self, guild: u64, settings: GuildSettings) -> Result<(), BotError> {
         let _order = self.lock();
-        let bytes = serde_json::to_vec(&settings).expect("settings serialise");
-        self.write(|t| {
-            t.open_table(GUILDS)?.insert(guild, bytes.as_slice())?;
-            Ok(())
-        })?;
+        self.put_json(GUILDS, guild, &settings)?;
         self.guilds.insert(guild, settings);
         Ok(())
     }

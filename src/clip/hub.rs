@@ -39,6 +39,49 @@ pub struct ClipFiles {
     pub preprocessor: Option<PathBuf>,
 }
 
+/// The `[clip]` section: which checkpoint, from where.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClipConfig {
+    /// A local directory in transformers layout, or a Hugging Face repo id.
+    pub model: String,
+    /// Hub revision (branch, tag or commit) when `model` is a repo id.
+    pub revision: String,
+    /// Hub download cache, relative to `models_dir` unless absolute. Unset:
+    /// the Python client's (`HF_HUB_CACHE`, else `$HF_HOME/hub`, else
+    /// `~/.cache/huggingface/hub`), so that its downloads are shared.
+    pub cache_dir: Option<PathBuf>,
+    /// Never touch the network; use the cache only (also: HF_HUB_OFFLINE=1).
+    pub offline: bool,
+}
+
+impl Default for ClipConfig {
+    fn default() -> Self {
+        Self {
+            model: "openai/clip-vit-base-patch32".into(),
+            revision: "main".into(),
+            cache_dir: None,
+            offline: false,
+        }
+    }
+}
+
+impl ClipConfig {
+    /// Locate (and download if needed) the configured checkpoint; a
+    /// relative `cache_dir` is taken inside `models_dir`.
+    pub fn files(&self, models_dir: &Path) -> Result<ClipFiles> {
+        resolve(
+            &self.model,
+            &self.revision,
+            self.cache_dir
+                .as_ref()
+                .map(|d| models_dir.join(d))
+                .as_deref(),
+            self.offline,
+        )
+    }
+}
+
 const CONFIG: &str = "config.json";
 const SAFETENSORS: &str = "model.safetensors";
 const PTH: &str = "pytorch_model.bin";
@@ -598,7 +641,7 @@ impl Hub<'_> {
 
     fn download(&self, repo: &ApiRepo, file: &str) -> std::result::Result<PathBuf, Failure> {
         self.cache.remove_dangling(file);
-        eprintln!(
+        tracing::info!(
             "downloading {file} of {} (revision {}) from {} into {}",
             self.model,
             self.revision,

@@ -28,7 +28,7 @@ use candle_transformers::models::clip::ClipModel;
 use image::DynamicImage;
 
 use crate::error::{Error, Result};
-pub use hub::ClipFiles;
+pub use hub::{ClipConfig, ClipFiles};
 pub use preprocess::Preprocessor;
 pub use tokenizer::{Tokenizer, Tokens};
 
@@ -369,16 +369,7 @@ mod tests {
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         assert_eq!(a.dims(), b.dims());
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
+        crate::parity::max_abs_diff(a, b).unwrap()
     }
 
     fn portable<T>(f: impl FnOnce() -> T) -> T {
@@ -397,14 +388,9 @@ mod tests {
     /// multiples of 16 leave ragged column blocks in the threaded matmuls.
     #[test]
     fn fast_path_matches_candle() {
-        const CONFIG: &str = r#"{
-          "projection_dim": 40,
-          "text_config": {"hidden_size": 48, "intermediate_size": 100,
-                          "num_hidden_layers": 3, "num_attention_heads": 6},
-          "vision_config": {"hidden_size": 48, "intermediate_size": 100,
-                            "num_hidden_layers": 3, "num_attention_heads": 4,
-                            "image_size": 48, "patch_size": 12}
-        }"#;
+        const CONFIG: &str = r#"{"projection_dim": 40,
+          "text_config": {"hidden_size": 48, "intermediate_size": 100, "num_hidden_layers": 3, "num_attention_heads": 6},
+          "vision_config": {"hidden_size": 48, "intermediate_size": 100, "num_hidden_layers": 3, "num_attention_heads": 4, "image_size": 48, "patch_size": 12}}"#;
         let dir = tempfile::tempdir().unwrap();
         save_seeded_random_checkpoint(dir.path(), CONFIG, 7).unwrap();
         let clip = Clip::from_dir(dir.path(), &Device::Cpu).unwrap();

@@ -459,16 +459,7 @@ mod tests {
             crate::ops::force_portable(false);
             let slow = slow.unwrap();
             assert_eq!(fast.dims(), slow.dims());
-            let d: f32 = (&fast - &slow)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let d = crate::parity::max_abs_diff(&fast, &slow).unwrap();
             assert!(d < 1e-5, "case {i}: differs by {d}");
         }
     }

@@ -55,13 +55,10 @@ pub struct PipelineBackend {
     pub output_size: usize,
 }
 
-fn failed(e: impl std::fmt::Display) -> EngineError {
-    // Validation problems surface as InvalidArgument from the pipeline.
-    let msg = e.to_string();
-    match msg.strip_prefix("invalid argument: ") {
-        Some(m) => EngineError::InvalidRequest(m.to_string()),
-        None => EngineError::Failed(msg),
-    }
+/// The pipeline's (and candle's) errors, sorted by variant: requests the
+/// pipeline refused become [`EngineError::InvalidRequest`].
+fn failed(e: impl Into<crate::error::Error>) -> EngineError {
+    EngineError::from(e.into())
 }
 
 impl PipelineBackend {
@@ -106,7 +103,7 @@ impl PipelineBackend {
             Request::Invert { image } => {
                 let img = image::ImageReader::new(Cursor::new(image))
                     .with_guessed_format()
-                    .map_err(failed)?
+                    .map_err(|e| EngineError::Failed(e.to_string()))?
                     .decode()
                     .map_err(|e| {
                         EngineError::InvalidRequest(format!(
@@ -141,13 +138,7 @@ impl PipelineBackend {
                     .collect::<Result<Vec<_>, _>>()?;
                 let w = Tensor::cat(&ws, 0).map_err(failed)?;
                 let images = p.render(&w).map_err(failed)?;
-                let r = Rendered {
-                    latents: w,
-                    images,
-                    truncated: false,
-                    scores: None,
-                };
-                self.output(r, false)
+                self.output(Rendered::plain(w, images), false)
             }
             _ => {
                 let mut v = self.run_batch(std::slice::from_ref(job))?;

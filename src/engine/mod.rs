@@ -371,7 +371,6 @@ fn encode(images: &[image::RgbImage], animate: bool) -> Result<Vec<Vec<u8>>, Eng
 
 /// Cheap checks done at submit time, so a bad request never joins a batch.
 fn validate(r: &Request, shape: (usize, usize)) -> Result<(), EngineError> {
-    use crate::pipeline::{MAX_COUNT, STRENGTH_RANGE};
     let bad = |m: String| Err(EngineError::InvalidRequest(m));
     let check_latent = |l: &LatentRef| match l {
         LatentRef::Data(d) if (d.styles, d.dim) != shape || d.data.len() != d.styles * d.dim => {
@@ -397,20 +396,8 @@ fn validate(r: &Request, shape: (usize, usize)) -> Result<(), EngineError> {
             truncation,
             ..
         } => {
-            if prompt.trim().is_empty() {
-                return bad(
-                    "the prompt is empty: describe a face, e.g. \"a man with a beard\"".into(),
-                );
-            }
-            if !(1..=MAX_COUNT).contains(count) {
-                return bad(format!("count must be 1 to {MAX_COUNT}"));
-            }
-            if *candidates < *count || *candidates > 4 * MAX_COUNT {
-                return bad(format!(
-                    "candidates must be between count and {}",
-                    4 * MAX_COUNT
-                ));
-            }
+            limits::check_prompt(prompt).or_else(bad)?;
+            limits::check_count(*count, *candidates).or_else(bad)?;
             if let Some(t) = truncation {
                 crate::generator::check_truncation(*t)
                     .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
@@ -423,12 +410,8 @@ fn validate(r: &Request, shape: (usize, usize)) -> Result<(), EngineError> {
             strength,
             ..
         } => {
-            if instruction.trim().is_empty() {
-                return bad("the edit is empty: say what to change, e.g. \"add smile\"".into());
-            }
-            if !strength.is_finite() || !STRENGTH_RANGE.contains(strength) {
-                return bad(format!("strength {strength} is out of range: use -3 to 3"));
-            }
+            limits::check_instruction(instruction).or_else(bad)?;
+            limits::check_strength(*strength).or_else(bad)?;
             check_latent(latent)
         }
         Request::Invert { image } => {
@@ -443,22 +426,16 @@ fn validate(r: &Request, shape: (usize, usize)) -> Result<(), EngineError> {
             amount,
             ..
         } => {
-            if !(1..=MAX_COUNT).contains(count) || !(0.0..=1.0).contains(amount) {
-                return bad(format!("variations: count 1 to {MAX_COUNT}, amount 0 to 1"));
-            }
+            limits::check_variations(*count, *amount).or_else(bad)?;
             check_latent(latent)
         }
         Request::Interpolate { a, b, frames } => {
-            if !(2..=64).contains(frames) {
-                return bad("frames must be 2 to 64".into());
-            }
+            limits::check_frames(*frames).or_else(bad)?;
             check_latent(a)?;
             check_latent(b)
         }
         Request::Render { latents } => {
-            if !(1..=MAX_COUNT).contains(&latents.len()) {
-                return bad(format!("render: 1 to {MAX_COUNT} latents"));
-            }
+            limits::check_render(latents.len()).or_else(bad)?;
             latents.iter().try_for_each(check_latent)
         }
     }

@@ -3,6 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The request limits and their messages, as the pipeline enforces them:
+/// the engine's clients (the bot's commands and dialogs) use these.
+pub use crate::pipeline::limits;
 pub use crate::pipeline::Layers;
 
 /// Who asked (a Discord user id, or anything unique per client).
@@ -185,5 +188,16 @@ impl std::fmt::Display for Warmup {
             None => {}
         }
         write!(f, "); please try again then")
+    }
+}
+
+/// Errors from the pipeline by kind: a request it refused is the user's to
+/// fix; anything else is a failure of the service.
+impl From<crate::error::Error> for EngineError {
+    fn from(e: crate::error::Error) -> Self {
+        match e {
+            crate::error::Error::InvalidArgument(m) => EngineError::InvalidRequest(m),
+            other => EngineError::Failed(other.to_string()),
+        }
     }
 }

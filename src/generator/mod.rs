@@ -5,8 +5,13 @@
 //! vector) and `W+` (one style vector per style input of the synthesis
 //! network, `[n, num_styles, w_dim]`).
 
+pub mod config;
 pub mod mobilestylegan;
 pub mod stylegan2;
+
+pub use config::GeneratorConfig;
+
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
@@ -114,18 +119,20 @@ pub fn check_finite(t: &Tensor, what: &str) -> Result<()> {
 
 /// Open the configured generator (`generator.kind`), fetching its weights
 /// first if they are missing and `auto_fetch` is set (MobileStyleGAN only:
-/// StyleGAN2 checkpoints are the user's own).
+/// StyleGAN2 checkpoints are the user's own). Relative paths in `cfg` are
+/// resolved against `models_dir`.
 pub fn open(
-    cfg: &crate::config::Config,
+    cfg: &GeneratorConfig,
+    models_dir: &Path,
     device: &Device,
     auto_fetch: bool,
 ) -> Result<Box<dyn Generator>> {
-    if cfg.generator.kind == "stylegan2" {
-        return Ok(Box::new(stylegan2::open(cfg, device)?));
+    if cfg.kind == "stylegan2" {
+        return Ok(Box::new(stylegan2::open(cfg, models_dir, device)?));
     }
-    let dir = cfg.generator_dir();
+    let dir = cfg.weights_dir(models_dir);
     if auto_fetch {
-        mobilestylegan::fetch::ensure(&cfg.models_dir, &dir)?;
+        mobilestylegan::fetch::ensure(models_dir, &dir)?;
     }
     Ok(Box::new(mobilestylegan::MobileStyleGan::load(
         &dir, device,

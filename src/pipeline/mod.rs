@@ -5,7 +5,12 @@
 //! images), which is what lets the engine merge concurrent users' work.
 //! Results are tensors; the engine turns them into plain bytes.
 
+pub mod config;
 pub mod instruction;
+pub mod limits;
+
+pub use config::{PipelineConfig, PipelineSetup};
+pub use limits::{MAX_COUNT, STRENGTH_RANGE};
 
 use std::time::Instant;
 
@@ -15,11 +20,6 @@ use crate::clip::{l2_normalize, Clip};
 use crate::error::{Error, Result};
 use crate::generator::{seeded_normal, z_for_seeds, Generator, NoiseMode};
 use crate::mapper::Mapper;
-
-/// Most images one request may ask for.
-pub const MAX_COUNT: usize = 16;
-/// Edit strengths outside this range distort faces beyond recognition.
-pub const STRENGTH_RANGE: std::ops::RangeInclusive<f64> = -3.0..=3.0;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -108,6 +108,18 @@ pub struct Rendered {
     pub scores: Option<Vec<f32>>,
 }
 
+impl Rendered {
+    /// Latents and their images, with no prompt behind them.
+    pub fn plain(latents: Tensor, images: Tensor) -> Self {
+        Rendered {
+            latents,
+            images,
+            truncated: false,
+            scores: None,
+        }
+    }
+}
+
 /// Wall time of each stage of one pipeline call, in ms: what the engine's
 /// benchmark reports per image. On a GPU a stage may return before its
 /// kernels finish, so its time can show up in a later stage.
@@ -140,7 +152,7 @@ pub struct Pipeline {
 /// The configured mapper, checked against the loaded CLIP and generator;
 /// warnings (e.g. a differently named CLIP) for the caller to show.
 pub fn load_mapper(
-    cfg: &crate::config::Config,
+    cfg: &PipelineSetup,
     clip: &Clip,
     generator: &dyn Generator,
 ) -> Result<(Mapper, Vec<String>)> {
@@ -165,18 +177,18 @@ impl Pipeline {
     /// Load CLIP, the generator and the mapper named in the configuration,
     /// checking that the mapper fits the other two. Warnings (e.g. a mapper
     /// trained with a differently named CLIP) are returned for display.
-    pub fn load(cfg: &crate::config::Config, device: &Device) -> Result<(Pipeline, Vec<String>)> {
+    pub fn load(cfg: &PipelineSetup, device: &Device) -> Result<(Pipeline, Vec<String>)> {
         // Cheap checks first: a missing mapper should not cost a CLIP download.
         crate::mapper::read_meta(&cfg.mapper_path())?;
         let clip = Clip::load(&cfg.clip_files()?, device)?;
-        let generator = crate::generator::open(cfg, device, true)?;
+        let generator = cfg.open_generator(device, true)?;
         Self::assemble(cfg, clip, generator)
     }
 
     /// The pipeline of loaded models and the configured mapper (checked
     /// against them).
     pub fn assemble(
-        cfg: &crate::config::Config,
+        cfg: &PipelineSetup,
         clip: Clip,
         generator: Box<dyn Generator>,
     ) -> Result<(Pipeline, Vec<String>)> {
@@ -186,7 +198,7 @@ impl Pipeline {
                 clip,
                 mapper,
                 generator,
-                settings: cfg.pipeline_settings(),
+                settings: cfg.settings(),
             },
             warnings,
         ))
@@ -228,22 +240,8 @@ impl Pipeline {
         times: &mut Stages,
     ) -> Result<Vec<Rendered>> {
         for r in reqs {
-            if r.prompt.trim().is_empty() {
-                return Err(Error::invalid(
-                    "the prompt is empty: describe a face, e.g. \"a man with a beard\"",
-                ));
-            }
-            if !(1..=MAX_COUNT).contains(&r.count)
-                || r.candidates < r.count
-                || r.candidates > 4 * MAX_COUNT
-            {
-                return Err(Error::invalid(format!(
-                    "count {} / candidates {} out of range: count 1 to {MAX_COUNT}, candidates count to {}",
-                    r.count,
-                    r.candidates,
-                    4 * MAX_COUNT
-                )));
-            }
+            limits::check_prompt(&r.prompt).map_err(Error::InvalidArgument)?;
+            limits::check_count(r.count, r.candidates).map_err(Error::InvalidArgument)?;
             self.check_truncation(r.truncation)?;
         }
         let mut clock = Instant::now();
@@ -342,9 +340,7 @@ impl Pipeline {
         let mut clock = Instant::now();
         let mut texts = Vec::with_capacity(2 * instructions.len());
         for ins in instructions {
-            let p = instruction::parse(ins).ok_or_else(|| {
-                Error::invalid("the edit is empty: say what to change, e.g. \"add smile\"")
-            })?;
+            let p = instruction::parse(ins).ok_or_else(|| Error::invalid(limits::EMPTY_EDIT))?;
             texts.push(p.target);
             texts.push(p.neutral);
         }
@@ -386,12 +382,7 @@ impl Pipeline {
         }
         let shape = (self.generator.num_styles(), self.generator.w_dim());
         for r in reqs {
-            if !STRENGTH_RANGE.contains(&r.strength) || !r.strength.is_finite() {
-                return Err(Error::invalid(format!(
-                    "strength {} is out of range: use -3 to 3",
-                    r.strength
-                )));
-            }
+            limits::check_strength(r.strength).map_err(Error::InvalidArgument)?;
             if r.latent.dims2()? != shape {
                 return Err(Error::invalid(format!(
                     "latent has shape {:?}, this generator needs [{}, {}]",
@@ -432,11 +423,7 @@ impl Pipeline {
         count: usize,
         amount: f64,
     ) -> Result<Rendered> {
-        if !(0.0..=1.0).contains(&amount) || !(1..=MAX_COUNT).contains(&count) {
-            return Err(Error::invalid(format!(
-                "variations: amount {amount} must be in [0, 1], count {count} in 1 to {MAX_COUNT}"
-            )));
-        }
+        limits::check_variations(count, amount).map_err(Error::InvalidArgument)?;
         let g = &self.generator;
         let z = z_for_seeds(seed, count, g.z_dim(), self.device())?;
         let rand = g.broadcast_w(&g.map(&z)?)?;
@@ -452,21 +439,12 @@ impl Pipeline {
             .broadcast_as(rand.shape())?;
         let w = (&base + (rand - &base)?.broadcast_mul(&mask)?)?;
         let images = self.render(&w)?;
-        Ok(Rendered {
-            latents: w,
-            images,
-            truncated: false,
-            scores: None,
-        })
+        Ok(Rendered::plain(w, images))
     }
 
     /// `frames` images from latent `a` to `b` (linear in W+), both ends included.
     pub fn interpolate(&self, a: &Tensor, b: &Tensor, frames: usize) -> Result<Rendered> {
-        if !(2..=64).contains(&frames) {
-            return Err(Error::invalid(format!(
-                "frames {frames} out of range: use 2 to 64"
-            )));
-        }
+        limits::check_frames(frames).map_err(Error::InvalidArgument)?;
         let mut w = Vec::with_capacity(frames);
         for k in 0..frames {
             let t = k as f64 / (frames - 1) as f64;
@@ -474,25 +452,13 @@ impl Pipeline {
         }
         let w = Tensor::cat(&w, 0)?.to_device(self.device())?;
         let images = self.render(&w)?;
-        Ok(Rendered {
-            latents: w,
-            images,
-            truncated: false,
-            scores: None,
-        })
+        Ok(Rendered::plain(w, images))
     }
 
     fn render_each(&self, w: &Tensor) -> Result<Vec<Rendered>> {
         let images = self.render(w)?;
         (0..w.dim(0)?)
-            .map(|i| {
-                Ok(Rendered {
-                    latents: w.narrow(0, i, 1)?,
-                    images: images.narrow(0, i, 1)?,
-                    truncated: false,
-                    scores: None,
-                })
-            })
+            .map(|i| Ok(Rendered::plain(w.narrow(0, i, 1)?, images.narrow(0, i, 1)?)))
             .collect()
     }
 }

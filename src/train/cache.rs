@@ -325,7 +325,7 @@ pub fn ensure(
 
 fn note(quiet: bool, msg: &str) {
     if !quiet {
-        eprintln!("{msg}");
+        tracing::info!("{msg}");
     }
 }
 
@@ -360,7 +360,7 @@ fn read_manifest(dir: &Path) -> Result<Option<Manifest>> {
     match serde_json::from_str(&text) {
         Ok(m) => Ok(Some(m)),
         Err(e) => {
-            eprintln!(
+            tracing::warn!(
                 "{} is unreadable ({e}); rebuilding the pair cache",
                 path.display()
             );

@@ -20,7 +20,8 @@
 //! - [`warmup`]: first use: the first mapper built before the first face,
 //!   then improved as the bank grows in idle time.
 //! - [`checkpoint`]: checkpoint files; [`progress`]: progress line and metrics;
-//!   [`interrupt`]: the Ctrl-C flag; [`cli`]: the command-line entry.
+//!   [`interrupt`]: the Ctrl-C flag. The command (`clip2gan train`: flags,
+//!   loading, the summary) is the binary's `src/cli/train.rs`.
 //! - `run`: [`train`] itself, the loop that ties these together.
 //!
 //! Determinism: every random draw comes from a stream named after the seed
@@ -31,7 +32,6 @@
 pub mod cache;
 pub mod captions;
 pub mod checkpoint;
-pub mod cli;
 pub mod config;
 pub mod data;
 pub mod fit;

@@ -86,7 +86,7 @@ impl Progress {
         }
         self.last_print = Some(Instant::now());
         let eta = self.eta_s(done).map_or_else(|| "?".into(), format_secs);
-        eprintln!(
+        tracing::info!(
             "{} {done}/{} {detail} | {:.2} {}/s | ETA {eta}",
             self.unit,
             self.total,

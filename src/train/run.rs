@@ -60,12 +60,12 @@ impl State {
         }
         if !s.quiet {
             if l.state.config.steps != cfg.steps {
-                eprintln!(
+                tracing::warn!(
                     "note: the run had {} steps, now {}: the learning-rate schedule changes from here",
                     l.state.config.steps, cfg.steps
                 );
             }
-            eprintln!("resuming from step {} ({})", l.state.step, ckpt.display());
+            tracing::info!("resuming from step {} ({})", l.state.step, ckpt.display());
         }
         let mut meta = l.meta;
         meta.training = serde_json::to_value(cfg).unwrap_or_default();
@@ -291,7 +291,7 @@ fn open_source<'a>(
                 Some(dir) => {
                     let u = images::load(dir, clip, cfg.recon_size.min(image_size), dev)?;
                     if !s.quiet {
-                        eprintln!("{} of your images from {}", u.files.len(), dir.display());
+                        tracing::info!("{} of your images from {}", u.files.len(), dir.display());
                     }
                     Some(u)
                 }
@@ -373,7 +373,7 @@ fn fit_run(s: &Setup) -> Result<Report> {
     let (mapper, varmap, fit) = super::fit::make_mapper(s.g, s.clip, &s.clip_model, cfg, &pairs)?;
     metrics.write(&serde_json::json!({"event": "fit", "fit": fit}))?;
     if !s.quiet {
-        eprintln!("{}", fit.summary());
+        tracing::info!("{}", fit.summary());
     }
     mapper::save(&s.out, &varmap, mapper.w_avg(), &mapper.meta)?;
     report.mapper = Some(s.out.clone());

@@ -1,12 +1,33 @@
-//! Shared test support: where the fetched weights and fixtures are.
+//! Shared test support: where the fetched weights and fixtures are, the
+//! binary, and the tiny pipeline (a small random CLIP and a random mapper
+//! over the real MobileStyleGAN) that the pipeline, engine, bot and CLI
+//! tests share.
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Mutex;
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use clip2gan::generator::mobilestylegan::{fetch, MobileStyleGan};
+use clip2gan::generator::Generator;
+use clip2gan::mapper::{self, Mapper, MapperConfig, MapperMeta};
+use clip2gan::pipeline::{Pipeline, Settings};
+
+/// A small random CLIP with the real vocabulary: widths 32, one layer,
+/// 32 px images, embeddings of 16.
+pub const SMALL_CLIP: &str = r#"{
+  "projection_dim": 16,
+  "text_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2},
+  "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                    "image_size": 32, "patch_size": 8}
+}"#;
+
+/// The `clip2gan` binary of this build.
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_clip2gan"))
+}
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -63,3 +84,72 @@ pub fn tiny_models(models: &std::path::Path) -> (PathBuf, PathBuf) {
 }
 
 pub const TINY_CHANNELS: [usize; 4] = [64, 64, 32, 16];
+
+/// A temp dir with `clip/` (a random [`SMALL_CLIP`]) and
+/// `mapper.safetensors` (a random mapper for MobileStyleGAN).
+pub fn tiny_pipeline_dir() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    clip2gan::clip::save_random_checkpoint(&tmp.path().join("clip"), SMALL_CLIP).unwrap();
+    let g = mobilestylegan();
+    let meta = MapperMeta {
+        clip_model: tmp.path().join("clip").display().to_string(),
+        clip_dim: 16,
+        generator: g.id().into(),
+        num_styles: g.num_styles(),
+        w_dim: g.w_dim(),
+        config: MapperConfig {
+            depth: 2,
+            width: 64,
+            ..Default::default()
+        },
+        step: 0,
+        training: serde_json::Value::Null,
+        metrics: serde_json::Value::Null,
+    };
+    let varmap = candle_nn::VarMap::new();
+    // Scale up the random output layer so that prompts map to visibly
+    // different latents (a fresh mapper stays very close to w_avg).
+    let m = Mapper::init(&varmap, meta, g.w_avg(), &Device::Cpu).unwrap();
+    for (name, var) in varmap.data().lock().unwrap().iter() {
+        if name == "out.weight" {
+            var.set(&(var.as_tensor() * 300.0).unwrap()).unwrap();
+        }
+    }
+    mapper::save(
+        &tmp.path().join("mapper.safetensors"),
+        &varmap,
+        g.w_avg(),
+        &m.meta,
+    )
+    .unwrap();
+    tmp
+}
+
+/// The pipeline of a [`tiny_pipeline_dir`].
+pub fn tiny_pipeline(dir: &Path, settings: Settings) -> Pipeline {
+    let path = dir.join("mapper.safetensors");
+    let meta = mapper::read_meta(&path).unwrap();
+    let (mapper, _) = Mapper::load(&path, &compat(&meta), &Device::Cpu).unwrap();
+    Pipeline {
+        clip: clip2gan::clip::Clip::from_dir(&dir.join("clip"), &Device::Cpu).unwrap(),
+        mapper,
+        generator: Box::new(mobilestylegan()),
+        settings,
+    }
+}
+
+/// What a mapper's metadata says it fits.
+pub fn compat(m: &MapperMeta) -> mapper::Compat<'_> {
+    mapper::Compat {
+        clip_model: &m.clip_model,
+        clip_dim: m.clip_dim,
+        generator: &m.generator,
+        num_styles: m.num_styles,
+        w_dim: m.w_dim,
+    }
+}
+
+/// Largest absolute difference of two tensors of one shape.
+pub fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
+    clip2gan::parity::max_abs_diff(a, b).unwrap()
+}

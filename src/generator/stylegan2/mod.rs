@@ -13,23 +13,25 @@ pub mod model;
 pub use load::{Arch, Checkpoint, LoadOptions, Naming};
 pub use model::StyleGan2;
 
+use std::path::Path;
+
 use candle_core::Device;
 
-use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::generator::GeneratorConfig;
 
 /// Open the checkpoint named by `generator.checkpoint`, checked against the
 /// configured resolution and channel multiplier if those are set.
-pub fn open(cfg: &Config, device: &Device) -> Result<StyleGan2> {
-    let path = cfg.checkpoint_path().ok_or_else(|| {
+pub fn open(cfg: &GeneratorConfig, models_dir: &Path, device: &Device) -> Result<StyleGan2> {
+    let path = cfg.checkpoint_path(models_dir).ok_or_else(|| {
         Error::Config(
             "generator.kind = \"stylegan2\" needs generator.checkpoint = \"path/to/model.pt\" (or .safetensors)".into(),
         )
     })?;
     let opts = LoadOptions {
-        resolution: cfg.generator.resolution,
-        channel_multiplier: cfg.generator.channel_multiplier,
-        conv_clamp: cfg.generator.conv_clamp,
+        resolution: cfg.resolution,
+        channel_multiplier: cfg.channel_multiplier,
+        conv_clamp: cfg.conv_clamp,
     };
     StyleGan2::load(&path, &opts, device)
 }

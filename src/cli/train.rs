@@ -1,13 +1,13 @@
 //! `clip2gan train` on the command line: flags over the `[train]` section,
-//! loading the generator and CLIP, Ctrl-C handling, and the summary.
+//! loading the generator and CLIP, Ctrl-C handling, and the summary the
+//! user reads (stderr; the mapper's path on stdout).
 
 use std::path::PathBuf;
 
 use clap::Args;
-
-use super::{config::Mode, interrupt, train, Report, Setup};
-use crate::config::Config;
-use crate::error::Result;
+use clip2gan::config::Config;
+use clip2gan::error::Result;
+use clip2gan::train::{interrupt, train, Mode, Report, Setup};
 
 /// Flags override `[train]` in config.toml (which documents every setting;
 /// the rest can be set with CLIP2GAN_TRAIN__<KEY> variables).
@@ -75,10 +75,10 @@ pub fn run(cfg: &Config, args: &TrainArgs) -> Result<Report> {
     cfg.train.validate()?;
     let out = args.out.clone().unwrap_or_else(|| cfg.mapper_path());
     let run_dir = cfg.models_dir.join(&cfg.train.run_dir);
-    let dev = crate::device::select(&cfg.device)?;
+    let dev = clip2gan::device::select(&cfg.device)?;
     let stop = interrupt::install();
-    let g = crate::generator::open(&cfg, &dev, true)?;
-    let clip = crate::clip::Clip::load(&cfg.clip_files()?, &dev)?;
+    let g = cfg.open_generator(&dev, true)?;
+    let clip = clip2gan::clip::Clip::load(&cfg.clip_files()?, &dev)?;
     if !args.quiet {
         eprintln!(
             "training a mapper: CLIP {} (dim {}) -> {} W+ {}x{} ({} px), {} mode, {} steps",

@@ -1,0 +1,124 @@
+//! `clip2gan bot`: the wiring of the served bot. The models are loaded into
+//! a growing backend (the mapper on disk, or one built on first use) on the
+//! engine's worker thread, the engine is started, and the bot runs on it
+//! until SIGINT or SIGTERM. The bot itself (`clip2gan::bot`) gets only its
+//! `[bot]` and `[discord]` sections and the engine.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clip2gan::bot::{self, attach::AllowList, BotError, Token};
+use clip2gan::clip::Clip;
+use clip2gan::config::Config;
+use clip2gan::engine::{Engine, GrowingBackend};
+use clip2gan::train::warmup::Growth;
+use tracing::info;
+
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    bot::init_logging();
+    // The token first: a missing one should not cost a model load.
+    let token = bot::config::resolve_token(&cfg.discord)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(serve(cfg, token))?;
+    Ok(())
+}
+
+/// Load the models into the engine, then run until SIGINT or SIGTERM.
+async fn serve(cfg: Config, token: Token) -> Result<(), BotError> {
+    let settings = bot::Settings {
+        discord: cfg.discord.clone(),
+        bot: cfg.bot.clone(),
+    };
+    // Settings first: a typo should not cost a model load.
+    settings.bot.validate()?;
+    AllowList::parse(&settings.discord.attachment_hosts).map_err(BotError::Config)?;
+    let output_size = cfg.engine.output_size;
+    clip2gan::image_io::check_size(output_size, 1024)
+        .map_err(|e| BotError::Config(e.to_string()))?;
+    let engine_cfg = cfg.engine.clone();
+    info!("loading the models");
+    let engine = tokio::task::spawn_blocking(move || {
+        Engine::start(engine_cfg, move || open_backend(&cfg, output_size))
+    })
+    .await
+    .map_err(|e| BotError::Engine(e.to_string()))?
+    .map_err(|e| BotError::Engine(e.to_string()))?;
+    info!("models loaded");
+    bot::run(settings, token, Arc::new(engine), signal()).await
+}
+
+/// The backend `clip2gan bot` serves: the configured models, and the mapper
+/// on disk or (first use) one to build. A closed-form mapper keeps
+/// improving as its bank grows; a trained one is served as it is.
+fn open_backend(cfg: &Config, output_size: usize) -> clip2gan::error::Result<GrowingBackend> {
+    let dev = clip2gan::device::select(&cfg.device)?;
+    let setup = cfg.pipeline_setup();
+    let path = setup.mapper_path();
+    let plan = cfg.first_use();
+    if plan.is_none() {
+        // Cheap first: a missing mapper should not cost a CLIP download.
+        clip2gan::mapper::read_meta(&path)?;
+    }
+    let clip = Clip::load(&setup.clip_files()?, &dev)?;
+    let generator = setup.open_generator(&dev, true)?;
+    let mapper = if path.exists() {
+        let (m, warnings) = clip2gan::pipeline::load_mapper(&setup, &clip, generator.as_ref())?;
+        for w in warnings {
+            tracing::warn!("{w}");
+        }
+        Some(m)
+    } else {
+        info!(
+            file = %path.display(),
+            "no mapper yet: building one from generated faces in the background"
+        );
+        None
+    };
+    let grows = mapper
+        .as_ref()
+        .is_none_or(|m| m.meta.config.kind == clip2gan::mapper::MapperKind::Linear);
+    let growth = match plan.filter(|_| grows) {
+        Some(plan) => Some(Growth::new(
+            plan,
+            &clip,
+            generator.as_ref(),
+            mapper.is_some(),
+        )?),
+        None => None,
+    };
+    GrowingBackend::new(
+        clip,
+        generator,
+        mapper,
+        growth,
+        setup.settings(),
+        output_size,
+    )
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM (docker stop, systemd).
+async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    info!("signal received");
+}
