@@ -41,7 +41,7 @@
 //!   once, `model` is the native candle network, `random` makes random
 //!   weight sets for tests. [`generator::stylegan2`] runs StyleGAN2
 //!   checkpoints users bring (`load`: rosinality `.pt` / safetensors in
-//!   either naming; `model`; `fir`: upfirdn2d resampling; `conv`: dense conv).
+//!   either naming, split into formats, naming, architecture and random weights; `model`).
 //! - [`clip`]: CLIP text and image encoders: `tokenizer` (offline, with the
 //!   original clean-up), `preprocess` (PIL-exact resize + crop, and a
 //!   differentiable path for training), `config` (transformers
@@ -68,9 +68,10 @@
 //!   closed-form fit, first use, MLP training); its map is in `train/mod.rs`.
 //!   [`eval`]: measuring a mapper against baselines, with [`variety`] (range
 //!   and variety of imagine's latents); [`prompts`]: prompt files.
-//! - [`ops`]: the kernels candle lacks (depthwise 3x3, fused noise + bias +
-//!   leaky ReLU, inverse Haar DWT), each with a fast CPU path and a portable
-//!   tensor-op path for other devices.
+//! - [`ops`]: the kernel layer of both generators (depthwise 3x3, inverse
+//!   Haar DWT, FIR resampling, dense conv on gemm, the fused conv epilogue),
+//!   each with a fast CPU path and a portable, differentiable tensor-op path,
+//!   and the one switch between them.
 //! - [`latent`] and [`npy`]: latent files (z, w, W+) in NumPy format.
 //! - [`image_io`]: area resizing, RGB8 conversion, grids, atomic PNG writes.
 //! - [`parity`]: a generator against the reference fixtures, and tensor

@@ -50,15 +50,20 @@ pub fn read(path: &Path, device: &Device) -> Result<TensorFile> {
 
 /// Parse safetensors bytes read from `path` (named in errors).
 pub fn parse(bytes: &[u8], path: &Path, device: &Device) -> Result<TensorFile> {
-    let bad = |e: String| Error::BadWeights {
+    decode(bytes, device).map_err(|e| Error::BadWeights {
         file: path.display().to_string(),
         detail: format!("not a readable safetensors file: {e}"),
-    };
-    let (_, header) =
-        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
+    })
+}
+
+/// Tensors and metadata of safetensors bytes: the one safetensors reader of
+/// the crate (mappers, checkpoints, the pair cache and both generators' weight
+/// files). The error is the reason alone, for callers to word for their files.
+pub fn decode(bytes: &[u8], device: &Device) -> std::result::Result<TensorFile, String> {
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| e.to_string())?;
     let metadata = header.metadata().clone().unwrap_or_default();
     let tensors =
-        candle_core::safetensors::load_buffer(bytes, device).map_err(|e| bad(e.to_string()))?;
+        candle_core::safetensors::load_buffer(bytes, device).map_err(|e| e.to_string())?;
     Ok(TensorFile { tensors, metadata })
 }
 

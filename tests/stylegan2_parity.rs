@@ -10,8 +10,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use clip2gan::generator::stylegan2::{fir, Checkpoint, LoadOptions, StyleGan2};
+use clip2gan::generator::stylegan2::{Checkpoint, LoadOptions, StyleGan2};
 use clip2gan::generator::{Generator, NoiseMode};
+use clip2gan::ops;
 use common::fixture;
 
 /// Bound on the max abs difference to the reference images and latents.
@@ -107,10 +108,10 @@ fn nvidia_safetensors_matches_reference() {
 /// The tensor-op versions (the path CUDA takes) give the same images.
 #[test]
 fn portable_ops_match_reference() {
-    fir::force_portable(true);
+    ops::force_portable(true);
     check(&load("net32.pt"), "net32", "portable ops");
     check(&load("net64.safetensors"), "net64", "portable ops");
-    fir::force_portable(false);
+    ops::force_portable(false);
 }
 
 /// The other two combinations: rosinality names in safetensors, NVIDIA

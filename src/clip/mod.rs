@@ -367,17 +367,7 @@ pub fn open_image(path: &Path) -> Result<DynamicImage> {
 mod tests {
     use super::*;
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        crate::parity::max_abs_diff(a, b).unwrap()
-    }
-
-    fn portable<T>(f: impl FnOnce() -> T) -> T {
-        crate::ops::force_portable(true);
-        let r = f();
-        crate::ops::force_portable(false);
-        r
-    }
+    use crate::ops::testing::{max_diff, portable};
 
     /// The fast CPU path computes what candle's model computes, for both
     /// towers: batches > 1, texts of different lengths (so candle pads and

@@ -109,7 +109,7 @@ impl Preprocessor {
         } else {
             (self.resize, self.resize * w / h)
         };
-        if crate::ops::cpu_fast(images) && !images.track_op() {
+        if crate::ops::fast_path(&[images]) {
             return self.generator_cpu(images, nh, nw);
         }
         let dev = images.device();
@@ -454,12 +454,8 @@ mod tests {
                 * 0.5)
                 .unwrap();
             let fast = p.from_generator(&x).unwrap();
-            crate::ops::force_portable(true);
-            let slow = p.from_generator(&x);
-            crate::ops::force_portable(false);
-            let slow = slow.unwrap();
-            assert_eq!(fast.dims(), slow.dims());
-            let d = crate::parity::max_abs_diff(&fast, &slow).unwrap();
+            let slow = crate::ops::testing::portable(|| p.from_generator(&x)).unwrap();
+            let d = crate::ops::testing::max_diff(&fast, &slow);
             assert!(d < 1e-5, "case {i}: differs by {d}");
         }
     }

@@ -94,6 +94,17 @@ pub fn z_for_seeds(seed: u64, count: usize, dim: usize, device: &Device) -> Resu
     Ok(Tensor::cat(&rows, 0)?)
 }
 
+/// Refuse a `z` that is not `[n, z_dim]` (both generators' `map`).
+pub(crate) fn check_z(z: &Tensor, z_dim: usize) -> Result<()> {
+    let (_, d) = z.dims2()?;
+    if d != z_dim {
+        return Err(Error::invalid(format!(
+            "z must have {z_dim} columns, got {d}"
+        )));
+    }
+    Ok(())
+}
+
 /// Check a truncation value.
 pub fn check_truncation(psi: f64) -> Result<()> {
     if !psi.is_finite() || !(0.0..=2.0).contains(&psi) {

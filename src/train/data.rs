@@ -89,9 +89,11 @@ pub fn render(g: &dyn Generator, wplus: &Tensor, spec: &SampleSpec) -> Result<Te
 }
 
 /// Render W+ that carries a gradient: the portable (differentiable) kernels
-/// on this thread, the whole batch at once.
+/// on this thread, the whole batch at once. (The kernels also refuse their
+/// fast, gradient-less path for inputs that carry a gradient; the guard says
+/// so for the whole render, constant inputs included.)
 pub fn render_differentiable(g: &dyn Generator, wplus: &Tensor, size: usize) -> Result<Tensor> {
-    let _portable = Portable::on();
+    let _portable = crate::ops::Portable::on();
     reduce(&g.synthesize(wplus, NoiseMode::Fixed)?, size)
 }
 
@@ -108,22 +110,6 @@ pub fn reduce(images: &Tensor, size: usize) -> Result<Tensor> {
 /// L2-normalised CLIP image embeddings of generator images `[n, 3, s, s]`.
 pub fn embed(clip: &Clip, images: &Tensor) -> Result<Tensor> {
     clip.encode_generated(&images.to_dtype(DType::F32)?)
-}
-
-/// Switches the calling thread to the differentiable kernels until dropped.
-struct Portable;
-
-impl Portable {
-    fn on() -> Self {
-        crate::ops::force_portable(true);
-        Portable
-    }
-}
-
-impl Drop for Portable {
-    fn drop(&mut self) {
-        crate::ops::force_portable(false);
-    }
 }
 
 /// Rendered samples: codes, W+, images at `image_size` and embeddings.

@@ -64,19 +64,15 @@ impl WeightFile {
                 hint: "Run `clip2gan fetch` to download and convert them (or see README.md, \"Models\").".into(),
             });
         }
-        let bad = |e: String| Error::BadWeights {
-            file: path.display().to_string(),
-            detail: format!("cannot read safetensors: {e}"),
-        };
         let bytes = std::fs::read(path).map_err(|err| Error::Read {
             path: path.to_path_buf(),
             err,
         })?;
-        let (_, header) =
-            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
-        let metadata = header.metadata().clone().unwrap_or_default();
-        let tensors = candle_core::safetensors::load_buffer(&bytes, device)
-            .map_err(|e| bad(e.to_string()))?;
+        let crate::tensorfile::TensorFile { tensors, metadata } =
+            crate::tensorfile::decode(&bytes, device).map_err(|e| Error::BadWeights {
+                file: path.display().to_string(),
+                detail: format!("cannot read safetensors: {e}"),
+            })?;
         Ok(Self {
             path: path.to_path_buf(),
             tensors,
@@ -408,13 +404,7 @@ impl Generator for MobileStyleGan {
     }
 
     fn map(&self, z: &Tensor) -> Result<Tensor> {
-        let (_, d) = z.dims2()?;
-        if d != self.z_dim {
-            return Err(Error::invalid(format!(
-                "z must have {} columns, got {d}",
-                self.z_dim
-            )));
-        }
+        crate::generator::check_z(z, self.z_dim)?;
         map_z(&self.mapping, &z.to_dtype(DType::F32)?)
     }
 

@@ -2,11 +2,9 @@
 //! checkpoints people already have: rosinality `.pt` files, safetensors in
 //! NVIDIA's or rosinality's naming, and NVIDIA `.pkl` files once converted
 //! by `tools/stylegan2_to_safetensors.py`. `load` reads and checks a
-//! checkpoint, `model` runs it; `fir` (FIR resampling) and `conv` (dense conv
-//! on gemm) are its CPU kernels, each with a portable fallback.
+//! checkpoint, `model` runs it on the kernels of [`crate::ops`] (FIR
+//! resampling, dense conv on gemm, the fused epilogue).
 
-pub mod conv;
-pub mod fir;
 pub mod load;
 pub mod model;
 

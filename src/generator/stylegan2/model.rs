@@ -29,14 +29,14 @@
 
 use std::path::Path;
 
-use candle_core::{CpuStorage, DType, Device, InplaceOp1, Layout, Tensor, D};
-use rayon::prelude::*;
+use candle_core::{DType, Device, Tensor, D};
 
-use super::conv::Conv2d;
-use super::fir::{interleave_phases_fir, UpFirDn, FILTER_1331};
 use super::load::{Arch, Checkpoint, LoadOptions, Naming, RawConv, RawParams, RawRgb};
 use crate::error::{Error, Result};
 use crate::generator::{seeded_normal, Generator, NoiseMode};
+use crate::ops::conv::Conv2d;
+use crate::ops::epilogue::{epilogue, Epilogue};
+use crate::ops::fir::{interleave_phases_fir, UpFirDn, FILTER_1331};
 
 const LRELU_SLOPE: f32 = 0.2;
 const LRELU_GAIN: f32 = std::f32::consts::SQRT_2;
@@ -150,7 +150,7 @@ impl ModConv {
                 scale: Some(&demod),
                 noise,
                 bias: &self.bias,
-                lrelu: true,
+                lrelu: Some((LRELU_SLOPE, LRELU_GAIN)),
                 clamp: self.clamp,
             },
         )
@@ -208,134 +208,10 @@ impl ToRgb {
                 scale: None,
                 noise: None,
                 bias: &self.bias,
-                lrelu: false,
+                lrelu: None,
                 clamp: self.clamp,
             },
         )
-    }
-}
-
-/// `clamp(act(y * scale + noise * strength + bias))`, per channel `scale`
-/// `[n, c]` and bias `[c]`, noise `[n or 1, 1, h, w]`.
-struct Epilogue<'a> {
-    scale: Option<&'a Tensor>,
-    noise: Option<(&'a Tensor, f32)>,
-    bias: &'a Tensor,
-    lrelu: bool,
-    clamp: Option<f32>,
-}
-
-fn epilogue(y: Tensor, p: &Epilogue) -> Result<Tensor> {
-    let (n, c, h, w) = y.dims4()?;
-    if let Some((t, _)) = p.noise {
-        let nn = t.dim(0)?;
-        if t.dims() != [nn, 1, h, w] || (nn != 1 && nn != n) {
-            return Err(Error::invalid(format!(
-                "noise {:?} does not fit features {:?}: expected [{n} or 1, 1, {h}, {w}]",
-                t.dims(),
-                y.dims()
-            )));
-        }
-    }
-    let fast = matches!(y.device(), Device::Cpu)
-        && y.dtype() == DType::F32
-        && !super::fir::portable_forced();
-    if fast {
-        let y = y.contiguous()?;
-        let vec = |t: &Tensor| -> Result<Vec<f32>> { Ok(t.flatten_all()?.to_vec1::<f32>()?) };
-        let op = EpilogueOp {
-            scale: p.scale.map(vec).transpose()?,
-            noise: match p.noise {
-                Some((t, s)) => Some((vec(t)?, t.dim(0)? != 1, s)),
-                None => None,
-            },
-            bias: vec(p.bias)?,
-            channels: c,
-            lrelu: p.lrelu,
-            clamp: p.clamp,
-        };
-        y.inplace_op1(&op)?;
-        return Ok(y);
-    }
-    let mut y = y;
-    if let Some(s) = p.scale {
-        y = y.broadcast_mul(&s.reshape((n, c, 1, 1))?)?;
-    }
-    if let Some((t, s)) = p.noise {
-        y = y.broadcast_add(&(t * s as f64)?)?;
-    }
-    y = y.broadcast_add(&p.bias.reshape((1, c, 1, 1))?)?;
-    if p.lrelu {
-        y = (y.maximum(&(&y * LRELU_SLOPE as f64)?)? * LRELU_GAIN as f64)?;
-    }
-    if let Some(c) = p.clamp {
-        y = y.clamp(-c, c)?;
-    }
-    Ok(y)
-}
-
-/// The epilogue as one in-place pass over each plane (CPU).
-struct EpilogueOp {
-    scale: Option<Vec<f32>>,
-    noise: Option<(Vec<f32>, bool, f32)>, // (values, per sample, strength)
-    bias: Vec<f32>,
-    channels: usize,
-    lrelu: bool,
-    clamp: Option<f32>,
-}
-
-impl InplaceOp1 for EpilogueOp {
-    fn name(&self) -> &'static str {
-        "stylegan2-epilogue"
-    }
-
-    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
-        let Some((a, b)) = l.contiguous_offsets() else {
-            candle_core::bail!("stylegan2-epilogue: not contiguous")
-        };
-        let CpuStorage::F32(data) = s else {
-            candle_core::bail!("stylegan2-epilogue: expected f32 storage")
-        };
-        let (_, _, h, w) = l.shape().dims4()?;
-        let plane = h * w;
-        let (lo, hi) = match self.clamp {
-            Some(c) => (-c, c),
-            None => (f32::NEG_INFINITY, f32::INFINITY),
-        };
-        let (slope, gain) = if self.lrelu {
-            (LRELU_SLOPE, LRELU_GAIN)
-        } else {
-            (1.0, 1.0)
-        };
-        data[a..b]
-            .par_chunks_mut(plane)
-            .enumerate()
-            .for_each(|(p, dst)| {
-                let (sample, ch) = (p / self.channels, p % self.channels);
-                let scale = self.scale.as_ref().map_or(1.0, |s| s[p]);
-                let bias = self.bias[ch];
-                let noise = self.noise.as_ref().map(|(v, per_sample, strength)| {
-                    let i = if *per_sample { sample } else { 0 };
-                    (&v[i * plane..(i + 1) * plane], *strength)
-                });
-                let act = |t: f32| {
-                    let t = if t < 0.0 { t * slope } else { t };
-                    (t * gain).clamp(lo, hi)
-                };
-                match noise {
-                    Some((nz, st)) => {
-                        for (v, z) in dst.iter_mut().zip(nz) {
-                            *v = act(*v * scale + z * st + bias);
-                        }
-                    }
-                    None => {
-                        for v in dst.iter_mut() {
-                            *v = act(*v * scale + bias);
-                        }
-                    }
-                }
-            });
-        Ok(())
     }
 }
 
@@ -522,13 +398,7 @@ impl Generator for StyleGan2 {
     }
 
     fn map(&self, z: &Tensor) -> Result<Tensor> {
-        let (_, d) = z.dims2()?;
-        if d != self.arch.z_dim {
-            return Err(Error::invalid(format!(
-                "z must have {} columns, got {d}",
-                self.arch.z_dim
-            )));
-        }
+        crate::generator::check_z(z, self.arch.z_dim)?;
         let z = z.to_dtype(DType::F32)?.to_device(&self.device)?;
         let norm = (z.sqr()?.mean_keepdim(D::Minus1)? + 1e-8)?.sqrt()?;
         let mut x = z.broadcast_div(&norm)?;
@@ -564,6 +434,7 @@ impl Generator for StyleGan2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::testing::max_diff;
 
     /// The polyphase 2x2 conv equals a transposed 3x3 conv with stride 2.
     #[test]
@@ -598,28 +469,10 @@ mod tests {
             .reshape((2, 4, 12, 10))
             .unwrap();
         let head = got.narrow(2, 0, 11).unwrap().narrow(3, 0, 9).unwrap();
-        let d: f32 = (head - &want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let d = max_diff(&head, &want);
         assert!(d < 1e-5, "{d}");
-        let tail: f32 = got
-            .narrow(2, 11, 1)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let last_row = got.narrow(2, 11, 1).unwrap();
+        let tail = max_diff(&last_row, &last_row.zeros_like().unwrap());
         assert_eq!(tail, 0.0, "the extra last row must be zero");
     }
 }

@@ -1,52 +1,21 @@
-//! The few kernels MobileStyleGAN needs beyond candle's matmul.
+//! The kernels MobileStyleGAN needs beyond candle's matmul.
 //!
 //! candle implements a grouped convolution as one convolution per group, so a
 //! depthwise 3x3 over 512 channels becomes 512 tiny convolutions: far too
 //! slow. Each op here has a fast CPU kernel (plain loops over contiguous
 //! planes, parallel over planes with rayon, written so the compiler
 //! vectorises the inner row loop) and a portable version built from candle
-//! tensor ops that runs on any device (CUDA included). Tests check the two
-//! agree.
+//! tensor ops that runs on any device (CUDA included) and carries gradients;
+//! [`super::fast_path`] picks one. Tests check the two agree.
 
-use std::cell::Cell;
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, DType, Device, InplaceOp1, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+pub use super::epilogue::{noise_bias_lrelu, noise_bias_lrelu_portable};
+use super::{contiguous_f32, fast_path, values, SharedOut};
 use crate::error::Result;
-
-thread_local! {
-    static FORCE_PORTABLE: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Use the portable tensor-op versions even on the CPU, for calls made from
-/// this thread (tests and debugging: this is how CPU runs check the code path
-/// other devices take).
-pub fn force_portable(on: bool) {
-    FORCE_PORTABLE.with(|f| f.set(on));
-}
-
-/// Whether [`force_portable`] is on for this thread.
-pub fn portable_forced() -> bool {
-    FORCE_PORTABLE.with(Cell::get)
-}
-
-/// Whether the fast CPU kernels apply to this tensor.
-pub(crate) fn cpu_fast(x: &Tensor) -> bool {
-    matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 && !FORCE_PORTABLE.with(Cell::get)
-}
-
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(v) => v,
-        _ => candle_core::bail!("expected f32 storage"),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("expected a contiguous tensor"),
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Depthwise 3x3 convolution, zero padding 1, stride 1, per-sample weights.
@@ -56,10 +25,9 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a 
 pub fn depthwise3x3(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (n, c, _, _) = x.dims4()?;
     let w = w.reshape((n, c, 9))?;
-    if cpu_fast(x) {
-        let weights: Vec<f32> = w.flatten_all()?.to_vec1()?;
+    if fast_path(&[x, &w]) {
         return Ok(x.contiguous()?.apply_op1_no_bwd(&Depthwise3x3 {
-            weights: weights.into(),
+            weights: values(&w)?.into(),
         })?);
     }
     depthwise3x3_portable(x, &w)
@@ -198,7 +166,7 @@ pub struct DwSepParams<'a> {
 pub fn styled_dwsep_conv(x: &Tensor, p: &DwSepParams) -> Result<Tensor> {
     let (n, cin, h, w) = x.dims4()?;
     let cout = p.w_pw.dim(0)?;
-    if cpu_fast(x) {
+    if fast_path(&[x, p.k_dw, p.w_pw, p.noise, p.bias]) {
         let nn = p.noise.dim(0)?;
         if p.noise.dims() != [nn, 1, h, w] || (nn != 1 && nn != n) {
             return Err(crate::error::Error::invalid(format!(
@@ -208,15 +176,11 @@ pub fn styled_dwsep_conv(x: &Tensor, p: &DwSepParams) -> Result<Tensor> {
             )));
         }
         let op = FusedDwSep {
-            k_dw: p
-                .k_dw
-                .reshape((n, cin, 9))?
-                .flatten_all()?
-                .to_vec1::<f32>()?,
-            w_pw: p.w_pw.flatten_all()?.to_vec1::<f32>()?,
-            noise: p.noise.flatten_all()?.to_vec1::<f32>()?,
+            k_dw: values(&p.k_dw.reshape((n, cin, 9))?)?,
+            w_pw: values(p.w_pw)?,
+            noise: values(p.noise)?,
             noise_per_sample: nn != 1,
-            bias: p.bias.to_vec1::<f32>()?,
+            bias: values(p.bias)?,
             cout,
             slope: p.slope,
         };
@@ -242,21 +206,6 @@ struct FusedDwSep {
     bias: Vec<f32>,
     cout: usize,
     slope: f32,
-}
-
-/// A raw pointer that may cross threads: tasks write disjoint regions.
-#[derive(Clone, Copy)]
-pub(crate) struct SharedOut(pub(crate) *mut f32);
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
-
-impl SharedOut {
-    /// Going through a method makes closures capture the whole wrapper (which
-    /// is Sync), not its raw-pointer field.
-    pub(crate) fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY: callers pass offsets inside the allocation.
-        unsafe { self.0.add(offset) }
-    }
 }
 
 /// Pixels per band: the dw output of one band (Cin x BAND_PIXELS floats, at
@@ -354,91 +303,6 @@ impl CustomOp1 for FusedDwSep {
 }
 
 // ---------------------------------------------------------------------------
-// Epilogue of a styled conv: add noise and bias, leaky ReLU, in place.
-
-/// `x`: `[N, C, H, W]`; `noise`: `[N or 1, 1, H, W]`; `bias`: `[C]`.
-pub fn noise_bias_lrelu(x: Tensor, noise: &Tensor, bias: &Tensor, slope: f32) -> Result<Tensor> {
-    if cpu_fast(&x) && x.is_contiguous() {
-        let (n, c, h, w) = x.dims4()?;
-        let nn = noise.dim(0)?;
-        if noise.dims() != [nn, 1, h, w] || (nn != 1 && nn != n) || bias.dims() != [c] {
-            return Err(crate::error::Error::invalid(format!(
-                "noise {:?} / bias {:?} do not fit features {:?}",
-                noise.dims(),
-                bias.dims(),
-                x.dims()
-            )));
-        }
-        let op = NoiseBiasLrelu {
-            noise: noise.flatten_all()?.to_vec1::<f32>()?.into(),
-            noise_per_sample: nn != 1,
-            bias: bias.to_vec1::<f32>()?.into(),
-            channels: c,
-            slope,
-        };
-        x.inplace_op1(&op)?;
-        return Ok(x);
-    }
-    noise_bias_lrelu_portable(&x, noise, bias, slope)
-}
-
-pub fn noise_bias_lrelu_portable(
-    x: &Tensor,
-    noise: &Tensor,
-    bias: &Tensor,
-    slope: f32,
-) -> Result<Tensor> {
-    let c = bias.dim(0)?;
-    let y = x
-        .broadcast_add(noise)?
-        .broadcast_add(&bias.reshape((1, c, 1, 1))?)?;
-    Ok(y.maximum(&(&y * slope as f64)?)?)
-}
-
-struct NoiseBiasLrelu {
-    noise: Arc<[f32]>,
-    noise_per_sample: bool,
-    bias: Arc<[f32]>,
-    channels: usize,
-    slope: f32,
-}
-
-impl InplaceOp1 for NoiseBiasLrelu {
-    fn name(&self) -> &'static str {
-        "noise-bias-lrelu"
-    }
-
-    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> candle_core::Result<()> {
-        let (a, b) = l
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("not contiguous".into()))?;
-        let CpuStorage::F32(data) = s else {
-            candle_core::bail!("expected f32 storage")
-        };
-        let (_, _, h, w) = l.shape().dims4()?;
-        let plane = h * w;
-        let slope = self.slope;
-        data[a..b]
-            .par_chunks_mut(plane)
-            .enumerate()
-            .for_each(|(p, dst)| {
-                let bias = self.bias[p % self.channels];
-                let sample = p / self.channels;
-                let noise = if self.noise_per_sample {
-                    &self.noise[sample * plane..(sample + 1) * plane]
-                } else {
-                    &self.noise[..plane]
-                };
-                for (v, nz) in dst.iter_mut().zip(noise) {
-                    let t = *v + nz + bias;
-                    *v = if t < 0.0 { t * slope } else { t };
-                }
-            });
-        Ok(())
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Inverse Haar DWT (one level), with optional per-channel modulation first.
 
 /// `x`: `[N, 4C, H, W]` laid out as `C` low-pass channels followed by `C x 3`
@@ -456,9 +320,9 @@ pub fn idwt_haar(x: &Tensor, scale: Option<&Tensor>) -> Result<Tensor> {
             "inverse DWT needs 4C channels, got {c4}"
         )));
     }
-    if cpu_fast(x) {
+    if fast_path(&[x]) && scale.is_none_or(|s| fast_path(&[s])) {
         let scale = match scale {
-            Some(s) => Some(s.reshape((n, c4))?.flatten_all()?.to_vec1::<f32>()?.into()),
+            Some(s) => Some(values(&s.reshape((n, c4))?)?.into()),
             None => None,
         };
         return Ok(x.contiguous()?.apply_op1_no_bwd(&IdwtHaar { scale })?);
@@ -537,43 +401,11 @@ impl CustomOp1 for IdwtHaar {
     }
 }
 
-/// Leaky ReLU from tensor ops (slope < 1).
-pub fn leaky_relu(x: &Tensor, slope: f32) -> Result<Tensor> {
-    Ok(x.maximum(&(x * slope as f64)?)?)
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{max_diff, portable, rand};
     use super::*;
-
-    fn rand(seed: u64, shape: &[usize]) -> Tensor {
-        let n: usize = shape.iter().product();
-        crate::generator::seeded_normal(seed, 1, n, &Device::Cpu)
-            .unwrap()
-            .reshape(shape)
-            .unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
-
-    fn portable<T>(f: impl FnOnce() -> T) -> T {
-        force_portable(true);
-        let r = f();
-        force_portable(false);
-        r
-    }
+    use candle_core::Device;
 
     // Odd, tiny and band-splitting shapes: 1-pixel planes, single rows and
     // columns, widths whose bands do not divide the height.
@@ -642,16 +474,5 @@ mod tests {
             .to_vec1::<f32>()
             .unwrap();
         assert!(out.iter().all(|&o| (o - 1.0).abs() < 1e-6), "{out:?}");
-    }
-
-    #[test]
-    fn epilogue_fast_matches_portable() {
-        let x = rand(3, &[2, 3, 4, 5]);
-        let noise = rand(4, &[1, 1, 4, 5]);
-        let bias = rand(5, &[3]);
-        let slow = noise_bias_lrelu_portable(&x, &noise, &bias, 0.2).unwrap();
-        let fast = noise_bias_lrelu(x.copy().unwrap(), &noise, &bias, 0.2).unwrap();
-        assert!(max_diff(&fast, &slow) < 1e-6);
-        assert!(noise_bias_lrelu(x, &rand(6, &[1, 1, 5, 4]), &bias, 0.2).is_err());
     }
 }

@@ -8,29 +8,15 @@
 //! 2-D filter (`sqrt(gain)` per axis).
 //!
 //! A fast CPU kernel (rayon over planes, row-wise vectorisable loops) and a
-//! portable version from tensor ops (any device) compute the same thing;
-//! tests check them against each other and against a direct 2-D definition.
+//! portable version from tensor ops (any device, differentiable) compute the
+//! same thing; [`super::fast_path`] picks one. Tests check them against each
+//! other and against a direct 2-D definition.
 
-use std::cell::Cell;
-
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::{contiguous_f32, fast_path};
 use crate::error::{Error, Result};
-
-thread_local! {
-    static FORCE_PORTABLE: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Use the portable tensor-op version on the CPU too, for calls from this
-/// thread (tests: this is the path CUDA takes).
-pub fn force_portable(on: bool) {
-    FORCE_PORTABLE.with(|f| f.set(on));
-}
-
-pub(crate) fn portable_forced() -> bool {
-    FORCE_PORTABLE.with(Cell::get)
-}
 
 /// StyleGAN2's resampling filter, per axis, normalised to sum 1.
 pub const FILTER_1331: [f32; 4] = [0.125, 0.375, 0.375, 0.125];
@@ -90,9 +76,7 @@ impl UpFirDn {
         let (_, _, h, w) = x.dims4()?;
         self.out_len(h)?;
         self.out_len(w)?;
-        let fast =
-            matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 && !portable_forced();
-        if fast {
+        if fast_path(&[x]) {
             Ok(x.contiguous()?.apply_op1_no_bwd(self)?)
         } else {
             self.forward_portable(x)
@@ -213,8 +197,7 @@ pub fn interleave_phases_fir(p: &Tensor, fir: &UpFirDn) -> Result<Tensor> {
             "phase interleave needs 4C channels, got {c4}"
         )));
     }
-    let fast = matches!(p.device(), Device::Cpu) && p.dtype() == DType::F32 && !portable_forced();
-    if fast {
+    if fast_path(&[p]) {
         fir.out_len(2 * h)?;
         fir.out_len(2 * w)?;
         return Ok(p.contiguous()?.apply_op1_no_bwd(&PhasesFir(fir.clone()))?);
@@ -268,16 +251,6 @@ impl CustomOp1 for PhasesFir {
     }
 }
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let CpuStorage::F32(data) = s else {
-        candle_core::bail!("expected f32 storage")
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("expected a contiguous tensor"),
-    }
-}
-
 fn pad_axis(x: &Tensor, dim: usize, before: isize, after: isize) -> Result<Tensor> {
     let mut y = x.clone();
     if before < 0 {
@@ -321,15 +294,9 @@ impl CustomOp1 for UpFirDn {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{max_diff, portable, rand};
     use super::*;
-
-    fn rand(seed: u64, shape: &[usize]) -> Tensor {
-        let n: usize = shape.iter().product();
-        crate::generator::seeded_normal(seed, 1, n, &Device::Cpu)
-            .unwrap()
-            .reshape(shape)
-            .unwrap()
-    }
+    use candle_core::{DType, Device};
 
     fn vec(t: &Tensor) -> Vec<f32> {
         t.flatten_all().unwrap().to_vec1().unwrap()
@@ -377,15 +344,6 @@ mod tests {
             }
         }
         Tensor::from_vec(out, (n, c, oh, ow), &Device::Cpu).unwrap()
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        vec(a)
-            .iter()
-            .zip(vec(b))
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
     }
 
     #[test]
@@ -439,9 +397,7 @@ mod tests {
         for shape in [[2, 12, 5, 7], [1, 4, 2, 2], [1, 8, 9, 9]] {
             let x = rand(7, &shape);
             let fast = interleave_phases_fir(&x, &fir).unwrap();
-            force_portable(true);
-            let slow = interleave_phases_fir(&x, &fir).unwrap();
-            force_portable(false);
+            let slow = portable(|| interleave_phases_fir(&x, &fir).unwrap());
             assert_eq!(
                 fast.dims(),
                 [shape[0], shape[1] / 4, 2 * shape[2] - 2, 2 * shape[3] - 2]

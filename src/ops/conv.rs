@@ -13,14 +13,14 @@
 //! Output rows whose weights are all zero for a tap are skipped, so the
 //! polyphase form of the upsampling conv (whose phases use 4, 2, 2 and 1 of
 //! the 2x2 taps) costs the multiply-adds of the transposed conv it replaces.
-//! Other devices use candle's conv2d.
+//! Other devices, and inputs that carry a gradient, use candle's conv2d.
 
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::fir::portable_forced;
+use super::{contiguous_f32, fast_path, values, SharedOut};
 use crate::error::Result;
 
 /// Output floats per band (`c_out` x padded pixels): the band's accumulator
@@ -98,11 +98,8 @@ impl Conv2d {
     /// The conv of `x * scale` for a per-channel `scale` `[n, c_in]` (the
     /// style modulation); on the CPU the scaling happens while padding.
     pub fn forward_scaled(&self, x: &Tensor, scale: Option<&Tensor>) -> Result<Tensor> {
-        if matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 && !portable_forced() {
-            let scale = match scale {
-                Some(s) => Some(s.flatten_all()?.to_vec1::<f32>()?),
-                None => None,
-            };
+        if fast_path(&[x]) && scale.is_none_or(|s| fast_path(&[s])) {
+            let scale = scale.map(values).transpose()?;
             let op = CpuConvOp {
                 conv: self.cpu.clone(),
                 scale,
@@ -126,8 +123,6 @@ struct CpuConvOp {
     scale: Option<Vec<f32>>,
 }
 
-use crate::ops::SharedOut;
-
 impl CustomOp1 for CpuConvOp {
     fn name(&self) -> &'static str {
         "stylegan2-conv2d"
@@ -135,13 +130,7 @@ impl CustomOp1 for CpuConvOp {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let c = &*self.conv;
-        let CpuStorage::F32(data) = s else {
-            candle_core::bail!("stylegan2-conv2d: expected f32 storage")
-        };
-        let Some((a, b)) = l.contiguous_offsets() else {
-            candle_core::bail!("stylegan2-conv2d: expected a contiguous tensor")
-        };
-        let x = &data[a..b];
+        let x = contiguous_f32(s, l)?;
         let (n, c_in, h, w) = l.shape().dims4()?;
         let bad_scale = self.scale.as_ref().is_some_and(|s| s.len() != n * c_in);
         if c_in != c.c_in || h + 2 * c.pad < c.k || w + 2 * c.pad < c.k || bad_scale {
@@ -246,15 +235,8 @@ impl CustomOp1 for CpuConvOp {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{max_diff, rand};
     use super::*;
-
-    fn rand(seed: u64, shape: &[usize]) -> Tensor {
-        let n: usize = shape.iter().product();
-        crate::generator::seeded_normal(seed, 1, n, &Device::Cpu)
-            .unwrap()
-            .reshape(shape)
-            .unwrap()
-    }
 
     #[test]
     fn matches_candle_conv2d() {
@@ -296,17 +278,7 @@ mod tests {
                 .unwrap()
                 .forward_scaled(&x, Some(&scale))
                 .unwrap();
-            assert_eq!(got.dims(), want.dims());
-            let d: f32 = (got - want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap();
+            let d = max_diff(&got, &want);
             assert!(d < 1e-4, "case {i}: {d}");
         }
     }
