@@ -23,6 +23,9 @@ pub struct GeneratorBench {
     pub images_per_s: f64,
     pub min_ms_per_image: f64,
     pub max_ms_per_image: f64,
+    /// Median CPU time of the process (all threads) per image: the work
+    /// done, less sensitive than wall time to other load on the machine.
+    pub cpu_ms_per_image: f64,
 }
 
 /// Time z -> w -> image (resized to `size`) for `iters` batches after one warm-up.
@@ -32,19 +35,24 @@ pub fn generator(
     size: usize,
     iters: usize,
 ) -> Result<GeneratorBench> {
-    let run = |seed: u64| -> Result<f64> {
-        let t0 = Instant::now();
+    let run = |seed: u64| -> Result<(f64, f64)> {
+        let (t0, c0) = (Instant::now(), process_cpu_s());
         let z = z_for_seeds(seed, batch, g.z_dim(), g.device())?;
         let w = g.broadcast_w(&g.map(&z)?)?;
         let img = resize_area(&g.synthesize(&w, NoiseMode::Fixed)?, size)?;
         // Reading the result back forces any queued device work to finish.
         let _ = img.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-        Ok(t0.elapsed().as_secs_f64() * 1000.0 / batch as f64)
+        Ok((
+            t0.elapsed().as_secs_f64() * 1000.0 / batch as f64,
+            (process_cpu_s() - c0) * 1000.0 / batch as f64,
+        ))
     };
     run(0)?;
-    let mut ms = (0..iters.max(1))
+    let (mut ms, cpu): (Vec<f64>, Vec<f64>) = (0..iters.max(1))
         .map(|i| run(i as u64 + 1))
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .unzip();
     ms.sort_by(f64::total_cmp);
     let median = ms[ms.len() / 2];
     Ok(GeneratorBench {
@@ -58,6 +66,7 @@ pub fn generator(
         images_per_s: 1000.0 / median,
         min_ms_per_image: ms[0],
         max_ms_per_image: ms[ms.len() - 1],
+        cpu_ms_per_image: self::median(cpu),
     })
 }
 
@@ -319,116 +328,397 @@ pub fn random_pipeline(
     })
 }
 
+/// Mean of each stage over a run's jobs, ms. `total_ms`: in a latency
+/// table the mean time from submit to PNG; in a per-image table the
+/// inference thread's time per image (the stages from CLIP text to worker
+/// other), whose inverse bounds the images/s; the others run elsewhere or
+/// are waits.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct StageTable {
+    pub queue_ms: f64,
+    pub clip_text_ms: f64,
+    pub mapper_ms: f64,
+    pub generator_ms: f64,
+    pub clip_image_ms: f64,
+    pub resize_ms: f64,
+    pub worker_other_ms: f64,
+    pub encode_ms: f64,
+    pub handoff_ms: f64,
+    pub total_ms: f64,
+}
+
+impl StageTable {
+    /// Stages in the order a job passes them, with their names.
+    pub fn rows(&self) -> [(&'static str, f64); 10] {
+        [
+            ("queue", self.queue_ms),
+            ("clip text", self.clip_text_ms),
+            ("mapper", self.mapper_ms),
+            ("generator", self.generator_ms),
+            ("clip image", self.clip_image_ms),
+            ("resize", self.resize_ms),
+            ("worker other", self.worker_other_ms),
+            ("encode", self.encode_ms),
+            ("hand-off", self.handoff_ms),
+            ("total", self.total_ms),
+        ]
+    }
+
+    /// Means over jobs; with `per_image`, each stage divided by the images
+    /// it served first (a batch's stages by the batch's images, a job's own
+    /// by its images).
+    fn mean(times: &[(crate::engine::JobTimes, usize)], per_image: bool) -> StageTable {
+        let mut t = StageTable::default();
+        if times.is_empty() {
+            return t;
+        }
+        for (j, images) in times {
+            let (batch, own) = if per_image {
+                (j.batch_images.max(1) as f64, (*images).max(1) as f64)
+            } else {
+                (1.0, 1.0)
+            };
+            t.queue_ms += j.queue_ms / own;
+            t.clip_text_ms += j.clip_text_ms / batch;
+            t.mapper_ms += j.mapper_ms / batch;
+            t.generator_ms += j.generator_ms / batch;
+            t.clip_image_ms += j.clip_image_ms / batch;
+            t.resize_ms += j.resize_ms / batch;
+            t.worker_other_ms += j.worker_other_ms / batch;
+            t.encode_ms += j.encode_ms / own;
+            t.handoff_ms += j.handoff_ms / own;
+            t.total_ms += if per_image {
+                j.worker_ms() / batch
+            } else {
+                j.total_ms
+            };
+        }
+        let n = times.len() as f64;
+        for v in [
+            &mut t.queue_ms,
+            &mut t.clip_text_ms,
+            &mut t.mapper_ms,
+            &mut t.generator_ms,
+            &mut t.clip_image_ms,
+            &mut t.resize_ms,
+            &mut t.worker_other_ms,
+            &mut t.encode_ms,
+            &mut t.handoff_ms,
+            &mut t.total_ms,
+        ] {
+            *v /= n;
+        }
+        t
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct EngineRun {
     pub max_batch: usize,
     pub images: usize,
     pub wall_s: f64,
     pub images_per_s: f64,
+    /// CPU time of the process (all threads) over the run, per image.
+    pub cpu_ms_per_image: f64,
+    /// Submit to PNG ready, per job.
     pub p50_ms: f64,
     pub p95_ms: f64,
+    /// Images in the batch a job ran in, averaged over jobs.
+    pub mean_batch_images: f64,
+    /// Where the time goes per image: each batch stage divided by its
+    /// batch's images (the inference thread's time per image: what bounds
+    /// images/s), encoding and the waits per image of the job.
+    pub per_image: StageTable,
+    /// What a job waited for, on average (the batch's stages whole).
+    pub latency: StageTable,
+    /// `images_per_s` over the generator's best rate of this run.
+    pub of_generator_best: f64,
 }
 
 #[derive(Debug, Serialize)]
-pub struct EngineBench {
-    pub bench: &'static str,
-    pub device: String,
+pub struct EngineCase {
     pub concurrency: usize,
-    pub jobs_per_client: usize,
-    pub output_size: usize,
     pub batched: EngineRun,
     pub unbatched: EngineRun,
     /// images/s batched / images/s unbatched
     pub speedup: f64,
 }
 
-/// `concurrency` clients, each submitting `jobs` one-image /imagine jobs one
-/// after the other, against the engine with batching on and off.
+#[derive(Debug, Serialize)]
+pub struct EngineBench {
+    pub bench: &'static str,
+    pub device: String,
+    pub threads: usize,
+    pub jobs_per_client: usize,
+    pub max_batch: usize,
+    pub output_size: usize,
+    /// The generator alone (z -> image at its resolution) at batch 1, 2, 4,
+    /// ... up to `max_batch`, best of a pass before and one after the
+    /// engine runs.
+    pub generator: Vec<GeneratorBench>,
+    pub generator_best_batch: usize,
+    pub generator_best_images_per_s: f64,
+    pub cases: Vec<EngineCase>,
+}
+
+/// Batch sizes timed for the generator's best rate: powers of two up to
+/// `max_batch`, and `max_batch` itself.
+fn generator_batches(max_batch: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = std::iter::successors(Some(1usize), |b| Some(b * 2))
+        .take_while(|&b| b < max_batch)
+        .collect();
+    v.push(max_batch.max(1));
+    v
+}
+
+/// For each of `concurrency`, that many clients, each submitting `jobs`
+/// one-image /imagine jobs one after the other, against the engine with
+/// batching on (`max_batch`) and off; and the generator alone timed in the
+/// same run, so the ratio engine / generator holds under the same load.
 pub fn engine(
+    cfg: &BenchConfig,
+    device: &candle_core::Device,
+    concurrency: &[usize],
+    jobs: usize,
+    max_batch: usize,
+) -> Result<EngineBench> {
+    let gen = crate::generator::open(&cfg.generator, &cfg.models_dir, device, true)?;
+    let batches = generator_batches(max_batch);
+    let time_generator = || -> Result<Vec<GeneratorBench>> {
+        batches
+            .iter()
+            .map(|&b| generator(gen.as_ref(), b, gen.resolution(), 3))
+            .collect()
+    };
+    let mut gen_rates = time_generator()?;
+    let mut cases = Vec::new();
+    for &c in concurrency {
+        let batched = engine_clients(cfg, device, c, jobs, max_batch)?;
+        let unbatched = engine_clients(cfg, device, c, jobs, 1)?;
+        cases.push(EngineCase {
+            concurrency: c,
+            speedup: batched.images_per_s / unbatched.images_per_s,
+            batched,
+            unbatched,
+        });
+    }
+    // Again after the engine runs: the best of the two passes is the
+    // generator's rate when the machine was quietest.
+    for (best, again) in gen_rates.iter_mut().zip(time_generator()?) {
+        if again.ms_per_image < best.ms_per_image {
+            *best = again;
+        }
+    }
+    let best = gen_rates
+        .iter()
+        .max_by(|a, b| a.images_per_s.total_cmp(&b.images_per_s))
+        .expect("at least batch 1");
+    let (best_batch, best_rate) = (best.batch, best.images_per_s);
+    for c in &mut cases {
+        c.batched.of_generator_best = c.batched.images_per_s / best_rate;
+        c.unbatched.of_generator_best = c.unbatched.images_per_s / best_rate;
+    }
+    Ok(EngineBench {
+        bench: "engine",
+        device: crate::device::describe(device),
+        threads: rayon::current_num_threads(),
+        jobs_per_client: jobs,
+        max_batch,
+        output_size: cfg.engine.output_size,
+        generator: gen_rates,
+        generator_best_batch: best_batch,
+        generator_best_images_per_s: best_rate,
+        cases,
+    })
+}
+
+/// The benchmarks' one-image /imagine job of client `client`.
+pub fn bench_request(client: usize, job: usize) -> crate::engine::Request {
+    crate::engine::Request::Imagine {
+        prompt: format!("a portrait of person number {client}"),
+        count: 1,
+        seed: (client * 1000 + job) as u64,
+        truncation: None,
+        candidates: 1,
+    }
+}
+
+/// An engine as the benchmarks use it: the configured settings at
+/// `max_batch`, room for `clients` clients with one job in flight each, the
+/// pipeline of [`random_pipeline`], and one full batch already run
+/// (untimed: the first pass pays for touching its working memory).
+pub fn warm_engine(
+    cfg: &BenchConfig,
+    device: &candle_core::Device,
+    clients: usize,
+    max_batch: usize,
+) -> Result<std::sync::Arc<crate::engine::Engine>> {
+    use crate::engine::{Engine, EngineConfig, PipelineBackend};
+    let ecfg = EngineConfig {
+        queue_capacity: clients.max(max_batch) * 2,
+        max_batch,
+        per_user_limit: 1,
+        ..cfg.engine.clone()
+    };
+    let (c2, d2) = (cfg.clone(), device.clone());
+    let output_size = ecfg.output_size;
+    let engine = std::sync::Arc::new(Engine::start(ecfg, move || {
+        Ok(PipelineBackend {
+            pipeline: random_pipeline(&c2, &d2)?,
+            output_size,
+        })
+    })?);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| crate::error::Error::Config(e.to_string()))?;
+    rt.block_on(async {
+        let hs = (0..max_batch)
+            .map(|u| engine.submit(u as u64, bench_request(u, 999)))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        for h in hs {
+            h.wait().await.map_err(|e| e.to_string())?;
+        }
+        Ok::<_, String>(())
+    })
+    .map_err(crate::error::Error::Config)?;
+    Ok(engine)
+}
+
+/// `concurrency` clients, each submitting `jobs` one-image /imagine jobs
+/// one after the other (the next once the last one's PNG is ready), against
+/// a [`warm_engine`].
+pub fn engine_clients(
     cfg: &BenchConfig,
     device: &candle_core::Device,
     concurrency: usize,
     jobs: usize,
     max_batch: usize,
-) -> Result<EngineBench> {
-    use crate::engine::{Engine, EngineConfig, PipelineBackend, Request};
+) -> Result<EngineRun> {
+    let engine = warm_engine(cfg, device, concurrency, max_batch)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| crate::error::Error::Config(e.to_string()))?;
-    let run = |max_batch: usize| -> Result<EngineRun> {
-        let ecfg = EngineConfig {
-            queue_capacity: concurrency.max(1) * 2,
-            max_batch,
-            per_user_limit: 1,
-            ..cfg.engine.clone()
-        };
-        let (c2, d2) = (cfg.clone(), device.clone());
-        let output_size = ecfg.output_size;
-        let engine = std::sync::Arc::new(Engine::start(ecfg, move || {
-            Ok(PipelineBackend {
-                pipeline: random_pipeline(&c2, &d2)?,
-                output_size,
-            })
-        })?);
-        let t0 = Instant::now();
-        let mut latencies: Vec<f64> = rt
-            .block_on(async {
-                let mut tasks = Vec::new();
-                for client in 0..concurrency {
-                    let engine = engine.clone();
-                    tasks.push(tokio::spawn(async move {
-                        let mut lat = Vec::new();
-                        for j in 0..jobs {
-                            let t = Instant::now();
-                            let req = Request::Imagine {
-                                prompt: format!("a portrait of person number {client}"),
-                                count: 1,
-                                seed: (client * 1000 + j) as u64,
-                                truncation: None,
-                                candidates: 1,
-                            };
-                            let out = engine
-                                .submit(client as u64, req)
-                                .map_err(|e| e.to_string())?
-                                .wait()
-                                .await;
-                            out.map_err(|e| e.to_string())?;
-                            lat.push(t.elapsed().as_secs_f64() * 1000.0);
-                        }
-                        Ok::<_, String>(lat)
-                    }));
-                }
-                let mut all = Vec::new();
-                for t in tasks {
-                    all.extend(t.await.map_err(|e| e.to_string())??);
-                }
-                Ok::<_, String>(all)
-            })
-            .map_err(crate::error::Error::Config)?;
-        let wall = t0.elapsed().as_secs_f64();
-        engine.shutdown(true);
-        latencies.sort_by(f64::total_cmp);
-        let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p).round() as usize];
-        Ok(EngineRun {
-            max_batch,
-            images: latencies.len(),
-            wall_s: wall,
-            images_per_s: latencies.len() as f64 / wall,
-            p50_ms: pct(0.5),
-            p95_ms: pct(0.95),
+    let (t0, c0) = (Instant::now(), process_cpu_s());
+    let mut results: Vec<(f64, crate::engine::JobTimes)> = rt
+        .block_on(async {
+            let mut tasks = Vec::new();
+            for client in 0..concurrency {
+                let engine = engine.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut out = Vec::new();
+                    for j in 0..jobs {
+                        let t = Instant::now();
+                        let o = engine
+                            .submit(client as u64, bench_request(client, j))
+                            .map_err(|e| e.to_string())?
+                            .wait()
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        out.push((t.elapsed().as_secs_f64() * 1000.0, o.times));
+                    }
+                    Ok::<_, String>(out)
+                }));
+            }
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await.map_err(|e| e.to_string())??);
+            }
+            Ok::<_, String>(all)
         })
-    };
-    let batched = run(max_batch)?;
-    let unbatched = run(1)?;
-    Ok(EngineBench {
-        bench: "engine",
-        device: crate::device::describe(device),
-        concurrency,
-        jobs_per_client: jobs,
-        output_size: cfg.engine.output_size,
-        speedup: batched.images_per_s / unbatched.images_per_s,
-        batched,
-        unbatched,
+        .map_err(crate::error::Error::Config)?;
+    let (wall, cpu) = (t0.elapsed().as_secs_f64(), process_cpu_s() - c0);
+    engine.shutdown(true);
+    results.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let pct = |p: f64| results[((results.len() - 1) as f64 * p).round() as usize].0;
+    let times: Vec<_> = results.iter().map(|(_, t)| (*t, 1)).collect();
+    let n = results.len();
+    Ok(EngineRun {
+        max_batch,
+        images: n,
+        wall_s: wall,
+        images_per_s: n as f64 / wall,
+        cpu_ms_per_image: cpu * 1000.0 / n as f64,
+        p50_ms: pct(0.5),
+        p95_ms: pct(0.95),
+        mean_batch_images: times
+            .iter()
+            .map(|(t, _)| t.batch_images as f64)
+            .sum::<f64>()
+            / n as f64,
+        per_image: StageTable::mean(&times, true),
+        latency: StageTable::mean(&times, false),
+        of_generator_best: 0.0,
     })
+}
+
+impl EngineBench {
+    /// The figures as a table for people (the JSON line has them all).
+    pub fn table(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "generator alone ({}, at its resolution; the engine delivers {} px):",
+            self.device, self.output_size
+        );
+        for g in &self.generator {
+            let _ = writeln!(
+                s,
+                "  batch {:>3}: {:7.1} ms/img  {:6.2} img/s  cpu {:7.1} ms/img",
+                g.batch, g.ms_per_image, g.images_per_s, g.cpu_ms_per_image
+            );
+        }
+        let _ = writeln!(
+            s,
+            "  best: batch {} at {:.2} img/s",
+            self.generator_best_batch, self.generator_best_images_per_s
+        );
+        for c in &self.cases {
+            let _ = writeln!(
+                s,
+                "\nconcurrency {} x {} jobs: batched {:.2} img/s ({:.0}% of the generator's best), unbatched {:.2} img/s ({:.0}%), batched/unbatched {:.2}x",
+                c.concurrency,
+                self.jobs_per_client,
+                c.batched.images_per_s,
+                100.0 * c.batched.of_generator_best,
+                c.unbatched.images_per_s,
+                100.0 * c.unbatched.of_generator_best,
+                c.speedup
+            );
+            let _ = writeln!(
+                s,
+                "  {:<13} {:>10} {:>10} | {:>10} {:>10}",
+                "ms", "batched", "", "unbatched", ""
+            );
+            let _ = writeln!(
+                s,
+                "  {:<13} {:>10} {:>10} | {:>10} {:>10}",
+                "stage", "per image", "latency", "per image", "latency"
+            );
+            let (b, u) = (&c.batched, &c.unbatched);
+            for (((name, bp), (_, bl)), ((_, up), (_, ul))) in b
+                .per_image
+                .rows()
+                .iter()
+                .zip(b.latency.rows())
+                .zip(u.per_image.rows().iter().zip(u.latency.rows()))
+            {
+                let _ = writeln!(
+                    s,
+                    "  {name:<13} {bp:>10.1} {bl:>10.1} | {up:>10.1} {ul:>10.1}"
+                );
+            }
+            for (name, b, u) in [
+                ("p50", b.p50_ms, u.p50_ms),
+                ("p95", b.p95_ms, u.p95_ms),
+                ("cpu/img", b.cpu_ms_per_image, u.cpu_ms_per_image),
+                ("batch (imgs)", b.mean_batch_images, u.mean_batch_images),
+            ] {
+                let _ = writeln!(s, "  {name:<13} {:>21.1} | {:>21.1}", b, u);
+            }
+        }
+        s
+    }
 }

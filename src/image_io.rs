@@ -3,8 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Tensor};
+use candle_core::{CpuStorage, DType, Storage, Tensor};
 use image::RgbImage;
+use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
@@ -74,6 +75,71 @@ pub fn to_rgb8(images: &Tensor) -> Result<Vec<RgbImage>> {
                 .expect("sized")
         })
         .collect())
+}
+
+/// [`resize_area`] followed by [`to_rgb8`], with the same values bit for
+/// bit, in one pass over the generator's output when it is f32 on the CPU.
+///
+/// The two-step path makes seven passes over the data, single-threaded, on
+/// the inference thread, between two generator batches (about 10 to 25 ms
+/// per 1024 px image on the 2-core machine, with one core idle); this reads
+/// each pixel once and splits the rows over the thread pool. The
+/// arithmetic follows candle's ops exactly: the block sum from 0 in row-major
+/// order times 1/k^2, then `(v + 1) * 127.5`, clamped, rounded, truncated.
+pub fn to_rgb8_resized(images: &Tensor, size: usize) -> Result<Vec<RgbImage>> {
+    let (n, c, h, w) = images.dims4()?;
+    if c != 3 {
+        return Err(Error::invalid(format!(
+            "expected 3 colour channels, got {c}"
+        )));
+    }
+    let fused = size > 0 && h == w && h.is_multiple_of(size) && images.dtype() == DType::F32;
+    if fused {
+        let (storage, layout) = images.storage_and_layout();
+        if let (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            return Ok(downscale_rgb8(&v[a..b], n, h, size));
+        }
+    }
+    to_rgb8(&resize_area(images, size)?)
+}
+
+/// `src`: `[n, 3, r, r]` f32, contiguous; `r` a multiple of `size`.
+fn downscale_rgb8(src: &[f32], n: usize, r: usize, size: usize) -> Vec<RgbImage> {
+    let k = r / size;
+    let scale = (1.0 / (k * k) as f64) as f32;
+    let plane = r * r;
+    let mut bufs = vec![vec![0u8; size * size * 3]; n];
+    bufs.par_iter_mut().enumerate().for_each(|(i, buf)| {
+        let img = &src[i * 3 * plane..(i + 1) * 3 * plane];
+        buf.par_chunks_mut(size * 3)
+            .enumerate()
+            .for_each(|(y, row)| {
+                // Block sums row by row into `acc`: for each output pixel the
+                // order of candle's loop (source rows, then columns).
+                let mut acc = vec![0f32; size];
+                for ch in 0..3 {
+                    let p = &img[ch * plane..(ch + 1) * plane];
+                    acc.fill(0.0);
+                    for m in 0..k {
+                        let line = &p[(y * k + m) * r..(y * k + m + 1) * r];
+                        for (a, block) in acc.iter_mut().zip(line.chunks_exact(k)) {
+                            for &v in block {
+                                *a += v;
+                            }
+                        }
+                    }
+                    for (px, &sum) in row.chunks_exact_mut(3).zip(&acc) {
+                        let v = ((sum * scale + 1.0) * 127.5).clamp(0.0, 255.0);
+                        px[ch] = v.round() as u8;
+                    }
+                }
+            });
+    });
+    bufs.into_iter()
+        .map(|b| RgbImage::from_raw(size as u32, size as u32, b).expect("sized"))
+        .collect()
 }
 
 /// Tile images in a near-square grid (row-major), black where a row ends early.
@@ -146,6 +212,33 @@ mod tests {
         let img = &to_rgb8(&t).unwrap()[0];
         assert_eq!(img.get_pixel(0, 0).0, [0, 128, 255]);
         assert_eq!(img.get_pixel(1, 0).0, [0, 255, 191]);
+    }
+
+    /// The fused path gives the two-step path's bytes exactly, at every
+    /// reduction and for values outside [-1, 1] (clamped), and falls back
+    /// for views it cannot read directly.
+    #[test]
+    fn fused_downscale_equals_resize_then_rgb8() {
+        let n = 2 * 3 * 16 * 16;
+        let v: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919 % 1009) as f32 / 1009.0 - 0.5) * 2.6)
+            .collect();
+        let t = Tensor::from_vec(v, (2, 3, 16, 16), &Device::Cpu).unwrap();
+        for size in [16, 8, 4, 1] {
+            let want = to_rgb8(&resize_area(&t, size).unwrap()).unwrap();
+            let got = to_rgb8_resized(&t, size).unwrap();
+            assert_eq!(got, want, "size {size}");
+        }
+        let view = t.narrow(0, 1, 1).unwrap();
+        assert_eq!(
+            to_rgb8_resized(&view, 4).unwrap(),
+            to_rgb8(&resize_area(&view, 4).unwrap()).unwrap()
+        );
+        let strided = t.transpose(2, 3).unwrap();
+        assert_eq!(
+            to_rgb8_resized(&strided, 8).unwrap(),
+            to_rgb8(&resize_area(&strided, 8).unwrap()).unwrap()
+        );
     }
 
     #[test]

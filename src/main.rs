@@ -181,10 +181,13 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1024)]
         resolution: usize,
     },
-    /// Concurrent clients against the inference engine, batching on and off.
+    /// Concurrent clients against the inference engine, batching on and
+    /// off, with where the time goes per image and the generator's own best
+    /// rate from the same run (a table on stderr, JSON on stdout).
     Engine {
-        #[arg(long, default_value_t = 4)]
-        concurrency: usize,
+        /// Clients at once; several (e.g. 1,16) run one after the other.
+        #[arg(long, value_delimiter = ',', default_value = "1,16")]
+        concurrency: Vec<usize>,
         #[arg(long, default_value_t = 2)]
         jobs_per_client: usize,
         #[arg(long, default_value_t = 8)]
@@ -275,7 +278,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             jobs_per_client,
             max_batch,
         }) => {
-            if concurrency == 0 || jobs_per_client == 0 || max_batch == 0 {
+            if concurrency.contains(&0) || jobs_per_client == 0 || max_batch == 0 {
                 return Err(Error::invalid(
                     "--concurrency, --jobs-per-client and --max-batch must be at least 1",
                 )
@@ -288,7 +291,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 settings: cfg.pipeline_setup().settings(),
                 engine: cfg.engine.clone(),
             };
-            let r = bench::engine(&setup, &dev, concurrency, jobs_per_client, max_batch)?;
+            let r = bench::engine(&setup, &dev, &concurrency, jobs_per_client, max_batch)?;
+            eprint!("{}", r.table());
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }

@@ -58,6 +58,7 @@ fn engine_config() -> EngineConfig {
         queue_capacity: 64,
         max_batch: 4,
         max_wait_ms: 10,
+        settle_ms: 10,
         per_user_limit: 2,
         output_size: SIZE,
         latent_cache: 100,

@@ -50,6 +50,7 @@ impl Backend for Fake {
                     animate: false,
                     truncated_prompt: false,
                     scores: None,
+                    times: JobTimes::default(),
                 })
             })
             .collect()
@@ -85,6 +86,9 @@ fn cfg(capacity: usize, max_batch: usize, wait_ms: u64, per_user: usize) -> Engi
         queue_capacity: capacity,
         max_batch,
         max_wait_ms: wait_ms,
+        // The whole wait, so that what shares a batch does not depend on
+        // how the test thread is scheduled between submits.
+        settle_ms: wait_ms,
         per_user_limit: per_user,
         ..Default::default()
     }
@@ -196,6 +200,41 @@ async fn concurrent_jobs_of_different_users_share_a_batch() {
         h.wait().await.unwrap();
     }
     assert_eq!(batches.lock().unwrap().len(), 2);
+}
+
+/// A lone job does not sit out the batching wait: it ends once no job has
+/// arrived for `settle_ms`. (The wait is ten minutes; the guard, far below
+/// it and far above the settle time, only keeps a regression from hanging.)
+#[tokio::test]
+async fn a_lone_job_runs_once_arrivals_settle() {
+    let (e, batches, _) = engine(
+        EngineConfig {
+            settle_ms: 1,
+            ..cfg(16, 8, 600_000, 2)
+        },
+        false,
+    );
+    let h = e.submit(1, imagine("alone")).unwrap();
+    tokio::time::timeout(Duration::from_secs(120), h.wait())
+        .await
+        .expect("the lone job waited for the whole max_wait")
+        .unwrap();
+    assert_eq!(batches.lock().unwrap().clone(), vec![vec!["alone"]]);
+}
+
+/// Stage times come back with each output and add up to its total.
+#[tokio::test]
+async fn outputs_carry_their_stage_times() {
+    let (e, _, _) = engine(cfg(16, 4, 0, 2), false);
+    let out = e.submit(1, imagine("a")).unwrap().wait().await.unwrap();
+    let t = out.times;
+    assert_eq!(t.batch_images, 1);
+    let parts = t.queue_ms + t.worker_ms() + t.encode_ms + t.handoff_ms;
+    assert!(t.total_ms > 0.0 && t.encode_ms > 0.0);
+    assert!(
+        (parts - t.total_ms).abs() < 1e-6 * t.total_ms.max(1.0),
+        "{t:?}"
+    );
 }
 
 #[tokio::test]

@@ -46,6 +46,9 @@ async fn batched_jobs_equal_jobs_run_one_by_one() {
     let cfg = EngineConfig {
         max_batch: 8,
         max_wait_ms: 2000,
+        // The whole wait: the three jobs must share one batch however the
+        // submitting thread is scheduled.
+        settle_ms: 2000,
         output_size: 64,
         ..Default::default()
     };

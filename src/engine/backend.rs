@@ -3,13 +3,14 @@
 //! generator); tests also use small fakes to exercise the queue.
 
 use std::io::Cursor;
+use std::time::Instant;
 
 use candle_core::Tensor;
 use image::RgbImage;
 
-use super::types::{EngineError, Latent, Request, Warmup};
+use super::types::{EngineError, JobTimes, Latent, Request, Warmup};
 use crate::image_io;
-use crate::pipeline::{EditRequest, ImagineRequest, Pipeline, Rendered};
+use crate::pipeline::{EditRequest, ImagineRequest, Pipeline, Rendered, Stages};
 
 /// A request whose latent references were resolved to data.
 #[derive(Debug, Clone)]
@@ -28,6 +29,8 @@ pub struct RawOutput {
     pub animate: bool,
     pub truncated_prompt: bool,
     pub scores: Option<Vec<f32>>,
+    /// The compute stages the backend timed (the engine fills in the rest).
+    pub times: JobTimes,
 }
 
 pub trait Backend: Send + 'static {
@@ -65,9 +68,9 @@ impl PipelineBackend {
     }
 
     fn output(&self, r: Rendered, animate: bool) -> Result<RawOutput, EngineError> {
-        let images =
-            image_io::to_rgb8(&image_io::resize_area(&r.images, self.output_size).map_err(failed)?)
-                .map_err(failed)?;
+        let t0 = Instant::now();
+        let images = image_io::to_rgb8_resized(&r.images, self.output_size).map_err(failed)?;
+        let resize_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let (n, s, d) = r.latents.dims3().map_err(failed)?;
         let flat = r
             .latents
@@ -87,6 +90,10 @@ impl PipelineBackend {
             animate,
             truncated_prompt: r.truncated,
             scores: r.scores,
+            times: JobTimes {
+                resize_ms,
+                ..JobTimes::default()
+            },
         })
     }
 
@@ -143,6 +150,7 @@ impl PipelineBackend {
     /// Imagine or edit requests in one forward pass.
     fn run_batch(&self, batch: &[Resolved]) -> Result<Vec<RawOutput>, EngineError> {
         let p = &self.pipeline;
+        let mut stages = Stages::default();
         let rendered = match &batch[0].request {
             Request::Imagine { .. } => {
                 let reqs = batch
@@ -164,7 +172,7 @@ impl PipelineBackend {
                         _ => Err(EngineError::Failed("mixed batch".into())),
                     })
                     .collect::<Result<Vec<_>, _>>()?;
-                p.imagine(&reqs).map_err(failed)?
+                p.imagine_timed(&reqs, &mut stages).map_err(failed)?
             }
             Request::Edit { .. } => {
                 let reqs = batch
@@ -184,14 +192,27 @@ impl PipelineBackend {
                         _ => Err(EngineError::Failed("mixed batch".into())),
                     })
                     .collect::<Result<Vec<_>, _>>()?;
-                p.edit(&reqs).map_err(failed)?
+                p.edit_timed(&reqs, &mut stages).map_err(failed)?
             }
             _ => return Err(EngineError::Failed("not a batchable request".into())),
         };
-        rendered
+        let mut out = rendered
             .into_iter()
             .map(|r| self.output(r, false))
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        // Every job of the batch waited for all of it: give each the batch's times.
+        let resize_ms = out.iter().map(|o| o.times.resize_ms).sum();
+        for o in &mut out {
+            o.times = JobTimes {
+                clip_text_ms: stages.clip_text_ms,
+                mapper_ms: stages.mapper_ms,
+                generator_ms: stages.generator_ms,
+                clip_image_ms: stages.clip_image_ms,
+                resize_ms,
+                ..JobTimes::default()
+            };
+        }
+        Ok(out)
     }
 }
 

@@ -6,6 +6,9 @@
 //! - Dynamic batching: the worker takes the oldest job, waits up to
 //!   `max_wait` for more jobs of the same kind (imagine with imagine, edit
 //!   with edit) from any user, and runs up to `max_batch` images in one pass.
+//!   The wait ends early once no job has arrived for `settle_ms`: jobs
+//!   submitted together arrive within microseconds, and a lone job should
+//!   not sit out the whole wait while the cores idle.
 //! - Queue positions can be asked, queued jobs cancelled.
 //! - A panic or error inside a batch is retried job by job, so it fails only
 //!   the job that caused it; the worker keeps serving.
@@ -43,6 +46,9 @@ pub struct EngineConfig {
     pub max_batch: usize,
     /// How long the oldest job may wait for others to join its batch.
     pub max_wait_ms: u64,
+    /// That wait ends once no job of the batch's kind has arrived for this
+    /// long (ms); `max_wait_ms` or more: wait the whole `max_wait_ms`.
+    pub settle_ms: u64,
     /// Jobs one user may have queued or running.
     pub per_user_limit: usize,
     /// Side of delivered images in pixels.
@@ -57,6 +63,7 @@ impl Default for EngineConfig {
             queue_capacity: 64,
             max_batch: 8,
             max_wait_ms: 25,
+            settle_ms: 3,
             per_user_limit: 2,
             output_size: 512,
             latent_cache: 10_000,
@@ -67,6 +74,7 @@ impl Default for EngineConfig {
 struct Queued {
     id: JobId,
     user: UserId,
+    submitted: Instant,
     request: Request,
     tx: oneshot::Sender<Result<RawOutput, EngineError>>,
 }
@@ -121,6 +129,7 @@ pub struct JobHandle {
     pub id: JobId,
     rx: oneshot::Receiver<Result<RawOutput, EngineError>>,
     shared: Arc<Shared>,
+    submitted: Instant,
 }
 
 impl Engine {
@@ -207,9 +216,11 @@ impl Engine {
         let id = JobId(s.next_id);
         let (tx, rx) = oneshot::channel();
         *s.per_user.entry(user).or_default() += 1;
+        let submitted = Instant::now();
         s.queue.push_back(Queued {
             id,
             user,
+            submitted,
             request,
             tx,
         });
@@ -219,6 +230,7 @@ impl Engine {
             id,
             rx,
             shared: self.shared.clone(),
+            submitted,
         })
     }
 
@@ -311,15 +323,24 @@ impl JobHandle {
             animate,
             truncated_prompt,
             scores,
+            mut times,
         } = raw;
-        let images = tokio::task::spawn_blocking(move || encode(&images, animate))
-            .await
-            .map_err(|e| EngineError::Failed(format!("encoding task failed: {e}")))??;
+        let (images, encode_ms) = tokio::task::spawn_blocking(move || {
+            let t0 = Instant::now();
+            encode(&images, animate).map(|i| (i, t0.elapsed().as_secs_f64() * 1000.0))
+        })
+        .await
+        .map_err(|e| EngineError::Failed(format!("encoding task failed: {e}")))??;
+        times.encode_ms = encode_ms;
+        times.total_ms = self.submitted.elapsed().as_secs_f64() * 1000.0;
+        times.handoff_ms =
+            (times.total_ms - times.queue_ms - times.worker_ms() - times.encode_ms).max(0.0);
         Ok(Output {
             images,
             latents: ids.into_iter().zip(latents).collect(),
             truncated_prompt,
             scores,
+            times,
         })
     }
 }
@@ -455,24 +476,26 @@ fn next_batch(shared: &Shared, idle_work: bool) -> Next {
         let batching = kind.is_some() && cfg.max_batch > 1;
         if batching {
             let deadline = Instant::now() + Duration::from_millis(cfg.max_wait_ms);
+            let settle = Duration::from_millis(cfg.settle_ms);
+            let (mut seen, mut last_arrival) = (0, Instant::now());
             loop {
-                let images: usize = s
+                let (jobs, images) = s
                     .queue
                     .iter()
                     .filter(|q| q.request.batch_kind() == kind)
-                    .map(|q| q.request.images())
-                    .sum();
+                    .fold((0, 0), |(j, i), q| (j + 1, i + q.request.images()));
                 let now = Instant::now();
-                if images >= cfg.max_batch
-                    || now >= deadline
-                    || s.shutting_down
-                    || s.queue.is_empty()
+                if jobs > seen {
+                    (seen, last_arrival) = (jobs, now);
+                }
+                let until = deadline.min(last_arrival + settle);
+                if images >= cfg.max_batch || now >= until || s.shutting_down || s.queue.is_empty()
                 {
                     break;
                 }
                 s = shared
                     .wake
-                    .wait_timeout(s, deadline - now)
+                    .wait_timeout(s, until - now)
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
             }
@@ -527,21 +550,34 @@ fn worker<B: Backend>(shared: Arc<Shared>, mut backend: B) {
                 continue;
             }
         };
-        // Resolve latent ids now: an evicted latent fails only its job.
-        let mut ready = Vec::new();
+        // Resolve latent ids now: an evicted latent fails only its job. The
+        // requests move into the batch (an uploaded photo is megabytes).
+        let mut waiting = Vec::with_capacity(batch.len());
+        let mut jobs = Vec::with_capacity(batch.len());
         for q in batch {
-            match resolve(&shared, &q.request) {
-                Ok(r) => ready.push((q, r)),
+            let Queued {
+                user,
+                submitted,
+                request,
+                tx,
+                ..
+            } = q;
+            match resolve(&shared, request) {
+                Ok(r) => {
+                    waiting.push((user, submitted, tx));
+                    jobs.push(r);
+                }
                 Err(e) => {
-                    shared.finish(q.user);
-                    let _ = q.tx.send(Err(e));
+                    shared.finish(user);
+                    let _ = tx.send(Err(e));
                 }
             }
         }
-        if ready.is_empty() {
+        if jobs.is_empty() {
             continue;
         }
-        let jobs: Vec<Resolved> = ready.iter().map(|(_, r)| r.clone()).collect();
+        let started = Instant::now();
+        let batch_images: usize = jobs.iter().map(|j| j.request.images()).sum();
         let results = match catch_unwind(AssertUnwindSafe(|| backend.run(&jobs))) {
             Ok(r) if r.len() == jobs.len() => r,
             // A panic (or a malformed answer): run each job alone so only the
@@ -560,16 +596,23 @@ fn worker<B: Backend>(shared: Arc<Shared>, mut backend: B) {
                 })
                 .collect(),
         };
+        let run_ms = started.elapsed().as_secs_f64() * 1000.0;
         // Release the user's slot before answering: a client that gets its
         // result may submit its next job at once.
-        for ((q, _), r) in ready.into_iter().zip(results) {
-            shared.finish(q.user);
-            let _ = q.tx.send(r);
+        for ((user, submitted, tx), mut r) in waiting.into_iter().zip(results) {
+            if let Ok(raw) = &mut r {
+                let t = &mut raw.times;
+                t.batch_images = batch_images;
+                t.queue_ms = (started - submitted).as_secs_f64() * 1000.0;
+                t.worker_other_ms = (run_ms - t.worker_ms()).max(0.0);
+            }
+            shared.finish(user);
+            let _ = tx.send(r);
         }
     }
 }
 
-fn resolve(shared: &Shared, r: &Request) -> Result<Resolved, EngineError> {
+fn resolve(shared: &Shared, r: Request) -> Result<Resolved, EngineError> {
     let get = |l: &LatentRef| match l {
         LatentRef::Data(d) => Ok(d.clone()),
         LatentRef::Id(id) => shared
@@ -579,14 +622,14 @@ fn resolve(shared: &Shared, r: &Request) -> Result<Resolved, EngineError> {
             .cloned()
             .ok_or(EngineError::UnknownLatent(*id)),
     };
-    let latents = match r {
+    let latents = match &r {
         Request::Edit { latent, .. } | Request::Variations { latent, .. } => vec![get(latent)?],
         Request::Interpolate { a, b, .. } => vec![get(a)?, get(b)?],
         Request::Render { latents } => latents.iter().map(get).collect::<Result<_, _>>()?,
         _ => Vec::new(),
     };
     Ok(Resolved {
-        request: r.clone(),
+        request: r,
         latents,
     })
 }

@@ -101,6 +101,48 @@ pub struct Output {
     pub truncated_prompt: bool,
     /// CLIP scores of the kept candidates, when candidates were ranked.
     pub scores: Option<Vec<f32>>,
+    /// Where the job's time went.
+    pub times: JobTimes,
+}
+
+/// Where one job's time went, in ms of wall time, from submit to its output
+/// being ready. The compute stages are those of the whole batch the job ran
+/// in (`batch_images` images), shared with the other jobs of that batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct JobTimes {
+    /// Images in the batch this job ran in.
+    pub batch_images: usize,
+    /// Submit to the start of its batch: waiting for earlier batches and
+    /// for others to join this one.
+    pub queue_ms: f64,
+    pub clip_text_ms: f64,
+    pub mapper_ms: f64,
+    pub generator_ms: f64,
+    /// Ranking candidates with the image encoder.
+    pub clip_image_ms: f64,
+    /// Area downscale to the output size and conversion to 8-bit RGB.
+    pub resize_ms: f64,
+    /// The rest of the batch's time on the inference thread (reading
+    /// latents back, requests whose stages are not split).
+    pub worker_other_ms: f64,
+    /// PNG (or GIF) encoding of this job's images.
+    pub encode_ms: f64,
+    /// Everything else: the result travelling from the inference thread to
+    /// the awaiting task and to an encoding thread and back.
+    pub handoff_ms: f64,
+    pub total_ms: f64,
+}
+
+impl JobTimes {
+    /// The batch's time on the inference thread.
+    pub fn worker_ms(&self) -> f64 {
+        self.clip_text_ms
+            + self.mapper_ms
+            + self.generator_ms
+            + self.clip_image_ms
+            + self.resize_ms
+            + self.worker_other_ms
+    }
 }
 
 /// Why a job did not produce images. Messages are written for the end user.

@@ -12,6 +12,8 @@ pub mod limits;
 pub use config::{PipelineConfig, PipelineSetup};
 pub use limits::{MAX_COUNT, STRENGTH_RANGE};
 
+use std::time::Instant;
+
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::clip::{l2_normalize, Clip};
@@ -118,6 +120,28 @@ impl Rendered {
     }
 }
 
+/// Wall time of each stage of one pipeline call, in ms: what the engine's
+/// benchmark reports per image. On a GPU a stage may return before its
+/// kernels finish, so its time can show up in a later stage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Stages {
+    /// Text encoder (prompts, or an edit's target and neutral texts).
+    pub clip_text_ms: f64,
+    /// Text embedding to W+ (mapper, variety, truncation, edit directions).
+    pub mapper_ms: f64,
+    pub generator_ms: f64,
+    /// Image encoder ranking candidates (only when candidates > count).
+    pub clip_image_ms: f64,
+}
+
+/// Milliseconds since `*t`, and restart it there.
+fn lap(t: &mut Instant) -> f64 {
+    let now = Instant::now();
+    let ms = (now - *t).as_secs_f64() * 1000.0;
+    *t = now;
+    ms
+}
+
 pub struct Pipeline {
     pub clip: Clip,
     pub mapper: Mapper,
@@ -206,13 +230,24 @@ impl Pipeline {
 
     /// Text to faces for several requests in one batch.
     pub fn imagine(&self, reqs: &[ImagineRequest]) -> Result<Vec<Rendered>> {
+        self.imagine_timed(reqs, &mut Stages::default())
+    }
+
+    /// [`Pipeline::imagine`], adding each stage's time to `times`.
+    pub fn imagine_timed(
+        &self,
+        reqs: &[ImagineRequest],
+        times: &mut Stages,
+    ) -> Result<Vec<Rendered>> {
         for r in reqs {
             limits::check_prompt(&r.prompt).map_err(Error::InvalidArgument)?;
             limits::check_count(r.count, r.candidates).map_err(Error::InvalidArgument)?;
             self.check_truncation(r.truncation)?;
         }
+        let mut clock = Instant::now();
         let prompts: Vec<&str> = reqs.iter().map(|r| r.prompt.as_str()).collect();
         let (text, tokens) = self.clip.encode_text(&prompts)?;
+        times.clip_text_ms += lap(&mut clock);
         let g = &self.generator;
         let fine = g.layer_groups()[2].clone();
         let mut wplus = Vec::new();
@@ -254,7 +289,9 @@ impl Pipeline {
             wplus.push(g.truncate(&w, self.check_truncation(r.truncation)?)?);
         }
         let all = Tensor::cat(&wplus, 0)?;
+        times.mapper_ms += lap(&mut clock);
         let images = self.render(&all)?;
+        times.generator_ms += lap(&mut clock);
         let mut out = Vec::with_capacity(reqs.len());
         let mut offset = 0;
         for (i, r) in reqs.iter().enumerate() {
@@ -290,11 +327,17 @@ impl Pipeline {
                 scores,
             });
         }
+        times.clip_image_ms += lap(&mut clock);
         Ok(out)
     }
 
     /// `M(target) - M(neutral)` for each instruction: `[n, styles, w_dim]`.
     pub fn directions(&self, instructions: &[&str]) -> Result<Tensor> {
+        self.directions_timed(instructions, &mut Stages::default())
+    }
+
+    fn directions_timed(&self, instructions: &[&str], times: &mut Stages) -> Result<Tensor> {
+        let mut clock = Instant::now();
         let mut texts = Vec::with_capacity(2 * instructions.len());
         for ins in instructions {
             let p = instruction::parse(ins).ok_or_else(|| Error::invalid(limits::EMPTY_EDIT))?;
@@ -303,10 +346,13 @@ impl Pipeline {
         }
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
         let (e, _) = self.clip.encode_text(&refs)?;
+        times.clip_text_ms += lap(&mut clock);
         let w = self.mapper.forward_text(&e)?; // [2n, S, D], target/neutral interleaved
         let (s, d) = (w.dim(1)?, w.dim(2)?);
         let pairs = w.reshape((instructions.len(), 2, s, d))?;
-        Ok((pairs.narrow(1, 0, 1)? - pairs.narrow(1, 1, 1)?)?.squeeze(1)?)
+        let dirs = (pairs.narrow(1, 0, 1)? - pairs.narrow(1, 1, 1)?)?.squeeze(1)?;
+        times.mapper_ms += lap(&mut clock);
+        Ok(dirs)
     }
 
     fn layer_mask(&self, layers: Layers) -> Result<Tensor> {
@@ -326,6 +372,11 @@ impl Pipeline {
 
     /// The paper's edit: add the mapped text direction to each latent.
     pub fn edit(&self, reqs: &[EditRequest]) -> Result<Vec<Rendered>> {
+        self.edit_timed(reqs, &mut Stages::default())
+    }
+
+    /// [`Pipeline::edit`], adding each stage's time to `times`.
+    pub fn edit_timed(&self, reqs: &[EditRequest], times: &mut Stages) -> Result<Vec<Rendered>> {
         if reqs.is_empty() {
             return Ok(Vec::new());
         }
@@ -342,14 +393,19 @@ impl Pipeline {
             }
         }
         let ins: Vec<&str> = reqs.iter().map(|r| r.instruction.as_str()).collect();
-        let dirs = self.directions(&ins)?;
+        let dirs = self.directions_timed(&ins, times)?;
+        let mut clock = Instant::now();
         let mut latents = Vec::with_capacity(reqs.len());
         for (i, r) in reqs.iter().enumerate() {
             let d = dirs.get(i)?.broadcast_mul(&self.layer_mask(r.layers)?)?;
             let lat = r.latent.to_device(self.device())?.to_dtype(DType::F32)?;
             latents.push((lat + (d * r.strength)?)?.unsqueeze(0)?);
         }
-        self.render_each(&Tensor::cat(&latents, 0)?)
+        let w = Tensor::cat(&latents, 0)?;
+        times.mapper_ms += lap(&mut clock);
+        let out = self.render_each(&w)?;
+        times.generator_ms += lap(&mut clock);
+        Ok(out)
     }
 
     /// Photos to editable latents: CLIP image embedding -> mapper.
