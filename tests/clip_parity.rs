@@ -146,10 +146,7 @@ fn missing_class_embedding_is_an_error() {
         candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
     t.remove("vision_model.embeddings.class_embedding").unwrap();
     candle_core::safetensors::save(&t, tmp.path().join("model.safetensors")).unwrap();
-    let err = Clip::from_dir(tmp.path(), &Device::Cpu)
-        .err()
-        .expect("must fail")
-        .to_string();
+    let err = common::err_text(Clip::from_dir(tmp.path(), &Device::Cpu));
     assert!(err.contains("class_embedding"), "{err}");
     // A missing tensor that candle would notice itself is reported too.
     t.remove("text_projection.weight").unwrap();
@@ -157,10 +154,7 @@ fn missing_class_embedding_is_an_error() {
     assert!(Clip::from_dir(tmp.path(), &Device::Cpu).is_err());
     // No weights at all: says what the directory needs.
     std::fs::remove_file(tmp.path().join("model.safetensors")).unwrap();
-    let err = Clip::from_dir(tmp.path(), &Device::Cpu)
-        .err()
-        .unwrap()
-        .to_string();
+    let err = common::err_text(Clip::from_dir(tmp.path(), &Device::Cpu));
     assert!(err.contains("config.json and model.safetensors"), "{err}");
 }
 
@@ -168,15 +162,12 @@ fn missing_class_embedding_is_an_error() {
 #[test]
 fn hub_offline_without_cache_fails_clearly() {
     let tmp = tempfile::tempdir().unwrap();
-    let err = clip2gan::clip::hub::resolve(
+    let err = common::err_text(clip2gan::clip::hub::resolve(
         "openai/clip-vit-base-patch32",
         "main",
         Some(tmp.path()),
         true,
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    ));
     assert!(
         err.contains("offline") && err.contains("model.safetensors"),
         "{err}"

@@ -194,13 +194,10 @@ fn learns_and_resumes_exactly() {
         "b",
     );
     other.resume = true;
-    let err = train::train(&other).err().unwrap().to_string();
+    let err = common::err_text(train::train(&other));
     assert!(err.contains("lr: 0.002 -> 0.001"), "{err}");
     // A new run refuses to overwrite a run directory with a checkpoint.
-    let err = train::train(&setup(&t, cfg, "b"))
-        .err()
-        .unwrap()
-        .to_string();
+    let err = common::err_text(train::train(&setup(&t, cfg, "b")));
     assert!(err.contains("--resume"), "{err}");
 }
 
@@ -263,16 +260,10 @@ fn full_mode_backpropagates_through_generator_and_clip() {
     let empty = t.dir.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     cfg.image_dir = Some(empty);
-    let err = train::train(&setup(&t, cfg.clone(), "e1"))
-        .err()
-        .unwrap()
-        .to_string();
+    let err = common::err_text(train::train(&setup(&t, cfg.clone(), "e1")));
     assert!(err.contains("no images in"), "{err}");
     cfg.image_dir = Some(t.dir.path().join("missing"));
-    let err = train::train(&setup(&t, cfg.clone(), "e2"))
-        .err()
-        .unwrap()
-        .to_string();
+    let err = common::err_text(train::train(&setup(&t, cfg.clone(), "e2")));
     assert!(
         err.contains("cannot read") && err.contains("missing"),
         "{err}"
@@ -280,10 +271,7 @@ fn full_mode_backpropagates_through_generator_and_clip() {
     // An unreadable image is named.
     std::fs::write(images.join("broken.png"), b"not a png").unwrap();
     cfg.image_dir = Some(images);
-    let err = train::train(&setup(&t, cfg, "e3"))
-        .err()
-        .unwrap()
-        .to_string();
+    let err = common::err_text(train::train(&setup(&t, cfg, "e3")));
     assert!(err.contains("broken.png"), "{err}");
 }
 

@@ -347,11 +347,7 @@ impl Store {
             evict.push(id);
             total -= n;
         }
-        let mut hist = self
-            .history
-            .get(&user)
-            .map(|h| h.clone())
-            .unwrap_or_default();
+        let mut hist = self.history_of(user);
         hist.push(Ref {
             id: rec.id,
             index: current,
@@ -384,15 +380,20 @@ impl Store {
         Ok(rec)
     }
 
+    /// A copy of the user's history to change and save back (empty for a
+    /// new user); every writer starts from this.
+    fn history_of(&self, user: u64) -> Vec<Ref> {
+        self.history
+            .get(&user)
+            .map(|h| h.clone())
+            .unwrap_or_default()
+    }
+
     /// Make an existing image the user's current one (picking an image of a
     /// grid, or going back to a parent).
     pub fn push(&self, user: u64, r: Ref) -> Result<(), BotError> {
         let _order = self.lock();
-        let mut hist = self
-            .history
-            .get(&user)
-            .map(|h| h.clone())
-            .unwrap_or_default();
+        let mut hist = self.history_of(user);
         if hist.last() == Some(&r) {
             return Ok(());
         }
@@ -405,11 +406,7 @@ impl Store {
     /// current, or `None` (nothing changed) when there is none.
     pub fn undo(&self, user: u64) -> Result<Option<Ref>, BotError> {
         let _order = self.lock();
-        let mut hist = self
-            .history
-            .get(&user)
-            .map(|h| h.clone())
-            .unwrap_or_default();
+        let mut hist = self.history_of(user);
         hist.retain(|r| self.results.contains_key(&r.id));
         if hist.len() < 2 {
             return Ok(None);
@@ -427,11 +424,7 @@ impl Store {
         let Some(rec) = self.get(id) else {
             return Ok(());
         };
-        let mut hist = self
-            .history
-            .get(&rec.owner)
-            .map(|h| h.clone())
-            .unwrap_or_default();
+        let mut hist = self.history_of(rec.owner);
         hist.retain(|r| r.id != id);
         let owner = rec.owner;
         self.write(|t| {

@@ -752,43 +752,56 @@ mod tests {
         )
     }
 
+    /// Variables, clip.cache_dir, the cache the Python client would use.
+    type Case<'a> = (&'a [(&'a str, &'a str)], Option<&'a str>, &'a str);
+
     #[test]
     fn cache_dir_follows_the_python_client() {
-        let home = [("HOME", "/home/u")];
-        assert_eq!(
-            env(&home, None).cache_dir,
-            Path::new("/home/u/.cache/huggingface/hub")
-        );
-        let e = env(&[("HOME", "/home/u"), ("XDG_CACHE_HOME", "/xdg")], None);
-        assert_eq!(e.cache_dir, Path::new("/xdg/huggingface/hub"));
-        let e = env(&[("HOME", "/home/u"), ("HF_HOME", "~/hf")], None);
-        assert_eq!(e.cache_dir, Path::new("/home/u/hf/hub"));
-        let e = env(
-            &[
-                ("HOME", "/home/u"),
-                ("HF_HOME", "/hf"),
-                ("HUGGINGFACE_HUB_CACHE", "/old"),
-            ],
-            None,
-        );
-        assert_eq!(e.cache_dir, Path::new("/old"));
-        let e = env(
-            &[
-                ("HF_HOME", "/hf"),
-                ("HF_HUB_CACHE", "/new"),
-                ("HUGGINGFACE_HUB_CACHE", "/old"),
-            ],
-            None,
-        );
-        assert_eq!(e.cache_dir, Path::new("/new"));
-        // An explicit clip.cache_dir wins; an empty variable is unset.
-        let e = env(&[("HF_HUB_CACHE", "/new")], Some("/mine"));
-        assert_eq!(e.cache_dir, Path::new("/mine"));
-        let e = env(
-            &[("HOME", "/h"), ("HF_HUB_CACHE", ""), ("HF_HOME", "")],
-            None,
-        );
-        assert_eq!(e.cache_dir, Path::new("/h/.cache/huggingface/hub"));
+        let cases: [Case; 7] = [
+            (
+                &[("HOME", "/home/u")],
+                None,
+                "/home/u/.cache/huggingface/hub",
+            ),
+            (
+                &[("HOME", "/home/u"), ("XDG_CACHE_HOME", "/xdg")],
+                None,
+                "/xdg/huggingface/hub",
+            ),
+            (
+                &[("HOME", "/home/u"), ("HF_HOME", "~/hf")],
+                None,
+                "/home/u/hf/hub",
+            ),
+            (
+                &[
+                    ("HOME", "/home/u"),
+                    ("HF_HOME", "/hf"),
+                    ("HUGGINGFACE_HUB_CACHE", "/old"),
+                ],
+                None,
+                "/old",
+            ),
+            (
+                &[
+                    ("HF_HOME", "/hf"),
+                    ("HF_HUB_CACHE", "/new"),
+                    ("HUGGINGFACE_HUB_CACHE", "/old"),
+                ],
+                None,
+                "/new",
+            ),
+            // An explicit clip.cache_dir wins; an empty variable is unset.
+            (&[("HF_HUB_CACHE", "/new")], Some("/mine"), "/mine"),
+            (
+                &[("HOME", "/h"), ("HF_HUB_CACHE", ""), ("HF_HOME", "")],
+                None,
+                "/h/.cache/huggingface/hub",
+            ),
+        ];
+        for (vars, cache_dir, want) in cases {
+            assert_eq!(env(vars, cache_dir).cache_dir, Path::new(want), "{vars:?}");
+        }
     }
 
     #[test]

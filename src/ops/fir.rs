@@ -71,6 +71,13 @@ impl UpFirDn {
         Ok(full as usize / self.down + 1)
     }
 
+    /// Output height and width of an `h` x `w` plane, as the error type
+    /// custom ops return.
+    fn out_hw(&self, h: usize, w: usize) -> candle_core::Result<(usize, usize)> {
+        let err = |e: Error| candle_core::Error::Msg(e.to_string());
+        Ok((self.out_len(h).map_err(err)?, self.out_len(w).map_err(err)?))
+    }
+
     /// `x`: `[N, C, H, W]` -> `[N, C, out_len(H), out_len(W)]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
@@ -222,11 +229,7 @@ impl CustomOp1 for PhasesFir {
         let (n, c4, h, w) = l.shape().dims4()?;
         let c = c4 / 4;
         let fir = &self.0;
-        let err = |e: Error| candle_core::Error::Msg(e.to_string());
-        let (oh, ow) = (
-            fir.out_len(2 * h).map_err(err)?,
-            fir.out_len(2 * w).map_err(err)?,
-        );
+        let (oh, ow) = fir.out_hw(2 * h, 2 * w)?;
         let plane = h * w;
         let mut out = vec![0f32; n * c * oh * ow];
         out.par_chunks_mut(oh * ow)
@@ -275,8 +278,7 @@ impl CustomOp1 for UpFirDn {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l)?;
         let (n, c, h, w) = l.shape().dims4()?;
-        let err = |e: Error| candle_core::Error::Msg(e.to_string());
-        let (oh, ow) = (self.out_len(h).map_err(err)?, self.out_len(w).map_err(err)?);
+        let (oh, ow) = self.out_hw(h, w)?;
         let mut out = vec![0f32; n * c * oh * ow];
         out.par_chunks_mut(oh * ow)
             .zip(x.par_chunks(h * w))

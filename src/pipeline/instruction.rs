@@ -86,23 +86,18 @@ mod tests {
             (p.target.as_str(), p.neutral.as_str()),
             (NEUTRAL, "a photo of a face with beard")
         );
-        assert_eq!(
-            parse("make older").unwrap().target,
-            "a photo of an older face"
-        );
-        assert_eq!(
-            parse("more happy").unwrap().target,
-            "a photo of a happy face"
-        );
-        assert_eq!(
-            parse("less angry").unwrap().neutral,
-            "a photo of an angry face"
-        );
-        assert_eq!(
-            parse("with glasses").unwrap().target,
-            "a photo of a face with glasses"
-        );
-        assert_eq!(parse("red lipstick").unwrap().target, "red lipstick");
+        // (instruction, the prompt it targets, the prompt it moves away from)
+        for (text, target, neutral) in [
+            ("make older", "a photo of an older face", NEUTRAL),
+            ("more happy", "a photo of a happy face", NEUTRAL),
+            ("less angry", NEUTRAL, "a photo of an angry face"),
+            ("with glasses", "a photo of a face with glasses", NEUTRAL),
+            ("red lipstick", "red lipstick", NEUTRAL),
+        ] {
+            let p = parse(text).unwrap();
+            assert_eq!(p.target, target, "{text}");
+            assert_eq!(p.neutral, neutral, "{text}");
+        }
         // A verb alone is raw text, not an empty attribute.
         assert_eq!(parse("add").unwrap().target, "add");
         assert_eq!(

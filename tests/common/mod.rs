@@ -24,6 +24,15 @@ pub const SMALL_CLIP: &str = r#"{
                     "image_size": 32, "patch_size": 8}
 }"#;
 
+/// The message of a call that must fail (`unwrap_err` would need the
+/// success type to be `Debug`, which models and generators are not).
+pub fn err_text<T, E: std::fmt::Display>(r: Result<T, E>) -> String {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
 /// The `clip2gan` binary of this build.
 pub fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_clip2gan"))

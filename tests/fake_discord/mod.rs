@@ -833,6 +833,7 @@ async fn serve_file(mut sock: tokio::net::TcpStream, f: Arc<Fake>) {
         let len = len.map_or(String::new(), |n| format!("content-length: {n}\r\n"));
         format!("HTTP/1.1 {status}\r\ncontent-type: {ct}\r\n{len}{extra}connection: close\r\n\r\n")
     };
+    let hold = matches!(how, Some(Serve::Stall { .. }));
     match how {
         None => {
             let _ = sock
@@ -845,26 +846,23 @@ async fn serve_file(mut sock: tokio::net::TcpStream, f: Arc<Fake>) {
                 .await;
             let _ = sock.write_all(&body).await;
         }
-        Some(Serve::Stall { body, len }) => {
+        // Both promise `len` bytes and send fewer; they differ only in
+        // whether the connection is then held or dropped.
+        Some(Serve::Stall { body, len } | Serve::Cut { body, len }) => {
             let _ = sock
                 .write_all(header("200 OK", "image/png", Some(len), "").as_bytes())
                 .await;
             let _ = sock.write_all(&body).await;
             let _ = sock.flush().await;
-            // Hold the connection open until the client hangs up.
-            while let Ok(n) = sock.read(&mut buf).await {
-                if n == 0 {
-                    break;
+            if hold {
+                // Hold the connection open until the client hangs up.
+                while let Ok(n) = sock.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
                 }
             }
-        }
-        Some(Serve::Cut { body, len }) => {
-            let _ = sock
-                .write_all(header("200 OK", "image/png", Some(len), "").as_bytes())
-                .await;
-            let _ = sock.write_all(&body).await;
-            let _ = sock.flush().await;
-            // Dropped here, mid-body.
+            // A cut one is dropped here, mid-body.
         }
         Some(Serve::Endless) => {
             if sock

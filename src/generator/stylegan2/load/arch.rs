@@ -372,6 +372,11 @@ mod tests {
             .contains("power of two"));
     }
 
+    /// The message of a parse that must fail.
+    fn parse_err(c: Checkpoint, opts: LoadOptions) -> String {
+        c.parse(&opts).err().unwrap().to_string()
+    }
+
     #[test]
     fn unknown_layouts_and_mismatches_are_explained() {
         let dev = Device::Cpu;
@@ -382,11 +387,10 @@ mod tests {
                 Tensor::zeros(2, DType::F32, &dev).unwrap(),
             );
         }
-        let e = Checkpoint::from_tensors("x.pt", t, HashMap::new())
-            .parse(&LoadOptions::default())
-            .err()
-            .unwrap()
-            .to_string();
+        let e = parse_err(
+            Checkpoint::from_tensors("x.pt", t, HashMap::new()),
+            LoadOptions::default(),
+        );
         assert!(
             e.starts_with("x.pt: no known StyleGAN2 generator layout"),
             "{e}"
@@ -403,14 +407,13 @@ mod tests {
 
         let arch = Arch::config_f(64).unwrap();
         let ck = || random_checkpoint(&arch, 2).unwrap();
-        let e = ck()
-            .parse(&LoadOptions {
-                channel_multiplier: Some(1),
-                ..Default::default()
-            })
-            .err()
-            .unwrap()
-            .to_string();
+        // A fresh checkpoint parsed with one option set.
+        let with = |set: fn(&mut LoadOptions)| {
+            let mut opts = LoadOptions::default();
+            set(&mut opts);
+            parse_err(ck(), opts)
+        };
+        let e = with(|o| o.channel_multiplier = Some(1));
         assert!(
             e.contains("[512, 512, 512, 512, 512] (channel multiplier 2)"),
             "{e}"
@@ -419,14 +422,7 @@ mod tests {
             e.contains("generator.channel_multiplier = 1 means [512, 512, 512, 512, 256]"),
             "{e}"
         );
-        let e = ck()
-            .parse(&LoadOptions {
-                resolution: Some(256),
-                ..Default::default()
-            })
-            .err()
-            .unwrap()
-            .to_string();
+        let e = with(|o| o.resolution = Some(256));
         assert!(
             e.contains("a 64 px generator, but generator.resolution = 256"),
             "{e}"
@@ -438,7 +434,7 @@ mod tests {
             "synthesis.b16.conv0.weight".into(),
             Tensor::zeros((512, 256, 3, 3), DType::F32, &dev).unwrap(),
         );
-        let e = c.parse(&LoadOptions::default()).err().unwrap().to_string();
+        let e = parse_err(c, LoadOptions::default());
         assert!(e.contains("`synthesis.b16.conv0.weight` has shape [512, 256, 3, 3], expected [512, 512, 3, 3]"), "{e}");
 
         let mut c = ck();
@@ -446,7 +442,7 @@ mod tests {
             "synthesis.b8.resample_filter".into(),
             Tensor::ones((4, 4), DType::F32, &dev).unwrap(),
         );
-        let e = c.parse(&LoadOptions::default()).err().unwrap().to_string();
+        let e = parse_err(c, LoadOptions::default());
         assert!(e.contains("is not [1, 3, 3, 1]"), "{e}");
     }
 }
