@@ -209,7 +209,15 @@ impl Pipeline {
     }
 
     /// Run the generator in chunks of `max_batch`.
+    ///
+    /// Inference never back-propagates, so the latents are detached first: a
+    /// mapper built on a `VarMap` (random or freshly trained weights) makes
+    /// W+ carry a gradient, which sends every generator kernel down its
+    /// portable path and keeps each layer's activations alive in the graph
+    /// until the images are dropped (measured: a bench engine run grew to
+    /// 21 GB and was killed).
     pub fn render(&self, wplus: &Tensor) -> Result<Tensor> {
+        let wplus = wplus.detach();
         let n = wplus.dim(0)?;
         let mut out = Vec::new();
         for start in (0..n).step_by(self.settings.max_batch.max(1)) {
