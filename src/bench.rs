@@ -328,88 +328,63 @@ pub fn random_pipeline(
     })
 }
 
-/// Mean of each stage over a run's jobs, ms. `total_ms`: in a latency
-/// table the mean time from submit to PNG; in a per-image table the
+/// Mean of each stage over a run's jobs, ms: the engine's own [`JobTimes`]
+/// averaged (`batch_images`: the mean batch, rounded). `total_ms`: in a
+/// latency table the mean time from submit to PNG; in a per-image table the
 /// inference thread's time per image (the stages from CLIP text to worker
 /// other), whose inverse bounds the images/s; the others run elsewhere or
 /// are waits.
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct StageTable {
-    pub queue_ms: f64,
-    pub clip_text_ms: f64,
-    pub mapper_ms: f64,
-    pub generator_ms: f64,
-    pub clip_image_ms: f64,
-    pub resize_ms: f64,
-    pub worker_other_ms: f64,
-    pub encode_ms: f64,
-    pub handoff_ms: f64,
-    pub total_ms: f64,
-}
+///
+/// [`JobTimes`]: crate::engine::JobTimes
+pub type StageTable = crate::engine::JobTimes;
 
-impl StageTable {
-    /// Stages in the order a job passes them, with their names.
-    pub fn rows(&self) -> [(&'static str, f64); 10] {
-        [
-            ("queue", self.queue_ms),
-            ("clip text", self.clip_text_ms),
-            ("mapper", self.mapper_ms),
-            ("generator", self.generator_ms),
-            ("clip image", self.clip_image_ms),
-            ("resize", self.resize_ms),
-            ("worker other", self.worker_other_ms),
-            ("encode", self.encode_ms),
-            ("hand-off", self.handoff_ms),
-            ("total", self.total_ms),
-        ]
+/// Means over jobs; with `per_image`, each stage divided by the images
+/// it served first (a batch's stages by the batch's images, a job's own
+/// by its images).
+fn mean_stages(times: &[(crate::engine::JobTimes, usize)], per_image: bool) -> StageTable {
+    let mut t = StageTable::default();
+    if times.is_empty() {
+        return t;
     }
-
-    /// Means over jobs; with `per_image`, each stage divided by the images
-    /// it served first (a batch's stages by the batch's images, a job's own
-    /// by its images).
-    fn mean(times: &[(crate::engine::JobTimes, usize)], per_image: bool) -> StageTable {
-        let mut t = StageTable::default();
-        if times.is_empty() {
-            return t;
-        }
-        for (j, images) in times {
-            let (batch, own) = if per_image {
-                (j.batch_images.max(1) as f64, (*images).max(1) as f64)
-            } else {
-                (1.0, 1.0)
-            };
-            t.queue_ms += j.queue_ms / own;
-            t.clip_text_ms += j.clip_text_ms / batch;
-            t.mapper_ms += j.mapper_ms / batch;
-            t.generator_ms += j.generator_ms / batch;
-            t.clip_image_ms += j.clip_image_ms / batch;
-            t.resize_ms += j.resize_ms / batch;
-            t.worker_other_ms += j.worker_other_ms / batch;
-            t.encode_ms += j.encode_ms / own;
-            t.handoff_ms += j.handoff_ms / own;
-            t.total_ms += if per_image {
-                j.worker_ms() / batch
-            } else {
-                j.total_ms
-            };
-        }
-        let n = times.len() as f64;
-        for v in [
-            &mut t.queue_ms,
-            &mut t.clip_text_ms,
-            &mut t.mapper_ms,
-            &mut t.generator_ms,
-            &mut t.clip_image_ms,
-            &mut t.resize_ms,
-            &mut t.worker_other_ms,
-            &mut t.encode_ms,
-            &mut t.handoff_ms,
-            &mut t.total_ms,
-        ] {
-            *v /= n;
-        }
-        t
+    for (j, images) in times {
+        let (batch, own) = if per_image {
+            (j.batch_images.max(1) as f64, (*images).max(1) as f64)
+        } else {
+            (1.0, 1.0)
+        };
+        t.queue_ms += j.queue_ms / own;
+        t.clip_text_ms += j.clip_text_ms / batch;
+        t.mapper_ms += j.mapper_ms / batch;
+        t.generator_ms += j.generator_ms / batch;
+        t.clip_image_ms += j.clip_image_ms / batch;
+        t.resize_ms += j.resize_ms / batch;
+        t.worker_other_ms += j.worker_other_ms / batch;
+        t.encode_ms += j.encode_ms / own;
+        t.handoff_ms += j.handoff_ms / own;
+        t.total_ms += if per_image {
+            j.worker_ms() / batch
+        } else {
+            j.total_ms
+        };
     }
+    let n = times.len() as f64;
+    t.batch_images =
+        (times.iter().map(|(j, _)| j.batch_images).sum::<usize>() as f64 / n).round() as usize;
+    for v in [
+        &mut t.queue_ms,
+        &mut t.clip_text_ms,
+        &mut t.mapper_ms,
+        &mut t.generator_ms,
+        &mut t.clip_image_ms,
+        &mut t.resize_ms,
+        &mut t.worker_other_ms,
+        &mut t.encode_ms,
+        &mut t.handoff_ms,
+        &mut t.total_ms,
+    ] {
+        *v /= n;
+    }
+    t
 }
 
 #[derive(Debug, Serialize)]
@@ -647,8 +622,8 @@ pub fn engine_clients(
             .map(|(t, _)| t.batch_images as f64)
             .sum::<f64>()
             / n as f64,
-        per_image: StageTable::mean(&times, true),
-        latency: StageTable::mean(&times, false),
+        per_image: mean_stages(&times, true),
+        latency: mean_stages(&times, false),
         of_generator_best: 0.0,
     })
 }

@@ -134,6 +134,22 @@ pub struct JobTimes {
 }
 
 impl JobTimes {
+    /// Stages in the order a job passes them, with their names.
+    pub fn rows(&self) -> [(&'static str, f64); 10] {
+        [
+            ("queue", self.queue_ms),
+            ("clip text", self.clip_text_ms),
+            ("mapper", self.mapper_ms),
+            ("generator", self.generator_ms),
+            ("clip image", self.clip_image_ms),
+            ("resize", self.resize_ms),
+            ("worker other", self.worker_other_ms),
+            ("encode", self.encode_ms),
+            ("hand-off", self.handoff_ms),
+            ("total", self.total_ms),
+        ]
+    }
+
     /// The batch's time on the inference thread.
     pub fn worker_ms(&self) -> f64 {
         self.clip_text_ms
