@@ -18,7 +18,9 @@ use crate::engine::EngineConfig;
 use crate::error::{Error, Result};
 pub use crate::generator::GeneratorConfig;
 pub use crate::mapper::MapperFileConfig;
+use crate::metrics::MetricsConfig;
 pub use crate::pipeline::{PipelineConfig, PipelineSetup};
+use crate::queue::QueueConfig;
 use crate::train::TrainConfig;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -35,6 +37,8 @@ pub struct Config {
     pub engine: EngineConfig,
     pub discord: DiscordConfig,
     pub bot: BotConfig,
+    pub metrics: MetricsConfig,
+    pub queue: QueueConfig,
     pub train: TrainConfig,
 }
 
@@ -50,6 +54,8 @@ impl Default for Config {
             engine: EngineConfig::default(),
             discord: DiscordConfig::default(),
             bot: BotConfig::default(),
+            metrics: MetricsConfig::default(),
+            queue: QueueConfig::default(),
             train: TrainConfig::default(),
         }
     }

@@ -61,6 +61,10 @@
 //!   idle-time work, warm-up) in plain types: `types` (requests, outputs,
 //!   errors), `backend` (the pipeline as a backend), `growing` (the backend
 //!   that builds and refits the mapper while idle).
+//! - [`inference`]: what the bot needs of image generation (submit,
+//!   position, cancel, wait), served by the engine in this process or by
+//!   [`queue`]: Redis Streams between bot front ends and GPU workers
+//!   (`clip2gan worker`), with its own map in `queue/mod.rs`.
 //! - [`bot`]: the Discord bot on the engine (commands, buttons, dialogs,
 //!   results store, server settings, photo downloads); it knows nothing of
 //!   tensors. Its own map is in `bot/mod.rs`.
@@ -79,6 +83,8 @@
 //! - [`bench`]: the `clip2gan bench` measurements (printed as JSON).
 //! - [`config`]: `config.toml` + environment + flags, the whole file (for
 //!   the command layer only); [`device`]: CPU/CUDA choice.
+//! - [`metrics`]: the Prometheus metrics' names and buckets, and the
+//!   exporter (the `[metrics]` section).
 //! - [`error`]: typed errors that say what to do; [`fsutil`]: atomic writes;
 //!   [`tensorfile`]: safetensors files with metadata; [`rng`]: named,
 //!   seeded random streams; [`runtime`]: process start-up tuning (allocator).
@@ -99,13 +105,16 @@ pub mod eval;
 pub mod fsutil;
 pub mod generator;
 pub mod image_io;
+pub mod inference;
 pub mod latent;
 pub mod mapper;
+pub mod metrics;
 pub mod npy;
 pub mod ops;
 pub mod parity;
 pub mod pipeline;
 pub mod prompts;
+pub mod queue;
 pub mod rng;
 pub mod runtime;
 pub mod tensorfile;

@@ -53,7 +53,10 @@ enum Command {
         images: Vec<PathBuf>,
     },
     /// Serve the Discord bot (token from DISCORD_TOKEN or discord.token_file).
-    Bot,
+    Bot(cli::bot::BotArgs),
+    /// Run the engine on jobs from a Redis queue (the GPU side of
+    /// `clip2gan bot --queue`).
+    Worker(cli::worker::WorkerArgs),
     /// Measure speed; prints one JSON line.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -242,7 +245,7 @@ fn init_cli_logging() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    if !matches!(cli.command, Command::Bot) {
+    if !matches!(cli.command, Command::Bot(_) | Command::Worker(_)) {
         init_cli_logging();
     }
     let cfg = load_config(&cli)?;
@@ -270,7 +273,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Bot => cli::bot::run(cfg),
+        Command::Bot(a) => cli::bot::run(cfg, a),
+        Command::Worker(a) => cli::worker::run(cfg, a),
         Command::Imagine(a) => imagine(&cfg, a),
         Command::Edit(a) => edit(&cfg, a),
         Command::Bench(BenchCommand::Engine {

@@ -32,6 +32,29 @@ pub struct DiscordConfig {
     /// plain http to that host (tests, a local mirror). Redirects are
     /// followed only to hosts on this list.
     pub attachment_hosts: Vec<String>,
+    /// The gateway shards this process runs, first and last (inclusive),
+    /// e.g. `[0, 1]` of 4 on one front end and `[2, 3]` on another; absent:
+    /// all of them (`shard_count`).
+    pub shards: Option<[u32; 2]>,
+    /// Shards of the whole bot (Discord requires sharding from 2,500
+    /// servers; a server's shard is `(guild_id >> 22) % shard_count`). 0:
+    /// one shard when `shards` is absent, else Discord's recommendation.
+    pub shard_count: u32,
+}
+
+impl DiscordConfig {
+    pub fn validate(&self) -> Result<(), BotError> {
+        if let Some([first, last]) = self.shards {
+            if first > last || (self.shard_count > 0 && last >= self.shard_count) {
+                return Err(BotError::Config(format!(
+                    "discord.shards = [{first}, {last}] must be first <= last < \
+                     discord.shard_count ({})",
+                    self.shard_count
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Discord's attachment hosts (the CDN and its media proxy).
@@ -45,6 +68,8 @@ impl Default for DiscordConfig {
             guilds: Vec::new(),
             allowed_guilds: Vec::new(),
             attachment_hosts: DISCORD_ATTACHMENT_HOSTS.map(String::from).to_vec(),
+            shards: None,
+            shard_count: 0,
         }
     }
 }

@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ::metrics::{counter, histogram};
 use reqwest::Url;
 use serenity::all::{
     ActionRowComponent, CommandInteraction, ComponentInteraction, CreateActionRow, CreateInputText,
@@ -18,7 +19,9 @@ use serenity::all::{
 };
 use tracing::{error, info, warn};
 
-use crate::engine::{limits, EngineError, JobHandle, Latent, LatentRef, Layers, Output, Request};
+use crate::engine::{limits, EngineError, Latent, LatentRef, Layers, Output, Request};
+use crate::inference::Job;
+use crate::metrics as names;
 
 use super::attach::{self, Photo};
 use super::commands::{self, check_strength, check_text, Command};
@@ -28,6 +31,24 @@ use super::render::{self, Action, HISTORY_SHOWN};
 use super::respond::{Reply, Responder};
 use super::store::{Origin, Record, Ref};
 use super::{Bot, PendingPhoto};
+
+/// Said when the results store (shared by front ends) cannot be reached.
+const STORE_DOWN: &str = "The bot's storage cannot be reached just now; please try again in a \
+                          minute.";
+
+/// A store read, or the interaction answered with [`STORE_DOWN`] and the
+/// handler left.
+macro_rules! stored {
+    ($bot:expr, $resp:expr, $read:expr) => {
+        match $read.await {
+            Ok(v) => v,
+            Err(e) => {
+                error!(error = %e, "reading the results store failed");
+                return $bot.say(&$resp, STORE_DOWN).await;
+            }
+        }
+    };
+}
 
 const GONE: &str = "This image is no longer stored (the bot keeps only the most recent results, \
                     or it was deleted). Make a new one with `/imagine`.";
@@ -48,6 +69,8 @@ const PENDING_TTL: Duration = Duration::from_secs(15 * 60);
 
 /// Who is asking, where, and the settings in force there.
 pub(super) struct Ctx {
+    /// When the interaction arrived: defer and end-to-end times count from here.
+    received: Instant,
     user: u64,
     guild: Option<u64>,
     perms: Option<Permissions>,
@@ -117,6 +140,7 @@ impl Bot {
     pub(super) async fn handle(self: Arc<Self>, http: Arc<Http>, interaction: Interaction) {
         // Counted from the start, so a shutdown waits for answers in progress.
         let _guard = self.inflight.token();
+        let received = Instant::now();
         // The three kinds carry these under the same names, but serenity
         // gives them no common trait: a macro reads them from each.
         macro_rules! context {
@@ -160,9 +184,13 @@ impl Bot {
         if let Some(text) = refusal {
             return self.say(&resp, &text).await;
         }
-        let own = guild.and_then(|g| self.store.guild(g));
+        let own = match guild {
+            Some(g) => stored!(self, resp, self.store.guild(g)),
+            None => None,
+        };
         let eff = Effective::new(&self.cfg, own.as_ref());
         let ctx = Ctx {
+            received,
             user,
             guild,
             perms: member.and_then(|m| m.permissions),
@@ -279,7 +307,7 @@ impl Bot {
                 instruction,
                 strength,
                 image: None,
-            } => match self.store.current(user) {
+            } => match stored!(self, resp, self.store.current(user)) {
                 Some(r) => self.edit(resp, ctx, r, instruction, strength).await,
                 None => {
                     self.say(
@@ -292,7 +320,7 @@ impl Bot {
             },
             Command::Undo => self.undo(resp, ctx).await,
             Command::Morph { from, to, frames } => {
-                let recent = self.store.recent(user, 2);
+                let recent = stored!(self, resp, self.store.recent(user, 2));
                 let to = to.or(recent.first().copied());
                 let from = from.or(recent.iter().copied().find(|r| Some(*r) != to));
                 match (from, to) {
@@ -354,7 +382,7 @@ impl Bot {
         instruction: String,
         strength: f64,
     ) {
-        let Some((rec, latent)) = self.store.latent(r) else {
+        let Some((rec, latent)) = stored!(self, resp, self.store.latent(r)) else {
             return self.say(&resp, GONE).await;
         };
         // By value: the engine's own latent cache may have evicted it, or
@@ -377,15 +405,12 @@ impl Bot {
     }
 
     async fn undo(self: &Arc<Self>, resp: Responder, ctx: &Ctx) {
-        let store = self.store.clone();
-        let user = ctx.user;
-        let undone = tokio::task::spawn_blocking(move || store.undo(user)).await;
-        match undone {
-            Ok(Ok(Some(r))) => {
+        match self.store.undo(ctx.user).await {
+            Ok(Some(r)) => {
                 let note = "Undone: this is your current image again; `/edit` applies to it.";
                 self.show(resp, ctx, r, note.into()).await
             }
-            Ok(Ok(None)) => {
+            Ok(None) => {
                 self.say(
                     &resp,
                     "Nothing to undo: you have no earlier image. `/undo` goes back one step \
@@ -393,18 +418,17 @@ impl Bot {
                 )
                 .await
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 error!(error = %e, "undo failed");
                 self.say(&resp, "Undo failed on the bot's side; please try again.")
                     .await
             }
-            Err(e) => error!(error = %e, "undo task failed"),
         }
     }
 
     /// Render a stored image again and post it with its buttons.
     async fn show(self: &Arc<Self>, resp: Responder, ctx: &Ctx, r: Ref, note: String) {
-        let Some((_, latent)) = self.store.latent(r) else {
+        let Some((_, latent)) = stored!(self, resp, self.store.latent(r)) else {
             return self.say(&resp, GONE).await;
         };
         let request = Request::Render {
@@ -429,17 +453,17 @@ impl Bot {
                 )
                 .await;
         }
-        let latent = |r: Ref| {
-            self.store.latent(r).map(|(_, l)| l).ok_or_else(|| {
-                format!(
-                    "Result #{} image {} is not stored (it may be too old, deleted, or not \
-                     exist); pick results from `/history`.",
-                    r.id,
-                    r.index + 1
-                )
-            })
+        let gone = |r: Ref| {
+            format!(
+                "Result #{} image {} is not stored (it may be too old, deleted, or not exist); \
+                 pick results from `/history`.",
+                r.id,
+                r.index + 1
+            )
         };
-        let (la, lb) = match (latent(a), latent(b)) {
+        let la = stored!(self, resp, self.store.latent(a)).map(|(_, l)| l);
+        let lb = stored!(self, resp, self.store.latent(b)).map(|(_, l)| l);
+        let (la, lb) = match (la.ok_or_else(|| gone(a)), lb.ok_or_else(|| gone(b))) {
             (Ok(la), Ok(lb)) => (la, lb),
             (Err(t), _) | (_, Err(t)) => return self.say(&resp, &t).await,
         };
@@ -454,7 +478,7 @@ impl Bot {
     }
 
     async fn history(self: &Arc<Self>, resp: Responder, ctx: &Ctx) {
-        let refs = self.store.recent(ctx.user, HISTORY_SHOWN);
+        let refs = stored!(self, resp, self.store.recent(ctx.user, HISTORY_SHOWN));
         if refs.is_empty() {
             return self
                 .say(
@@ -464,10 +488,12 @@ impl Bot {
                 )
                 .await;
         }
-        let latents: Vec<LatentRef> = refs
-            .iter()
-            .filter_map(|r| self.store.latent(*r).map(|(_, l)| LatentRef::Data(l)))
-            .collect();
+        let mut latents = Vec::with_capacity(refs.len());
+        for r in &refs {
+            if let Some((_, l)) = stored!(self, resp, self.store.latent(*r)) {
+                latents.push(LatentRef::Data(l));
+            }
+        }
         if latents.len() != refs.len() {
             // Deleted between the two looks: ask again rather than mislabel.
             return self
@@ -498,7 +524,7 @@ impl Bot {
                 )
                 .await;
         }
-        let cur = self.store.guild(g);
+        let cur = stored!(self, resp, self.store.guild(g));
         if cmd == SettingsCmd::Show {
             return self.say(&resp, &guild::show(cur.as_ref(), &self.cfg)).await;
         }
@@ -506,15 +532,13 @@ impl Bot {
             Ok(x) => x,
             Err(text) => return self.say(&resp, &text).await,
         };
-        let store = self.store.clone();
-        let saved = new.clone();
-        match tokio::task::spawn_blocking(move || store.set_guild(g, saved)).await {
-            Ok(Ok(())) => {
+        match self.store.set_guild(g, new.clone()).await {
+            Ok(()) => {
                 info!(guild = g, user = ctx.user, ?cmd, "settings changed");
                 let text = format!("Saved. {said}\n\n{}", guild::show(Some(&new), &self.cfg));
                 self.say(&resp, &render::truncate(text)).await
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 error!(error = %e, "saving settings failed");
                 self.say(
                     &resp,
@@ -523,7 +547,6 @@ impl Bot {
                 )
                 .await
             }
-            Err(e) => error!(error = %e, "settings task failed"),
         }
     }
 
@@ -543,7 +566,7 @@ impl Bot {
                 .await;
         };
         info!(user, ?action, result = r.id, "button");
-        let Some(rec) = self.store.get(r.id) else {
+        let Some(rec) = stored!(self, resp, self.store.get(r.id)) else {
             return self.say(&resp, GONE).await;
         };
         if r.index >= rec.latents.len() {
@@ -592,10 +615,14 @@ impl Bot {
                 }
             }
             Action::Undo => {
-                if self.store.current(user) == Some(r) {
+                if stored!(self, resp, self.store.current(user)) == Some(r) {
                     return self.undo(resp, ctx).await;
                 }
-                match rec.parent.filter(|p| self.store.latent(*p).is_some()) {
+                let parent = match rec.parent {
+                    Some(p) => stored!(self, resp, self.store.latent(p)).map(|_| p),
+                    None => None,
+                };
+                match parent {
                     Some(p) => {
                         self.push(user, p).await;
                         let note = "The image this one was made from; it is now your current \
@@ -634,12 +661,8 @@ impl Bot {
                 if let Err(e) = resp.acknowledge().await {
                     return warn!(error = %e, "could not acknowledge a delete");
                 }
-                let store = self.store.clone();
-                let id = r.id;
-                match tokio::task::spawn_blocking(move || store.delete(id)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => error!(error = %e, "deleting a result failed"),
-                    Err(e) => error!(error = %e, "delete task failed"),
+                if let Err(e) = self.store.delete(r.id).await {
+                    error!(error = %e, "deleting a result failed");
                 }
                 if let Err(e) = resp.delete_message().await {
                     warn!(error = %e, "could not delete the message");
@@ -730,25 +753,25 @@ impl Bot {
     }
 
     async fn push(&self, user: u64, r: Ref) {
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.push(user, r)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => error!(error = %e, "saving the history failed"),
-            Err(e) => error!(error = %e, "history task failed"),
+        if let Err(e) = self.store.push(user, r).await {
+            error!(error = %e, "saving the history failed");
         }
     }
 
     /// The cooldown and, for jobs that make new images, the daily quota
     /// (taken now, given back if the job fails). `Err`: the refusal.
     async fn admit(&self, ctx: &Ctx, counts: bool) -> Result<Option<Charge>, String> {
-        let cooldown = ctx.eff.cooldown;
-        if let Some(last) = self.cooldowns.get(&ctx.user).map(|t| *t) {
-            let since = last.elapsed();
-            if since < cooldown {
-                let wait = (cooldown - since).as_secs_f64();
+        match self.store.cooldown_left(ctx.user, ctx.eff.cooldown).await {
+            Ok(None) => {}
+            Ok(Some(left)) => {
+                let wait = left.as_secs_f64();
                 return Err(format!(
                     "Slow down a little: you can start another image in {wait:.1} s."
                 ));
+            }
+            Err(e) => {
+                error!(error = %e, "the cooldown could not be checked");
+                return Err(STORE_DOWN.into());
             }
         }
         let quota = ctx.eff.daily_quota;
@@ -756,12 +779,7 @@ impl Bot {
             return Ok(None);
         }
         let (g, user, now) = (ctx.guild.unwrap_or(0), ctx.user, self.clock.now_unix());
-        let store = self.store.clone();
-        let charged = tokio::task::spawn_blocking(move || store.charge(g, user, now, quota))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        match charged {
+        match self.store.charge(g, user, now, quota).await {
             Ok(Ok(usage)) => Ok(Some(Charge {
                 guild: g,
                 user,
@@ -785,21 +803,14 @@ impl Bot {
 
     async fn refund(&self, charge: Option<Charge>) {
         let Some(c) = charge else { return };
-        let store = self.store.clone();
-        match tokio::task::spawn_blocking(move || store.refund(c.guild, c.user, c.window_start))
-            .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => error!(error = %e, "giving back a quota charge failed"),
-            Err(e) => error!(error = %e, "quota task failed"),
+        if let Err(e) = self.store.refund(c.guild, c.user, c.window_start).await {
+            error!(error = %e, "giving back a quota charge failed");
         }
     }
 
-    fn started(&self, user: u64, cooldown: Duration) {
-        self.cooldowns.insert(user, Instant::now());
-        if self.cooldowns.len() > 10_000 {
-            // Forget users whose cooldown is over, so the map stays small.
-            self.cooldowns.retain(|_, t| t.elapsed() < cooldown);
+    async fn started(&self, user: u64, cooldown: Duration) {
+        if let Err(e) = self.store.started(user, cooldown).await {
+            warn!(error = %e, "the cooldown could not be recorded");
         }
     }
 
@@ -808,29 +819,39 @@ impl Bot {
     /// answered at once.
     async fn start(self: &Arc<Self>, resp: Responder, ctx: &Ctx, request: Request, then: Then) {
         let user = ctx.user;
+        let command = request.kind();
+        let refused = || counter!(names::JOBS, "command" => command, "outcome" => "refused");
         let charge = match self.admit(ctx, then.counts()).await {
             Ok(c) => c,
-            Err(text) => return self.say(&resp, &text).await,
+            Err(text) => {
+                refused().increment(1);
+                return self.say(&resp, &text).await;
+            }
         };
-        let job = match self.engine.submit(user, request) {
+        let job = match self.engine.submit(user, request).await {
             Ok(job) => job,
             Err(e) => {
+                refused().increment(1);
                 self.refund(charge).await;
                 return self.say(&resp, &sentence(&e)).await;
             }
         };
-        self.started(user, ctx.eff.cooldown);
-        if let Err(e) = resp.defer().await {
+        self.started(user, ctx.eff.cooldown).await;
+        let deferred = resp.defer().await;
+        histogram!(names::DEFER).record(ctx.received.elapsed().as_secs_f64());
+        if let Err(e) = deferred {
             // Without a deferred response there is nothing to put the image
             // in: give the slot back.
             warn!(error = %e, "could not defer the response; cancelling the job");
-            self.engine.cancel(job.id);
+            self.engine.cancel(job.id).await;
             self.refund(charge).await;
             return;
         }
         let bot = self.clone();
+        let received = ctx.received;
         self.inflight.spawn(async move {
-            bot.follow(resp, user, job, then, charge).await;
+            bot.follow(resp, user, job, then, charge, (command, received))
+                .await;
         });
     }
 
@@ -869,10 +890,15 @@ impl Bot {
         };
         let charge = match self.admit(ctx, true).await {
             Ok(c) => c,
-            Err(text) => return self.say(&resp, &text).await,
+            Err(text) => {
+                counter!(names::JOBS, "command" => "photo", "outcome" => "refused").increment(1);
+                return self.say(&resp, &text).await;
+            }
         };
-        self.started(ctx.user, ctx.eff.cooldown);
-        if let Err(e) = resp.defer().await {
+        self.started(ctx.user, ctx.eff.cooldown).await;
+        let deferred = resp.defer().await;
+        histogram!(names::DEFER).record(ctx.received.elapsed().as_secs_f64());
+        if let Err(e) = deferred {
             warn!(error = %e, "could not defer the response");
             self.refund(charge).await;
             return;
@@ -885,8 +911,10 @@ impl Bot {
         };
         let bot = self.clone();
         let user = ctx.user;
+        let received = ctx.received;
         self.inflight.spawn(async move {
-            if let Err(Refused(text)) = bot.follow_photo(&resp, user, job).await {
+            if let Err(Refused(text)) = bot.follow_photo(&resp, user, job, received).await {
+                counter!(names::JOBS, "command" => "photo", "outcome" => "refused").increment(1);
                 bot.refund(charge).await;
                 if let Some(text) = text {
                     resp.fail_privately(&text).await;
@@ -899,7 +927,7 @@ impl Bot {
     async fn wait(
         &self,
         resp: &Responder,
-        job: JobHandle,
+        job: Job,
         shown: &mut Option<String>,
     ) -> Result<Output, EngineError> {
         let id = job.id;
@@ -914,7 +942,7 @@ impl Bot {
                 _ = tick.tick() => {
                     // Worth a message only when others are ahead; after
                     // that, each change until it runs.
-                    let text = match self.engine.position(id) {
+                    let text = match self.engine.position(id).await {
                         Some(n) if n > 0 => format!("⏳ Queued: {n} ahead of you."),
                         Some(_) if shown.is_some() => "⏳ You are next.".to_string(),
                         None if shown.is_some() => "🎨 Rendering…".to_string(),
@@ -934,12 +962,12 @@ impl Bot {
         &self,
         resp: Responder,
         user: u64,
-        job: JobHandle,
+        job: Job,
         then: Then,
         charge: Option<Charge>,
+        started: (&'static str, Instant),
     ) {
         let id = job.id;
-        let started = Instant::now();
         let result = self.wait(&resp, job, &mut None).await;
         let reply = match result {
             Ok(out) => self.result_reply(&resp, user, out, then).await,
@@ -951,11 +979,34 @@ impl Bot {
         self.deliver(&resp, user, &reply, id.0, started).await
     }
 
-    async fn deliver(&self, resp: &Responder, user: u64, reply: &Reply, job: u64, t: Instant) {
-        match resp.finish(reply).await {
-            Ok(()) => info!(user, job, ms = t.elapsed().as_millis() as u64, "delivered"),
-            Err(e) => error!(user, job, error = %e, "could not deliver a result"),
-        }
+    /// Post the final reply; `started`: the command (a metric label) and
+    /// when its interaction arrived.
+    async fn deliver(
+        &self,
+        resp: &Responder,
+        user: u64,
+        reply: &Reply,
+        job: u64,
+        started: (&'static str, Instant),
+    ) {
+        let (command, t) = started;
+        let outcome = match resp.finish(reply).await {
+            Ok(()) => {
+                info!(user, job, ms = t.elapsed().as_millis() as u64, "delivered");
+                // A reply without a file says what went wrong.
+                if reply.file.is_some() {
+                    "delivered"
+                } else {
+                    "failed"
+                }
+            }
+            Err(e) => {
+                error!(user, job, error = %e, "could not deliver a result");
+                "undelivered"
+            }
+        };
+        counter!(names::JOBS, "command" => command, "outcome" => outcome).increment(1);
+        histogram!(names::END_TO_END).record(t.elapsed().as_secs_f64());
     }
 
     /// Download, check, invert and maybe edit a photo, then deliver. `Err`:
@@ -966,8 +1017,9 @@ impl Bot {
         resp: &Responder,
         user: u64,
         job: PhotoJob,
+        received: Instant,
     ) -> Result<(), Refused> {
-        let started = Instant::now();
+        let started = ("photo", received);
         let bytes = self.fetcher.download(job.url).await.map_err(Refused::say)?;
         let max = self.fetcher.limits.max_pixels;
         let prepared = tokio::task::spawn_blocking(move || attach::prepare(&bytes, max))
@@ -987,6 +1039,7 @@ impl Bot {
                     image: prepared.png,
                 },
             )
+            .await
             .map_err(|e| Refused::say(sentence(&e)))?;
         let job_id = invert.id.0;
         let out = match self.wait(resp, invert, &mut shown).await {
@@ -1027,7 +1080,7 @@ impl Bot {
             strength,
             layers: Layers::All,
         };
-        let edit = match self.engine.submit(user, request) {
+        let edit = match self.engine.submit(user, request).await {
             Ok(j) => j,
             Err(e) => {
                 // The photo itself is stored and current: say so, with it.
@@ -1085,13 +1138,7 @@ impl Bot {
             parent,
             latents,
         };
-        let store = self.store.clone();
-        let pending = rec.clone();
-        let saved = match tokio::task::spawn_blocking(move || store.insert(pending, user, 0)).await
-        {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
+        let saved = self.store.insert(rec.clone(), user, 0).await;
         saved.map_err(|why| {
             error!(error = %why, "saving a result failed");
             rec
@@ -1145,7 +1192,7 @@ impl Bot {
                 self.new_reply(resp, saved, out.images, note).await
             }
             Then::Show { r, note } => {
-                let Some(rec) = self.store.get(r.id) else {
+                let Ok(Some(rec)) = self.store.get(r.id).await else {
                     return Reply {
                         content: GONE.into(),
                         ..Default::default()
@@ -1194,13 +1241,13 @@ impl Bot {
                 }
             }
             Then::History { refs } => {
-                let lines: Vec<String> = refs
-                    .iter()
-                    .map(|r| match self.store.get(r.id) {
-                        Some(rec) => render::describe(&rec, r.index),
-                        None => format!("#{} (no longer stored)", r.id),
-                    })
-                    .collect();
+                let mut lines = Vec::with_capacity(refs.len());
+                for r in &refs {
+                    lines.push(match self.store.get(r.id).await {
+                        Ok(Some(rec)) => render::describe(&rec, r.index),
+                        _ => format!("#{} (no longer stored)", r.id),
+                    });
+                }
                 match self.png(resp, out.images).await {
                     Ok(png) => Reply {
                         content: render::history_content(user, &lines),

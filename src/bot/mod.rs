@@ -9,15 +9,20 @@
 //! - [`handlers`]: what each interaction does, queue feedback, delivery.
 //! - [`respond`]: answering one interaction, with retries.
 //! - [`render`]: message text (escaped echoes), buttons, the attached image.
+//! - [`results`]: what the handlers need of a results store
+//!   ([`results::ResultStore`]), and [`results::Local`], the one-process
+//!   store.
+//! - [`shared`]: the results store in Redis, shared by front ends.
 //! - [`store`]: results, per-user undo history, server settings and quotas,
-//!   in memory and on disk.
+//!   in memory and on disk (redb).
 //! - [`guild`]: the settings server admins control, merged with the config.
 //! - [`attach`]: downloading and checking the photos users send.
 //!
 //! [`run`] drives the serenity client until a shutdown signal. The bot gets
-//! only its own sections ([`Settings`]) and a running engine: loading the
-//! models, starting the engine and the signals are the `clip2gan bot`
-//! command's (`src/cli/bot.rs` in the binary).
+//! only its own sections ([`Settings`]) and something that makes images
+//! ([`crate::inference::Inference`]: the engine in this process, or a queue
+//! to workers elsewhere): loading the models, starting the engine and the
+//! signals are the `clip2gan bot` command's (`src/cli/bot.rs` in the binary).
 
 pub mod attach;
 pub mod commands;
@@ -26,6 +31,8 @@ pub mod guild;
 mod handlers;
 pub mod render;
 pub mod respond;
+pub mod results;
+pub mod shared;
 pub mod store;
 
 use std::future::Future;
@@ -41,11 +48,12 @@ use serenity::all::{
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::engine::Engine;
+use crate::inference::Inference;
 
 use attach::{AllowList, Fetcher, Photo};
 pub use config::{BotConfig, DiscordConfig, Token};
 use respond::Retry;
+use results::{Local, ResultStore};
 use store::Store;
 
 /// Why the bot could not start or run; each says what to do.
@@ -88,15 +96,14 @@ struct PendingPhoto {
 
 /// Shared by every handler.
 pub(crate) struct Bot {
-    engine: Arc<Engine>,
-    store: Arc<Store>,
+    engine: Arc<dyn Inference>,
+    store: Arc<dyn ResultStore>,
     cfg: BotConfig,
     discord: DiscordConfig,
     retry: Retry,
     fetcher: Fetcher,
     clock: Arc<dyn Clock>,
     pending: DashMap<u64, PendingPhoto>,
-    cooldowns: DashMap<u64, Instant>,
     /// Set at shutdown: new interactions are refused politely.
     closing: AtomicBool,
     /// Every answer in progress, so that shutdown can wait for them.
@@ -154,7 +161,7 @@ pub struct Settings {
 pub async fn run(
     settings: Settings,
     token: Token,
-    engine: Arc<Engine>,
+    engine: Arc<dyn Inference>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), BotError> {
     run_with_clock(settings, token, engine, shutdown, Arc::new(SystemClock)).await
@@ -164,12 +171,53 @@ pub async fn run(
 pub async fn run_with_clock(
     settings: Settings,
     token: Token,
-    engine: Arc<Engine>,
+    engine: Arc<dyn Inference>,
+    shutdown: impl Future<Output = ()> + Send,
+    clock: Arc<dyn Clock>,
+) -> Result<(), BotError> {
+    settings.bot.validate()?;
+    let cfg = &settings.bot;
+    let (path, depth, max) = (cfg.store_path.clone(), cfg.history_depth, cfg.max_latents);
+    let opened = tokio::task::spawn_blocking(move || Store::open(&path, depth, max))
+        .await
+        .map_err(|e| BotError::Store(e.to_string()))??;
+    for w in &opened.warnings {
+        warn!("{w}");
+    }
+    info!(path = %cfg.store_path.display(), "results store open");
+    let store = Arc::new(opened.store);
+    let local: Arc<dyn ResultStore> = Arc::new(Local::new(store.clone()));
+    let outcome = run_on(settings, token, engine, local, shutdown, clock).await;
+    // Every store write is already committed (fsynced); the file closes when
+    // the last handler lets go of it. serenity's shard tasks drop the event
+    // handler (and with it the store) a moment after the gateway task ends:
+    // wait for that, so the file is closed when `run` returns and a restart
+    // in the same process can open it again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Arc::strong_count(&store) > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    if Arc::strong_count(&store) > 1 {
+        warn!("the results store is still in use; it closes when the last handler ends");
+    }
+    drop(store);
+    info!("stopped");
+    outcome
+}
+
+/// [`run_with_clock`] on a results store of the caller's (shared by front
+/// ends, say); the caller closes it.
+pub async fn run_on(
+    settings: Settings,
+    token: Token,
+    engine: Arc<dyn Inference>,
+    store: Arc<dyn ResultStore>,
     shutdown: impl Future<Output = ()> + Send,
     clock: Arc<dyn Clock>,
 ) -> Result<(), BotError> {
     let Settings { discord, bot: cfg } = settings;
     cfg.validate()?;
+    discord.validate()?;
     let fetcher = Fetcher::new(
         AllowList::parse(&discord.attachment_hosts).map_err(BotError::Config)?,
         attach::Limits {
@@ -179,18 +227,11 @@ pub async fn run_with_clock(
         },
     )
     .map_err(BotError::Config)?;
-    let (path, depth, max) = (cfg.store_path.clone(), cfg.history_depth, cfg.max_latents);
-    let opened = tokio::task::spawn_blocking(move || Store::open(&path, depth, max))
-        .await
-        .map_err(|e| BotError::Store(e.to_string()))??;
-    for w in &opened.warnings {
-        warn!("{w}");
+    match store.len().await {
+        Ok(n) => info!(results = n, "results store ready"),
+        // A shared store may come back later; the handlers say so meanwhile.
+        Err(e) => warn!(error = %e, "the results store cannot be read yet"),
     }
-    info!(
-        results = opened.store.len(),
-        path = %cfg.store_path.display(),
-        "results store open"
-    );
     let http = if discord.api_base.is_empty() {
         HttpBuilder::new(token.expose()).build()
     } else {
@@ -204,7 +245,7 @@ pub async fn run_with_clock(
     };
     let bot = Arc::new(Bot {
         engine: engine.clone(),
-        store: Arc::new(opened.store),
+        store,
         retry: Retry {
             attempts: cfg.http_attempts,
             base: Duration::from_millis(cfg.retry_base_ms),
@@ -214,7 +255,6 @@ pub async fn run_with_clock(
         fetcher,
         clock,
         pending: DashMap::new(),
-        cooldowns: DashMap::new(),
         closing: AtomicBool::new(false),
         inflight: TaskTracker::new(),
         registered: AtomicBool::new(false),
@@ -225,7 +265,8 @@ pub async fn run_with_clock(
         .await
         .map_err(|e| BotError::Discord(format!("cannot create the client: {e}")))?;
     let shards = client.shard_manager.clone();
-    let mut gateway = tokio::spawn(async move { client.start().await });
+    let (range, count) = (bot.discord.shards, bot.discord.shard_count);
+    let mut gateway = tokio::spawn(async move { connect(&mut client, range, count).await });
 
     let ended_by_itself = tokio::select! {
         r = &mut gateway => Some(r),
@@ -233,8 +274,7 @@ pub async fn run_with_clock(
     };
     info!("shutting down: refusing new interactions, answering queued jobs");
     bot.closing.store(true, Ordering::SeqCst);
-    let e = engine.clone();
-    let _ = tokio::task::spawn_blocking(move || e.shutdown(false)).await;
+    engine.clone().close().await;
     let grace = Duration::from_secs(bot.cfg.shutdown_grace_s);
     bot.inflight.close();
     if tokio::time::timeout(grace, bot.inflight.wait())
@@ -258,23 +298,34 @@ pub async fn run_with_clock(
     if !gateway.is_finished() {
         let _ = gateway.await;
     }
-    // Every store write is already committed (fsynced); the file closes when
-    // the last handler lets go of it. serenity's shard tasks drop the event
-    // handler (and with it the store) a moment after the gateway task ends:
-    // wait for that, so the file is closed when `run` returns and a restart
-    // in the same process can open it again.
-    let store = bot.store.clone();
     drop(bot);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Arc::strong_count(&store) > 1 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    if Arc::strong_count(&store) > 1 {
-        warn!("the results store is still in use; it closes when the last handler ends");
-    }
-    drop(store);
-    info!("stopped");
     outcome
+}
+
+/// Connect the configured shards (one, by default) and run until they end.
+async fn connect(
+    client: &mut serenity::Client,
+    range: Option<[u32; 2]>,
+    count: u32,
+) -> serenity::Result<()> {
+    let Some([first, last]) = range else {
+        return match count {
+            0 => client.start().await,
+            n => client.start_shards(n).await,
+        };
+    };
+    let total = match count {
+        0 => {
+            let n = client.http.get_bot_gateway().await?.shards;
+            info!(shards = n, "using Discord's recommended shard count");
+            n
+        }
+        n => n,
+    };
+    info!(first, last, total, "running a range of the gateway shards");
+    // serenity 0.12 reads the range's end as the last shard to start
+    // (inclusive), whatever `Range` suggests.
+    client.start_shard_range(first..last, total).await
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default: info for clip2gan,

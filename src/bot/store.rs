@@ -221,7 +221,7 @@ impl Store {
         let results = txn.open_table(RESULTS).map_err(|x| e(x.into()))?;
         for item in results.iter().map_err(|x| e(x.into()))? {
             let (k, v) = item.map_err(|x| e(x.into()))?;
-            match decode(v.value()) {
+            match decode_record(v.value()) {
                 Ok(r) if r.id == k.value() => {
                     order.by_id.insert(r.id, r.latents.len());
                     order.latents += r.latents.len();
@@ -353,7 +353,7 @@ impl Store {
             index: current,
         });
         self.trim(&mut hist, &evict, Some(rec.id));
-        let bytes = encode(&rec);
+        let bytes = encode_record(&rec);
         self.write(|t| {
             let mut results = t.open_table(RESULTS)?;
             results.insert(rec.id, bytes.as_slice())?;
@@ -593,7 +593,7 @@ struct Header {
     count: usize,
 }
 
-fn encode(r: &Record) -> Vec<u8> {
+pub(crate) fn encode_record(r: &Record) -> Vec<u8> {
     let (styles, dim) = r.latents.first().map_or((0, 0), |l| (l.styles, l.dim));
     let header = serde_json::to_vec(&Header {
         record: r.clone(),
@@ -613,7 +613,7 @@ fn encode(r: &Record) -> Vec<u8> {
     out
 }
 
-fn decode(bytes: &[u8]) -> Result<Record, String> {
+pub(crate) fn decode_record(bytes: &[u8]) -> Result<Record, String> {
     let n = u32::from_le_bytes(
         bytes
             .get(..4)

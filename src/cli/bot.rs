@@ -1,21 +1,37 @@
-//! `clip2gan bot`: the wiring of the served bot. The models are loaded into
-//! a growing backend (the mapper on disk, or one built on first use) on the
-//! engine's worker thread, the engine is started, and the bot runs on it
-//! until SIGINT or SIGTERM. The bot itself (`clip2gan::bot`) gets only its
-//! `[bot]` and `[discord]` sections and the engine.
+//! `clip2gan bot`: the wiring of the served bot. In one process the models
+//! are loaded into a growing backend (the mapper on disk, or one built on
+//! first use) on the engine's worker thread, the engine is started, and the
+//! bot runs on it until SIGINT or SIGTERM. With `--queue redis://...` no
+//! model is loaded: jobs go to `clip2gan worker` processes over Redis. The
+//! bot itself (`clip2gan::bot`) gets only its `[bot]` and `[discord]`
+//! sections and something that makes images.
 
 use std::sync::Arc;
 
 use anyhow::Context;
+use clap::Args;
 use clip2gan::bot::{self, attach::AllowList, BotError, Token};
 use clip2gan::clip::Clip;
 use clip2gan::config::Config;
 use clip2gan::engine::{Engine, GrowingBackend};
+use clip2gan::queue::QueueClient;
 use clip2gan::train::warmup::Growth;
 use tracing::info;
 
-pub fn run(cfg: Config) -> anyhow::Result<()> {
+#[derive(Args, Debug, Default)]
+pub struct BotArgs {
+    /// Publish jobs on this Redis (`redis://host:port`) for `clip2gan
+    /// worker` processes instead of running the models here (overrides
+    /// queue.url).
+    #[arg(long, value_name = "URL")]
+    pub queue: Option<String>,
+}
+
+pub fn run(mut cfg: Config, args: BotArgs) -> anyhow::Result<()> {
     bot::init_logging();
+    if let Some(url) = args.queue {
+        cfg.queue.url = url;
+    }
     // The token first: a missing one should not cost a model load.
     let token = bot::config::resolve_token(&cfg.discord)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -34,10 +50,18 @@ async fn serve(cfg: Config, token: Token) -> Result<(), BotError> {
     };
     // Settings first: a typo should not cost a model load.
     settings.bot.validate()?;
+    if let Some(addr) =
+        clip2gan::metrics::install(&cfg.metrics).map_err(|e| BotError::Config(e.to_string()))?
+    {
+        info!(%addr, "serving Prometheus metrics at /metrics");
+    }
     AllowList::parse(&settings.discord.attachment_hosts).map_err(BotError::Config)?;
     let output_size = cfg.engine.output_size;
     clip2gan::image_io::check_size(output_size, 1024)
         .map_err(|e| BotError::Config(e.to_string()))?;
+    if !cfg.queue.url.is_empty() {
+        return serve_front_end(cfg, settings, token).await;
+    }
     let engine_cfg = cfg.engine.clone();
     info!("loading the models");
     let engine = tokio::task::spawn_blocking(move || {
@@ -50,10 +74,42 @@ async fn serve(cfg: Config, token: Token) -> Result<(), BotError> {
     bot::run(settings, token, Arc::new(engine), signal()).await
 }
 
+/// A front end: jobs go to the workers over Redis. Redis need not be up
+/// yet: users are told "busy, try again" until it is.
+async fn serve_front_end(
+    cfg: Config,
+    settings: bot::Settings,
+    token: Token,
+) -> Result<(), BotError> {
+    let queue =
+        QueueClient::start(cfg.queue.clone()).map_err(|e| BotError::Config(e.to_string()))?;
+    if let Err(e) = queue.ping().await {
+        tracing::error!("{e}");
+    }
+    // Shared by every front end: any of them serves any user.
+    let store = bot::shared::RedisResults::new(
+        &cfg.queue,
+        settings.bot.history_depth,
+        settings.bot.max_latents,
+    )?;
+    bot::run_on(
+        settings,
+        token,
+        Arc::new(queue),
+        Arc::new(store),
+        signal(),
+        Arc::new(bot::SystemClock),
+    )
+    .await
+}
+
 /// The backend `clip2gan bot` serves: the configured models, and the mapper
 /// on disk or (first use) one to build. A closed-form mapper keeps
 /// improving as its bank grows; a trained one is served as it is.
-fn open_backend(cfg: &Config, output_size: usize) -> clip2gan::error::Result<GrowingBackend> {
+pub(crate) fn open_backend(
+    cfg: &Config,
+    output_size: usize,
+) -> clip2gan::error::Result<GrowingBackend> {
     let dev = clip2gan::device::select(&cfg.device)?;
     let setup = cfg.pipeline_setup();
     let path = setup.mapper_path();
@@ -100,7 +156,7 @@ fn open_backend(cfg: &Config, output_size: usize) -> clip2gan::error::Result<Gro
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM (docker stop, systemd).
-async fn signal() {
+pub(crate) async fn signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

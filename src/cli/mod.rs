@@ -8,3 +8,4 @@
 pub mod bot;
 pub mod eval;
 pub mod train;
+pub mod worker;

@@ -30,8 +30,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use ::metrics::{counter, gauge, histogram};
 use serde::Deserialize;
 use tokio::sync::oneshot;
+
+use crate::metrics::{self as names, record_ms};
 
 pub use backend::{Backend, PipelineBackend, RawOutput, Resolved};
 pub use growing::GrowingBackend;
@@ -224,6 +227,7 @@ impl Engine {
             request,
             tx,
         });
+        gauge!(names::QUEUE_DEPTH).set(s.queue.len() as f64);
         drop(s);
         self.shared.wake.notify_all();
         Ok(JobHandle {
@@ -260,6 +264,7 @@ impl Engine {
             return false;
         };
         let q = s.queue.remove(i).expect("index from position");
+        gauge!(names::QUEUE_DEPTH).set(s.queue.len() as f64);
         drop(s);
         self.shared.finish(q.user);
         let _ = q.tx.send(Err(EngineError::Cancelled));
@@ -333,6 +338,8 @@ impl JobHandle {
         .map_err(|e| EngineError::Failed(format!("encoding task failed: {e}")))??;
         times.encode_ms = encode_ms;
         times.total_ms = self.submitted.elapsed().as_secs_f64() * 1000.0;
+        histogram!(names::STAGE, "stage" => "encode").record(encode_ms / 1000.0);
+        record_ms(names::ENGINE_JOB, times.total_ms);
         times.handoff_ms =
             (times.total_ms - times.queue_ms - times.worker_ms() - times.encode_ms).max(0.0);
         Ok(Output {
@@ -525,6 +532,7 @@ fn next_batch(shared: &Shared, idle_work: bool) -> Next {
                 }
             }
         }
+        gauge!(names::QUEUE_DEPTH).set(s.queue.len() as f64);
         return Next::Batch(batch);
     }
 }
@@ -597,18 +605,45 @@ fn worker<B: Backend>(shared: Arc<Shared>, mut backend: B) {
                 .collect(),
         };
         let run_ms = started.elapsed().as_secs_f64() * 1000.0;
+        record_batch(&results, batch_images);
         // Release the user's slot before answering: a client that gets its
         // result may submit its next job at once.
-        for ((user, submitted, tx), mut r) in waiting.into_iter().zip(results) {
+        for (((user, submitted, tx), mut r), job) in waiting.into_iter().zip(results).zip(&jobs) {
+            let outcome = r.as_ref().err().map_or("ok", EngineError::label);
+            counter!(names::ENGINE_JOBS, "kind" => job.request.kind(), "outcome" => outcome)
+                .increment(1);
             if let Ok(raw) = &mut r {
                 let t = &mut raw.times;
                 t.batch_images = batch_images;
                 t.queue_ms = (started - submitted).as_secs_f64() * 1000.0;
+                record_ms(names::QUEUE_WAIT, t.queue_ms);
                 t.worker_other_ms = (run_ms - t.worker_ms()).max(0.0);
             }
             shared.finish(user);
             let _ = tx.send(r);
         }
+    }
+}
+
+/// A batch's size and compute stages (the same for each of its jobs: the
+/// first result that has them speaks for the batch).
+fn record_batch(results: &[Result<RawOutput, EngineError>], images: usize) {
+    histogram!(names::BATCH_IMAGES).record(images as f64);
+    let Some(t) = results
+        .iter()
+        .find_map(|r| r.as_ref().ok())
+        .map(|r| r.times)
+    else {
+        return;
+    };
+    for (stage, ms) in [
+        ("clip", t.clip_text_ms),
+        ("mapper", t.mapper_ms),
+        ("generator", t.generator_ms),
+        ("clip_image", t.clip_image_ms),
+        ("resize", t.resize_ms),
+    ] {
+        histogram!(names::STAGE, "stage" => stage).record(ms / 1000.0);
     }
 }
 

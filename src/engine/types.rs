@@ -27,13 +27,14 @@ pub struct Latent {
 }
 
 /// A latent by id (kept by the engine) or by value (e.g. from a store on disk).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum LatentRef {
     Id(LatentId),
     Data(Latent),
 }
 
-#[derive(Debug, Clone)]
+/// Serialisable, so that a queue can carry it to a worker elsewhere.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
     Imagine {
         prompt: String,
@@ -69,6 +70,18 @@ pub enum Request {
 }
 
 impl Request {
+    /// The request's name, for logs and metric labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Imagine { .. } => "imagine",
+            Request::Edit { .. } => "edit",
+            Request::Invert { .. } => "invert",
+            Request::Variations { .. } => "variations",
+            Request::Interpolate { .. } => "interpolate",
+            Request::Render { .. } => "render",
+        }
+    }
+
     /// Requests of the same kind can share one forward pass.
     pub(crate) fn batch_kind(&self) -> Option<u8> {
         match self {
@@ -108,7 +121,7 @@ pub struct Output {
 /// Where one job's time went, in ms of wall time, from submit to its output
 /// being ready. The compute stages are those of the whole batch the job ran
 /// in (`batch_images` images), shared with the other jobs of that batch.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct JobTimes {
     /// Images in the batch this job ran in.
     pub batch_images: usize,
@@ -162,7 +175,7 @@ impl JobTimes {
 }
 
 /// Why a job did not produce images. Messages are written for the end user.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error, Serialize, Deserialize)]
 pub enum EngineError {
     #[error("the queue is full ({capacity} jobs waiting); please try again in a minute")]
     QueueFull { capacity: usize },
@@ -180,11 +193,32 @@ pub enum EngineError {
     WarmingUp(Warmup),
     #[error("generation failed: {0}")]
     Failed(String),
+    /// The workers cannot be reached (a queue between front end and
+    /// workers is down); the job was not queued.
+    #[error("the image service is busy right now; please try again in a minute")]
+    Unavailable,
+}
+
+impl EngineError {
+    /// The error's name, for metric labels.
+    pub fn label(&self) -> &'static str {
+        match self {
+            EngineError::QueueFull { .. } => "queue_full",
+            EngineError::UserBusy { .. } => "user_busy",
+            EngineError::InvalidRequest(_) => "invalid",
+            EngineError::UnknownLatent(_) => "unknown_latent",
+            EngineError::Cancelled => "cancelled",
+            EngineError::ShuttingDown => "shutting_down",
+            EngineError::WarmingUp(_) => "warming_up",
+            EngineError::Failed(_) => "failed",
+            EngineError::Unavailable => "unavailable",
+        }
+    }
 }
 
 /// How far a backend is from serving its first job (e.g. while the first
 /// mapper is being built from generated faces).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Warmup {
     pub percent: u8,
     /// Seconds left, once a rate is known.

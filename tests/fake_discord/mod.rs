@@ -129,6 +129,10 @@ pub struct Fake {
     inner: Mutex<Inner>,
     changed: Notify,
     gateway: Mutex<Option<mpsc::UnboundedSender<GwCmd>>>,
+    /// Connections by the shard they identified as (`[id, total]`), so a
+    /// server's interactions go to its shard, `(guild >> 22) % total`, as
+    /// Discord sends them; DMs go to shard 0.
+    shards: Mutex<HashMap<u32, (u32, mpsc::UnboundedSender<GwCmd>)>>,
     port: u16,
     /// Guild of the interactions sent without one named (None: DMs).
     guild: Mutex<Option<u64>>,
@@ -156,6 +160,7 @@ impl Fake {
             }),
             changed: Notify::new(),
             gateway: Mutex::new(None),
+            shards: Mutex::new(HashMap::new()),
             port,
             guild: Mutex::new(None),
             size_limit: Mutex::new(8 * 1024 * 1024),
@@ -328,6 +333,19 @@ impl Fake {
     }
 
     fn dispatch(&self, t: &'static str, d: Value) {
+        // The shard of the interaction's server, if that shard is connected.
+        let sharded = {
+            let shards = self.shards.lock().unwrap();
+            let total = shards.values().next().map_or(1, |(n, _)| *n).max(1) as u64;
+            let guild = d["guild_id"].as_str().and_then(|g| g.parse::<u64>().ok());
+            let shard = guild.map_or(0, |g| (g >> 22) % total) as u32;
+            shards.get(&shard).map(|(_, tx)| tx.clone())
+        };
+        if let Some(tx) = sharded {
+            if tx.send(GwCmd::Dispatch(t, d.clone())).is_ok() {
+                return;
+            }
+        }
         let gw = self.gateway.lock().unwrap();
         match gw.as_ref() {
             Some(tx) if tx.send(GwCmd::Dispatch(t, d.clone())).is_ok() => {}
@@ -757,6 +775,11 @@ async fn gateway(mut socket: WebSocket, f: Arc<Fake>) {
                     }
                     Some(2) | Some(6) => {
                         let identify = v["op"] == 2;
+                        if let Some([id, total]) = v["d"]["shard"].as_array().map(|a| {
+                            [0, 1].map(|i| a.get(i).and_then(Value::as_u64).unwrap_or(0) as u32)
+                        }) {
+                            f.shards.lock().unwrap().insert(id, (total, tx.clone()));
+                        }
                         let seq = {
                             let mut i = f.lock();
                             if identify { i.identifies += 1 } else { i.resumes += 1 }

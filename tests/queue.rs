@@ -1,0 +1,484 @@
+//! Front ends and workers apart, over a real redis-server: the bot (the
+//! real serenity client against the fake Discord) publishes jobs with
+//! `QueueClient`, `queue::worker::run` serves them on an engine, and the
+//! results store is the shared one in Redis. The engines run an instant
+//! backend: what is tested is the queue, not the models.
+
+mod fake_discord;
+mod redis_server;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use clip2gan::bot::shared::RedisResults;
+use clip2gan::bot::{BotConfig, BotError, DiscordConfig, Settings, SystemClock, Token};
+use clip2gan::engine::{
+    Backend, Engine, EngineConfig, EngineError, Latent, RawOutput, Request, Resolved,
+};
+use clip2gan::queue::{worker, QueueClient, QueueConfig};
+use fake_discord::{Event, Fake};
+use redis_server::Redis;
+use serde_json::json;
+use tokio::sync::oneshot;
+
+const WAIT: Duration = Duration::from_secs(60);
+/// Servers on shard 0 and shard 1 of 2: `(guild >> 22) % 2`.
+const GUILD_0: u64 = 2 << 22;
+const GUILD_1: u64 = 3 << 22;
+
+/// Instant images, a latent per image that remembers how it was made
+/// (edits add 1), and an optional gate that holds every batch until
+/// released, with a signal when a batch has started.
+struct Quick {
+    gate: Option<Arc<Gate>>,
+}
+
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    changed: std::sync::Condvar,
+    entered: AtomicUsize,
+}
+
+impl Gate {
+    fn release(&self) {
+        *self.open.lock().unwrap() = true;
+        self.changed.notify_all();
+    }
+}
+
+/// Opens the gate when dropped, so a failing test ends instead of waiting
+/// on an engine that waits on the gate.
+struct OpenOnDrop(Arc<Gate>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+impl Backend for Quick {
+    fn latent_shape(&self) -> (usize, usize) {
+        (2, 3)
+    }
+
+    fn run(&mut self, batch: &[Resolved]) -> Vec<Result<RawOutput, EngineError>> {
+        if let Some(g) = &self.gate {
+            g.entered.fetch_add(1, Ordering::SeqCst);
+            let mut open = g.open.lock().unwrap();
+            while !*open {
+                open = g.changed.wait(open).unwrap();
+            }
+        }
+        batch
+            .iter()
+            .map(|job| {
+                let base = job.latents.first().map_or(0.0, |l| l.data[0] + 1.0);
+                let n = match &job.request {
+                    Request::Imagine { candidates, .. } => *candidates,
+                    Request::Variations { count, .. } => *count,
+                    Request::Render { latents } => latents.len(),
+                    _ => 1,
+                };
+                Ok(RawOutput {
+                    images: vec![image::RgbImage::new(8, 8); n],
+                    latents: vec![
+                        Latent {
+                            styles: 2,
+                            dim: 3,
+                            data: vec![base; 6],
+                        };
+                        n
+                    ],
+                    animate: false,
+                    truncated_prompt: false,
+                    scores: None,
+                    times: Default::default(),
+                })
+            })
+            .collect()
+    }
+}
+
+fn queue_config(redis: &Redis) -> QueueConfig {
+    QueueConfig {
+        url: redis.url(),
+        prefix: "test".into(),
+        claim_idle_ms: 300,
+        block_ms: 200,
+        timeout_ms: 500,
+        per_user_limit: 2,
+        ..Default::default()
+    }
+}
+
+/// A worker running until its sender is dropped (or its task aborted: a
+/// worker killed, as far as Redis can tell).
+struct Worker {
+    task: tokio::task::JoinHandle<()>,
+    _stop: oneshot::Sender<()>,
+    /// Kept here too: a killed worker's engine (held by a gate) must not be
+    /// shut down, and joined, inside the runtime.
+    _engine: Arc<Engine>,
+}
+
+fn start_worker(cfg: QueueConfig, gate: Option<Arc<Gate>>) -> Worker {
+    let engine = Arc::new(
+        Engine::start(
+            EngineConfig {
+                max_batch: 4,
+                max_wait_ms: 5,
+                settle_ms: 2,
+                per_user_limit: 64,
+                ..Default::default()
+            },
+            move || Ok(Quick { gate }),
+        )
+        .unwrap(),
+    );
+    let (tx, rx) = oneshot::channel::<()>();
+    let kept = engine.clone();
+    let task = tokio::spawn(async move {
+        worker::run(
+            cfg,
+            engine,
+            async move {
+                let _ = rx.await;
+            },
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    });
+    Worker {
+        task,
+        _stop: tx,
+        _engine: kept,
+    }
+}
+
+/// A front end running shards `shards` of 2 (or the only shard).
+struct FrontEnd {
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), BotError>>,
+}
+
+impl FrontEnd {
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("the front end stops")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+async fn start_front_end(fake: &Arc<Fake>, cfg: QueueConfig, shard: Option<u32>) -> FrontEnd {
+    // The logs only when asked for (RUST_LOG=clip2gan=debug).
+    if std::env::var_os("RUST_LOG").is_some() {
+        clip2gan::bot::init_logging();
+    }
+    let before = fake.identifies();
+    let settings = Settings {
+        discord: DiscordConfig {
+            api_base: fake.base.clone(),
+            shards: shard.map(|s| [s, s]),
+            shard_count: if shard.is_some() { 2 } else { 0 },
+            ..Default::default()
+        },
+        bot: BotConfig {
+            cooldown_ms: 0,
+            progress_interval_ms: 100,
+            retry_base_ms: 50,
+            shutdown_grace_s: 10,
+            ..Default::default()
+        },
+    };
+    let store = RedisResults::new(&cfg, 20, 5000).unwrap();
+    let queue = QueueClient::start(cfg).unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(clip2gan::bot::run_on(
+        settings,
+        Token::new("fake.bot.token"),
+        Arc::new(queue),
+        Arc::new(store),
+        async move {
+            let _ = rx.await;
+        },
+        Arc::new(SystemClock),
+    ));
+    assert!(
+        fake.wait_ready(before + 1, WAIT).await,
+        "the front end never identified"
+    );
+    FrontEnd {
+        stop: Some(tx),
+        task,
+    }
+}
+
+/// The final answer of `token` with its image; panics otherwise.
+async fn image(fake: &Fake, token: &str) -> serde_json::Value {
+    match fake.wait_answer(token, WAIT).await.map(|t| t.event) {
+        Some(Event::Edit { payload, files, .. }) if files.len() == 1 => payload,
+        other => panic!("expected an image for {token}: {other:#?}"),
+    }
+}
+
+/// The final answer's text.
+async fn text(fake: &Fake, token: &str) -> String {
+    let t = fake.wait_answer(token, WAIT).await.expect("an answer");
+    t.event.content().unwrap_or_default().to_string()
+}
+
+/// Posts of a result (edits with a file) for `token`.
+fn posts(fake: &Fake, token: &str) -> usize {
+    fake.events(token)
+        .iter()
+        .filter(|t| matches!(&t.event, Event::Edit { files, .. } if !files.is_empty()))
+        .count()
+}
+
+fn imagine(fake: &Fake, user: u64, guild: u64, prompt: &str) -> String {
+    fake.command_in(
+        user,
+        Some(guild),
+        "imagine",
+        json!([{"name": "prompt", "type": 3, "value": prompt}]),
+    )
+}
+
+fn edit(fake: &Fake, user: u64, guild: u64, what: &str) -> String {
+    fake.command_in(
+        user,
+        Some(guild),
+        "edit",
+        json!([{"name": "instruction", "type": 3, "value": what}]),
+    )
+}
+
+/// The metrics endpoint of this test binary, installed once.
+fn metrics() -> std::net::SocketAddr {
+    static ADDR: OnceLock<std::net::SocketAddr> = OnceLock::new();
+    *ADDR.get_or_init(|| {
+        clip2gan::metrics::install(&clip2gan::metrics::MetricsConfig {
+            enabled: true,
+            listen: format!("127.0.0.1:{}", redis_server::free_port()),
+        })
+        .unwrap()
+        .unwrap()
+    })
+}
+
+/// The value of metric `name` on the line carrying all of `labels` (0 if
+/// none yet).
+async fn scrape(addr: std::net::SocketAddr, name: &str, labels: &[&str]) -> f64 {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| {
+            (l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+                && labels.iter().all(|x| l.contains(x))
+        })
+        .find_map(|l| l.rsplit_once(' ')?.1.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_front_ends_and_two_workers_share_users() {
+    let addr = metrics();
+    let redis = Redis::start();
+    let cfg = queue_config(&redis);
+    let fake = Fake::start().await;
+    let _w1 = start_worker(cfg.clone(), None);
+    let _w2 = start_worker(cfg.clone(), None);
+    let f0 = start_front_end(&fake, cfg.clone(), Some(0)).await;
+    let f1 = start_front_end(&fake, cfg.clone(), Some(1)).await;
+    let delivered = ["command=\"imagine\"", "outcome=\"delivered\""];
+    let before = scrape(addr, "clip2gan_jobs_total", &delivered).await;
+
+    // /imagine on shard 0's front end, /edit on shard 1's: the history is
+    // shared, so the edit finds the image.
+    let t = imagine(&fake, 7, GUILD_0, "a face");
+    image(&fake, &t).await;
+    let t = edit(&fake, 7, GUILD_1, "add smile");
+    let payload = image(&fake, &t).await;
+    assert!(
+        payload["content"].as_str().unwrap().contains("add smile"),
+        "{payload}"
+    );
+
+    // 20 users at once, across both shards: every one answered with an image.
+    let tokens: Vec<String> = (0..20)
+        .map(|u| imagine(&fake, 100 + u, [GUILD_0, GUILD_1][u as usize % 2], "a face"))
+        .collect();
+    for t in &tokens {
+        image(&fake, t).await;
+        assert_eq!(posts(&fake, t), 1, "posted once: {t}");
+    }
+    // The bot counts a delivery once Discord (the fake) has answered it,
+    // a moment after the fake saw it: wait for the count.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let after = scrape(addr, "clip2gan_jobs_total", &delivered).await;
+        if after >= before + 21.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the counter moved: {before} -> {after}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let defer = scrape(addr, "clip2gan_defer_seconds_count", &[]).await;
+    assert!(defer >= 22.0, "defers timed: {defer}");
+    f0.stop().await;
+    f1.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_of_a_killed_worker_is_finished_by_another_and_posted_once() {
+    let redis = Redis::start();
+    let cfg = queue_config(&redis);
+    let fake = Fake::start().await;
+    let gate = Arc::new(Gate::default());
+    let doomed = start_worker(cfg.clone(), Some(gate.clone()));
+    // Dropped before `doomed` (whose engine waits on the gate).
+    let _open = OpenOnDrop(gate.clone());
+    let front = start_front_end(&fake, cfg.clone(), None).await;
+    let t = imagine(&fake, 7, GUILD_0, "a face");
+    // The job is running on the doomed worker: kill it there.
+    fake.wait_until(WAIT, |_| {
+        (gate.entered.load(Ordering::SeqCst) > 0).then_some(())
+    })
+    .await
+    .expect("the first worker took the job");
+    doomed.task.abort();
+    let _survivor = start_worker(cfg.clone(), None);
+    image(&fake, &t).await;
+    // The dead worker's engine finishing late posts nothing more.
+    gate.release();
+    let again = imagine(&fake, 8, GUILD_0, "another face");
+    image(&fake, &again).await;
+    assert_eq!(posts(&fake, &t), 1, "{:#?}", fake.events(&t));
+    let pending = redis
+        .cli(&["XPENDING", "test:jobs", "workers"])
+        .unwrap_or_default();
+    assert!(pending.starts_with("0"), "nothing left pending: {pending}");
+    front.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_restart_between_imagine_and_edit_loses_nothing() {
+    let mut redis = Redis::start();
+    let cfg = queue_config(&redis);
+    let fake = Fake::start().await;
+    let _w = start_worker(cfg.clone(), None);
+    let front = start_front_end(&fake, cfg.clone(), None).await;
+    let t = imagine(&fake, 7, GUILD_0, "a face");
+    image(&fake, &t).await;
+    redis.down();
+    redis.up();
+    let t = edit(&fake, 7, GUILD_0, "add smile");
+    let payload = image(&fake, &t).await;
+    assert!(payload["content"].as_str().unwrap().contains("add smile"));
+    front.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unreachable_redis_is_said_and_survived() {
+    // Nothing listens yet: the front end and the worker start anyway.
+    let mut redis = Redis::stopped();
+    let cfg = queue_config(&redis);
+    let fake = Fake::start().await;
+    let _w = start_worker(cfg.clone(), None);
+    let front = start_front_end(&fake, cfg.clone(), None).await;
+    let t = imagine(&fake, 7, GUILD_0, "a face");
+    let said = text(&fake, &t).await;
+    assert!(said.contains("try again"), "{said}");
+
+    // Redis comes up: served without a restart.
+    redis.up();
+    let t = imagine(&fake, 7, GUILD_0, "a face");
+    image(&fake, &t).await;
+
+    // Down mid-run, then back.
+    redis.down();
+    let t = imagine(&fake, 8, GUILD_0, "a face");
+    let said = text(&fake, &t).await;
+    assert!(said.contains("try again"), "{said}");
+    redis.up();
+    let t = imagine(&fake, 9, GUILD_0, "a face");
+    image(&fake, &t).await;
+    front.stop().await;
+}
+
+/// The shared store keeps redb's bounds and semantics: history depth,
+/// undo, eviction of the oldest results beyond `max_latents`, quotas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_store_is_bounded_as_the_redb_one() {
+    use clip2gan::bot::results::ResultStore;
+    use clip2gan::bot::store::{Origin, Record, Ref};
+    let redis = Redis::start();
+    let s = RedisResults::new(&queue_config(&redis), 3, 5).unwrap();
+    let rec = |owner: u64, n: usize, v: f32| Record {
+        id: 0,
+        owner,
+        created_unix: 1,
+        prompt: "a face".into(),
+        origin: Origin::Imagine { seed: 3, count: n },
+        parent: None,
+        latents: (0..n)
+            .map(|k| Latent {
+                styles: 2,
+                dim: 3,
+                data: vec![v + k as f32; 6],
+            })
+            .collect(),
+    };
+    let a = s.insert(rec(1, 2, 0.0), 1, 0).await.unwrap();
+    let b = s.insert(rec(1, 1, 10.0), 1, 0).await.unwrap();
+    assert_eq!(s.current(1).await.unwrap(), Some(Ref { id: b.id, index: 0 }));
+    assert_eq!(*s.get(a.id).await.unwrap().unwrap(), *a, "read back whole");
+    assert_eq!(
+        s.undo(1).await.unwrap(),
+        Some(Ref { id: a.id, index: 0 })
+    );
+    assert_eq!(s.undo(1).await.unwrap(), None, "nothing before the first");
+    s.push(1, Ref { id: a.id, index: 1 }).await.unwrap();
+    let (_, l) = s
+        .latent(s.current(1).await.unwrap().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(l.data[0], 1.0);
+    // 2 + 1 + 3 latents > 5: the oldest result goes.
+    let c = s.insert(rec(2, 3, 20.0), 2, 0).await.unwrap();
+    assert!(s.get(a.id).await.unwrap().is_none());
+    assert!(s.get(b.id).await.unwrap().is_some());
+    assert_eq!(s.current(1).await.unwrap(), None, "user 1 only had a's images");
+    assert_eq!(s.len().await.unwrap(), 2);
+    s.delete(c.id).await.unwrap();
+    assert_eq!(s.current(2).await.unwrap(), None);
+    for i in 0..5 {
+        s.push(2, Ref { id: b.id, index: i % 2 }).await.unwrap();
+    }
+    let raw = redis.cli(&["LLEN", "test:history:2"]).unwrap();
+    assert_eq!(raw.trim(), "3", "history depth");
+    // Quotas and cooldowns live in Redis too.
+    let t0 = 1_000_000;
+    assert!(s.charge(9, 1, t0, 1).await.unwrap().is_ok());
+    assert!(s.charge(9, 1, t0 + 1, 1).await.unwrap().is_err());
+    s.refund(9, 1, t0).await.unwrap();
+    assert!(s.charge(9, 1, t0 + 2, 1).await.unwrap().is_ok());
+    let cool = Duration::from_secs(60);
+    assert!(s.cooldown_left(1, cool).await.unwrap().is_none());
+    s.started(1, cool).await.unwrap();
+    assert!(s.cooldown_left(1, cool).await.unwrap().is_some());
+}
