@@ -173,6 +173,7 @@ fn main() {
         generator: app.generator.clone(),
         settings: app.pipeline_setup().settings(),
         engine: app.engine.clone(),
+        bank_pairs: app.mapper.pairs,
     };
     let max_batch = cfg.engine.max_batch;
     let per_client = images.div_ceil(n_clients).max(1);

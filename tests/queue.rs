@@ -444,12 +444,12 @@ async fn the_shared_store_is_bounded_as_the_redb_one() {
     };
     let a = s.insert(rec(1, 2, 0.0), 1, 0).await.unwrap();
     let b = s.insert(rec(1, 1, 10.0), 1, 0).await.unwrap();
-    assert_eq!(s.current(1).await.unwrap(), Some(Ref { id: b.id, index: 0 }));
-    assert_eq!(*s.get(a.id).await.unwrap().unwrap(), *a, "read back whole");
     assert_eq!(
-        s.undo(1).await.unwrap(),
-        Some(Ref { id: a.id, index: 0 })
+        s.current(1).await.unwrap(),
+        Some(Ref { id: b.id, index: 0 })
     );
+    assert_eq!(*s.get(a.id).await.unwrap().unwrap(), *a, "read back whole");
+    assert_eq!(s.undo(1).await.unwrap(), Some(Ref { id: a.id, index: 0 }));
     assert_eq!(s.undo(1).await.unwrap(), None, "nothing before the first");
     s.push(1, Ref { id: a.id, index: 1 }).await.unwrap();
     let (_, l) = s
@@ -462,12 +462,24 @@ async fn the_shared_store_is_bounded_as_the_redb_one() {
     let c = s.insert(rec(2, 3, 20.0), 2, 0).await.unwrap();
     assert!(s.get(a.id).await.unwrap().is_none());
     assert!(s.get(b.id).await.unwrap().is_some());
-    assert_eq!(s.current(1).await.unwrap(), None, "user 1 only had a's images");
-    assert_eq!(s.len().await.unwrap(), 2);
+    assert_eq!(
+        s.current(1).await.unwrap(),
+        None,
+        "user 1 only had a's images"
+    );
+    assert_eq!(s.count().await.unwrap(), 2);
     s.delete(c.id).await.unwrap();
     assert_eq!(s.current(2).await.unwrap(), None);
     for i in 0..5 {
-        s.push(2, Ref { id: b.id, index: i % 2 }).await.unwrap();
+        s.push(
+            2,
+            Ref {
+                id: b.id,
+                index: i % 2,
+            },
+        )
+        .await
+        .unwrap();
     }
     let raw = redis.cli(&["LLEN", "test:history:2"]).unwrap();
     assert_eq!(raw.trim(), "3", "history depth");
@@ -481,4 +493,34 @@ async fn the_shared_store_is_bounded_as_the_redb_one() {
     assert!(s.cooldown_left(1, cool).await.unwrap().is_none());
     s.started(1, cool).await.unwrap();
     assert!(s.cooldown_left(1, cool).await.unwrap().is_some());
+}
+
+/// A job whose every worker dies is set aside after `max_deliveries`
+/// deliveries, and its user is told instead of waiting for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_that_outlives_its_deliveries_is_dead_lettered_and_said() {
+    let redis = Redis::start();
+    let cfg = QueueConfig {
+        max_deliveries: 1,
+        ..queue_config(&redis)
+    };
+    let fake = Fake::start().await;
+    let gate = Arc::new(Gate::default());
+    let doomed = start_worker(cfg.clone(), Some(gate.clone()));
+    let _open = OpenOnDrop(gate.clone());
+    let front = start_front_end(&fake, cfg.clone(), None).await;
+    let t = imagine(&fake, 7, GUILD_0, "a face");
+    fake.wait_until(WAIT, |_| {
+        (gate.entered.load(Ordering::SeqCst) > 0).then_some(())
+    })
+    .await
+    .expect("the first worker took the job");
+    doomed.task.abort();
+    let _next = start_worker(cfg.clone(), None);
+    let said = text(&fake, &t).await;
+    assert!(said.contains("set aside"), "{said}");
+    assert_eq!(posts(&fake, &t), 0);
+    let dead = redis.cli(&["XLEN", "test:dead"]).unwrap();
+    assert_eq!(dead.trim(), "1", "kept for an operator");
+    front.stop().await;
 }

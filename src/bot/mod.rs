@@ -227,7 +227,7 @@ pub async fn run_on(
         },
     )
     .map_err(BotError::Config)?;
-    match store.len().await {
+    match store.count().await {
         Ok(n) => info!(results = n, "results store ready"),
         // A shared store may come back later; the handlers say so meanwhile.
         Err(e) => warn!(error = %e, "the results store cannot be read yet"),

@@ -82,7 +82,7 @@ pub trait ResultStore: Send + Sync + 'static {
     async fn started(&self, user: u64, cooldown: Duration) -> Result<(), BotError>;
 
     /// Results held, for the start-up log line.
-    async fn len(&self) -> Result<usize, BotError>;
+    async fn count(&self) -> Result<usize, BotError>;
 }
 
 /// One process: the redb store on disk, cooldowns in memory (a restart
@@ -189,7 +189,7 @@ impl ResultStore for Local {
         Ok(())
     }
 
-    async fn len(&self) -> Result<usize, BotError> {
+    async fn count(&self) -> Result<usize, BotError> {
         Ok(self.store.len())
     }
 }

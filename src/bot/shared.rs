@@ -364,7 +364,7 @@ impl ResultStore for RedisResults {
             .map_err(down)
     }
 
-    async fn len(&self) -> Result<usize, BotError> {
+    async fn count(&self) -> Result<usize, BotError> {
         self.link
             .run(redis::cmd("ZCARD").arg(self.key("results")))
             .await
