@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 use clip2gan::bot::{BotConfig, BotError, DiscordConfig, Settings, Token};
 use clip2gan::engine::{
-    Backend, Engine, EngineConfig, EngineError, GrowingBackend, PipelineBackend, RawOutput,
-    Resolved,
+    Backend, Engine, EngineConfig, EngineError, GrowingBackend, PipelineBackend, RawOutput, Request,
 };
 use clip2gan::generator::Generator;
 use clip2gan::pipeline::{Pipeline, Settings as PipelineSettings};
@@ -61,7 +60,7 @@ fn engine_config() -> EngineConfig {
         settle_ms: 10,
         per_user_limit: 2,
         output_size: SIZE,
-        latent_cache: 100,
+        ..Default::default()
     }
 }
 
@@ -738,7 +737,7 @@ impl Backend for Gated {
         self.inner.latent_shape()
     }
 
-    fn run(&mut self, batch: &[Resolved]) -> Vec<Result<RawOutput, EngineError>> {
+    fn run(&mut self, batch: &[Request]) -> Vec<Result<RawOutput, EngineError>> {
         // Err: the sender is gone, the gate stays open.
         let _ = self.permits.recv();
         self.inner.run(batch)
@@ -859,7 +858,7 @@ impl<B: Backend> Backend for GatedIdle<B> {
         self.inner.latent_shape()
     }
 
-    fn run(&mut self, batch: &[Resolved]) -> Vec<Result<RawOutput, EngineError>> {
+    fn run(&mut self, batch: &[Request]) -> Vec<Result<RawOutput, EngineError>> {
         self.inner.run(batch)
     }
 

@@ -18,7 +18,7 @@ use serenity::all::{
 };
 use tracing::{error, info, warn};
 
-use crate::engine::{limits, EngineError, JobHandle, Latent, LatentRef, Layers, Output, Request};
+use crate::engine::{limits, EngineError, JobHandle, Latent, Layers, Output, Request};
 
 use super::attach::{self, Photo};
 use super::commands::{self, check_strength, check_text, Command};
@@ -357,10 +357,9 @@ impl Bot {
         let Some((rec, latent)) = self.store.latent(r) else {
             return self.say(&resp, GONE).await;
         };
-        // By value: the engine's own latent cache may have evicted it, or
-        // the bot may have restarted since.
+        // By value: the store is the one place latents are kept.
         let request = Request::Edit {
-            latent: LatentRef::Data(latent),
+            latent,
             instruction: instruction.clone(),
             strength,
             layers: Layers::All,
@@ -408,7 +407,7 @@ impl Bot {
             return self.say(&resp, GONE).await;
         };
         let request = Request::Render {
-            latents: vec![LatentRef::Data(latent)],
+            latents: vec![latent],
         };
         self.start(resp, ctx, request, Then::Show { r, note }).await
     }
@@ -445,8 +444,8 @@ impl Bot {
         };
         let frames = frames.unwrap_or(self.cfg.morph_frames);
         let request = Request::Interpolate {
-            a: LatentRef::Data(la),
-            b: LatentRef::Data(lb),
+            a: la,
+            b: lb,
             frames,
         };
         self.start(resp, ctx, request, Then::Morph { a, b, frames })
@@ -464,9 +463,9 @@ impl Bot {
                 )
                 .await;
         }
-        let latents: Vec<LatentRef> = refs
+        let latents: Vec<Latent> = refs
             .iter()
-            .filter_map(|r| self.store.latent(*r).map(|(_, l)| LatentRef::Data(l)))
+            .filter_map(|r| self.store.latent(*r).map(|(_, l)| l))
             .collect();
         if latents.len() != refs.len() {
             // Deleted between the two looks: ask again rather than mislabel.
@@ -553,7 +552,7 @@ impl Bot {
             Action::Variations => {
                 let seed = random_seed();
                 let request = Request::Variations {
-                    latent: LatentRef::Data(rec.latents[r.index].clone()),
+                    latent: rec.latents[r.index].clone(),
                     seed,
                     count: self.cfg.variations_count,
                     amount: self.cfg.variation_amount,
@@ -997,7 +996,7 @@ impl Bot {
                 return Err(Refused(None));
             }
         };
-        let Some(latent) = out.latents.first().map(|(_, l)| l.clone()) else {
+        let Some(latent) = out.latents.first().cloned() else {
             return Err(Refused::say(
                 "The photo gave no face; please try another one.",
             ));
@@ -1022,7 +1021,7 @@ impl Bot {
         };
         let parent = photo.as_ref().ok().map(|r| Ref { id: r.id, index: 0 });
         let request = Request::Edit {
-            latent: LatentRef::Data(latent),
+            latent,
             instruction: instruction.clone(),
             strength,
             layers: Layers::All,
@@ -1056,7 +1055,7 @@ impl Bot {
                     strength,
                 },
                 parent,
-                out.latents.into_iter().map(|(_, l)| l).collect(),
+                out.latents,
             )
             .await;
         let reply = self
@@ -1140,8 +1139,7 @@ impl Bot {
                 let note = out
                     .truncated_prompt
                     .then_some("Note: CLIP reads 77 tokens; the end of the prompt was ignored.");
-                let latents = out.latents.into_iter().map(|(_, l)| l).collect();
-                let saved = self.save(user, prompt, origin, parent, latents).await;
+                let saved = self.save(user, prompt, origin, parent, out.latents).await;
                 self.new_reply(resp, saved, out.images, note).await
             }
             Then::Show { r, note } => {
