@@ -42,11 +42,7 @@ impl Backend for Fake {
                 }
                 Ok(RawOutput {
                     images: vec![image::RgbImage::new(1, 1)],
-                    latents: vec![Latent {
-                        styles: 2,
-                        dim: 3,
-                        data: vec![0.5; 6],
-                    }],
+                    latents: vec![latent(2, 3, 0.5)],
                     animate: false,
                     truncated_prompt: false,
                     scores: None,
@@ -54,6 +50,15 @@ impl Backend for Fake {
                 })
             })
             .collect()
+    }
+}
+
+/// A `styles x dim` latent filled with `v`.
+fn latent(styles: usize, dim: usize, v: f32) -> Latent {
+    Latent {
+        styles,
+        dim,
+        data: vec![v; styles * dim],
     }
 }
 
@@ -179,26 +184,23 @@ async fn per_user_limit_holds_and_frees_up() {
 
 #[tokio::test]
 async fn concurrent_jobs_of_different_users_share_a_batch() {
-    let (e, batches, _) = engine(cfg(16, 4, 300, 2), false);
-    let hs: Vec<_> = ["a", "b", "c"]
-        .iter()
-        .enumerate()
-        .map(|(u, p)| e.submit(u as u64, imagine(p)).unwrap())
-        .collect();
-    for h in hs {
-        h.wait().await.unwrap();
+    // One prompt per user, all submitted before any is awaited.
+    async fn each_user_once(max_batch: usize, prompts: &[&str]) -> Batches {
+        let (e, batches, _) = engine(cfg(16, max_batch, 300, 2), false);
+        let hs: Vec<_> = prompts
+            .iter()
+            .enumerate()
+            .map(|(u, p)| e.submit(u as u64, imagine(p)).unwrap())
+            .collect();
+        for h in hs {
+            h.wait().await.unwrap();
+        }
+        batches
     }
+    let batches = each_user_once(4, &["a", "b", "c"]).await;
     assert_eq!(batches.lock().unwrap().clone(), vec![vec!["a", "b", "c"]]);
     // Batching off: one job per pass.
-    let (e, batches, _) = engine(cfg(16, 1, 300, 2), false);
-    let hs: Vec<_> = ["a", "b"]
-        .iter()
-        .enumerate()
-        .map(|(u, p)| e.submit(u as u64, imagine(p)).unwrap())
-        .collect();
-    for h in hs {
-        h.wait().await.unwrap();
-    }
+    let batches = each_user_once(1, &["a", "b"]).await;
     assert_eq!(batches.lock().unwrap().len(), 2);
 }
 
@@ -265,28 +267,18 @@ async fn bad_requests_are_refused_and_outputs_can_be_edited() {
         strength,
         layers: Layers::All,
     };
-    let wrong = Latent {
-        styles: 3,
-        dim: 3,
-        data: vec![0.0; 9],
-    };
     assert!(matches!(
-        e.submit(1, edit(wrong, 1.0)),
+        e.submit(1, edit(latent(3, 3, 0.0), 1.0)),
         Err(EngineError::InvalidRequest(_))
     ));
-    let ok = Latent {
-        styles: 2,
-        dim: 3,
-        data: vec![0.0; 6],
-    };
     assert!(matches!(
-        e.submit(1, edit(ok, 9.0)),
+        e.submit(1, edit(latent(2, 3, 0.0), 9.0)),
         Err(EngineError::InvalidRequest(_))
     ));
     // A latent the engine produced goes back to it by value.
     let out = e.submit(1, imagine("x")).unwrap().wait().await.unwrap();
-    let latent = out.latents.into_iter().next().unwrap();
-    e.submit(1, edit(latent, 1.0))
+    let produced = out.latents.into_iter().next().unwrap();
+    e.submit(1, edit(produced, 1.0))
         .unwrap()
         .wait()
         .await

@@ -53,6 +53,21 @@ fn config() -> TrainConfig {
     c
 }
 
+/// Full mode without the latent and pull losses (image and CLIP losses
+/// only): `steps` steps of `batch` samples, reconstructed at `recon_size`.
+fn full_config(steps: u64, batch: usize, recon_size: usize, warmup_steps: u64) -> TrainConfig {
+    let mut cfg = config();
+    cfg.mode = Mode::Full;
+    cfg.steps = steps;
+    cfg.batch_size = batch;
+    cfg.gen_batch = batch;
+    cfg.recon_size = recon_size;
+    cfg.warmup_steps = warmup_steps;
+    cfg.loss.latent = 0.0;
+    cfg.loss.pull = 0.0;
+    cfg
+}
+
 static NEVER: AtomicBool = AtomicBool::new(false);
 
 fn setup<'a>(t: &'a Tiny, cfg: TrainConfig, run: &str) -> Setup<'a> {
@@ -218,16 +233,8 @@ fn full_mode_backpropagates_through_generator_and_clip() {
         img.save(images.join(format!("{i}.png"))).unwrap();
     }
     std::fs::write(images.join("notes.txt"), "not an image").unwrap();
-    let mut cfg = config();
-    cfg.mode = Mode::Full;
-    cfg.steps = 12;
-    cfg.batch_size = 4;
-    cfg.gen_batch = 4;
-    cfg.recon_size = 16;
-    cfg.warmup_steps = 2;
+    let mut cfg = full_config(12, 4, 16, 2);
     cfg.image_dir = Some(images.clone());
-    cfg.loss.latent = 0.0;
-    cfg.loss.pull = 0.0;
     let r = train::train(&setup(&t, cfg.clone(), "full")).unwrap();
     assert_eq!(r.step, 12);
     let text = std::fs::read_to_string(&r.metrics).unwrap();
@@ -520,17 +527,9 @@ fn full_mode_lowers_the_image_loss_through_stylegan2() {
     use clip2gan::generator::Generator;
     let dir = tempfile::tempdir().unwrap();
     let (g, clip) = tiny_stylegan2(dir.path());
-    let mut cfg = config();
-    cfg.mode = Mode::Full;
-    cfg.steps = 30;
-    cfg.batch_size = 8;
-    cfg.gen_batch = 8;
+    let mut cfg = full_config(30, 8, 32, 5);
     cfg.image_size = 32;
-    cfg.recon_size = 32;
     cfg.lr = 4e-3;
-    cfg.warmup_steps = 5;
-    cfg.loss.latent = 0.0;
-    cfg.loss.pull = 0.0;
     cfg.loss.clip = 0.0;
     let spec = train::data::SampleSpec {
         truncation: cfg.truncation,

@@ -142,51 +142,42 @@ impl PipelineBackend {
     fn run_batch(&self, batch: &[Request]) -> Result<Vec<RawOutput>, EngineError> {
         let p = &self.pipeline;
         let mut stages = Stages::default();
-        let rendered = match &batch[0] {
-            Request::Imagine { .. } => {
-                let reqs = batch
-                    .iter()
-                    .map(|j| match j {
-                        Request::Imagine {
-                            prompt,
-                            count,
-                            seed,
-                            truncation,
-                            candidates,
-                        } => Ok(ImagineRequest {
-                            prompt: prompt.clone(),
-                            count: *count,
-                            seed: *seed,
-                            truncation: *truncation,
-                            candidates: *candidates,
-                        }),
-                        _ => Err(EngineError::Failed("mixed batch".into())),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                p.imagine_timed(&reqs, &mut stages).map_err(failed)?
+        let (mut imagine, mut edit) = (Vec::new(), Vec::new());
+        for job in batch {
+            match job {
+                Request::Imagine {
+                    prompt,
+                    count,
+                    seed,
+                    truncation,
+                    candidates,
+                } => imagine.push(ImagineRequest {
+                    prompt: prompt.clone(),
+                    count: *count,
+                    seed: *seed,
+                    truncation: *truncation,
+                    candidates: *candidates,
+                }),
+                Request::Edit {
+                    latent,
+                    instruction,
+                    strength,
+                    layers,
+                } => edit.push(EditRequest {
+                    latent: self.tensor(latent)?,
+                    instruction: instruction.clone(),
+                    strength: *strength,
+                    layers: *layers,
+                }),
+                _ => return Err(EngineError::Failed("not a batchable request".into())),
             }
-            Request::Edit { .. } => {
-                let reqs = batch
-                    .iter()
-                    .map(|j| match j {
-                        Request::Edit {
-                            latent,
-                            instruction,
-                            strength,
-                            layers,
-                        } => Ok(EditRequest {
-                            latent: self.tensor(latent)?,
-                            instruction: instruction.clone(),
-                            strength: *strength,
-                            layers: *layers,
-                        }),
-                        _ => Err(EngineError::Failed("mixed batch".into())),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                p.edit_timed(&reqs, &mut stages).map_err(failed)?
-            }
-            _ => return Err(EngineError::Failed("not a batchable request".into())),
-        };
+        }
+        let rendered = match (imagine.is_empty(), edit.is_empty()) {
+            (false, true) => p.imagine_timed(&imagine, &mut stages),
+            (true, false) => p.edit_timed(&edit, &mut stages),
+            _ => return Err(EngineError::Failed("mixed batch".into())),
+        }
+        .map_err(failed)?;
         let mut out = rendered
             .into_iter()
             .map(|r| self.output(r, false))
