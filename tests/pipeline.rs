@@ -266,19 +266,12 @@ fn cli_imagine_then_edit() {
     let dir = setup();
     let _ = common::mobilestylegan(); // weights fetched
     let out = dir.path().join("face.png");
-    let o = cli(
-        dir.path(),
-        &[
-            "imagine",
-            "a man with a beard",
-            "-n",
-            "2",
-            "--size",
-            "128",
-            "-o",
-            out.to_str().unwrap(),
-        ],
-    );
+    // Both commands render at 128 px.
+    let at_128 = |args: &[&str], out: &Path| {
+        let more = ["--size", "128", "-o", out.to_str().unwrap()];
+        cli(dir.path(), &[args, &more].concat())
+    };
+    let o = at_128(&["imagine", "a man with a beard", "-n", "2"], &out);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let lat = dir.path().join("face-1.npy");
     assert!(dir.path().join("face.npy").exists() && lat.exists());
@@ -287,21 +280,16 @@ fn cli_imagine_then_edit() {
         vec![1, 23, 512]
     );
     let edited = dir.path().join("edited.png");
-    let o = cli(
-        dir.path(),
-        &[
-            "edit",
-            "add smile",
-            "--latent",
-            lat.to_str().unwrap(),
-            "--strength",
-            "1.5",
-            "--size",
-            "128",
-            "-o",
-            edited.to_str().unwrap(),
-        ],
-    );
+    let lat_arg = lat.to_str().unwrap();
+    let edit = [
+        "edit",
+        "add smile",
+        "--latent",
+        lat_arg,
+        "--strength",
+        "1.5",
+    ];
+    let o = at_128(&edit, &edited);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let a = image::open(dir.path().join("face-1.png"))
         .unwrap()
