@@ -148,6 +148,7 @@ fn main() {
         generator: app.generator.clone(),
         settings: app.pipeline_setup().settings(),
         engine: app.engine.clone(),
+        bank_pairs: app.mapper.pairs,
     };
     let max_batch = cfg.engine.max_batch;
     let rt = tokio::runtime::Builder::new_multi_thread()

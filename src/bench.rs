@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::generator::{z_for_seeds, Generator, NoiseMode};
 use crate::image_io::resize_area;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct GeneratorBench {
     pub bench: &'static str,
     pub generator: String,
@@ -28,6 +28,23 @@ pub struct GeneratorBench {
     pub cpu_ms_per_image: f64,
 }
 
+impl GeneratorBench {
+    /// Two passes of the same batch as one: times and CPU averaged, the
+    /// extremes of both.
+    fn mean_with(&self, other: &GeneratorBench) -> GeneratorBench {
+        let ms = (self.ms_per_image + other.ms_per_image) / 2.0;
+        GeneratorBench {
+            iters: self.iters + other.iters,
+            ms_per_image: ms,
+            images_per_s: 1000.0 / ms,
+            min_ms_per_image: self.min_ms_per_image.min(other.min_ms_per_image),
+            max_ms_per_image: self.max_ms_per_image.max(other.max_ms_per_image),
+            cpu_ms_per_image: (self.cpu_ms_per_image + other.cpu_ms_per_image) / 2.0,
+            ..self.clone()
+        }
+    }
+}
+
 /// Time z -> w -> image (resized to `size`) for `iters` batches after one warm-up.
 pub fn generator(
     g: &dyn Generator,
@@ -40,8 +57,9 @@ pub fn generator(
         let z = z_for_seeds(seed, batch, g.z_dim(), g.device())?;
         let w = g.broadcast_w(&g.map(&z)?)?;
         let img = resize_area(&g.synthesize(&w, NoiseMode::Fixed)?, size)?;
-        // Reading the result back forces any queued device work to finish.
-        let _ = img.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+        // Reading one value back forces any queued device work to finish
+        // (a reduction over the batch would add its own time).
+        let _ = img.flatten_all()?.narrow(0, 0, 1)?.to_vec1::<f32>()?;
         Ok((
             t0.elapsed().as_secs_f64() * 1000.0 / batch as f64,
             (process_cpu_s() - c0) * 1000.0 / batch as f64,
@@ -296,10 +314,14 @@ pub struct BenchConfig {
     pub generator: crate::generator::GeneratorConfig,
     pub settings: crate::pipeline::Settings,
     pub engine: crate::engine::EngineConfig,
+    /// Residuals in the random mapper's bank (`[mapper] pairs`).
+    pub bank_pairs: usize,
 }
 
 /// A pipeline with real generator weights, a random ViT-B/32-shaped CLIP and
-/// a random mapper: the speed of the real thing, without trained weights.
+/// a random mapper of the kind first use builds (the closed-form fit: one
+/// affine map to w and a bank of residuals for variety, `[mapper] pairs` of
+/// them): the speed of what a fresh install runs, without trained weights.
 pub fn random_pipeline(
     cfg: &BenchConfig,
     device: &candle_core::Device,
@@ -313,12 +335,45 @@ pub fn random_pipeline(
         generator: generator.id().into(),
         num_styles: generator.num_styles(),
         w_dim: generator.w_dim(),
-        config: Default::default(),
+        config: crate::mapper::MapperConfig {
+            kind: crate::mapper::MapperKind::Linear,
+            depth: 0,
+            width: 0,
+            bank: cfg.bank_pairs,
+            ..Default::default()
+        },
         step: 0,
         training: serde_json::Value::Null,
         metrics: serde_json::Value::Null,
     };
+    let (d, w) = (meta.clip_dim, meta.w_dim);
+    let normal = |name: &str, shape: &[usize], std: f64| -> Result<candle_core::Tensor> {
+        Ok((crate::rng::normal_tensor(0, name, shape, device)? * std)?)
+    };
+    let vars = [
+        // A unit embedding moves w by about one spread of real faces.
+        ("linear.weight", normal("bench-weight", &[w, d], 0.5)?),
+        (
+            "linear.bias",
+            candle_core::Tensor::zeros(w, candle_core::DType::F32, device)?,
+        ),
+        ("max_shift", candle_core::Tensor::new(&[20f32], device)?),
+        (
+            "text_shift",
+            candle_core::Tensor::zeros(d, candle_core::DType::F32, device)?,
+        ),
+        (
+            "residuals",
+            normal("bench-residuals", &[cfg.bank_pairs.max(1), w], 0.3)?,
+        ),
+    ];
     let varmap = candle_nn::VarMap::new();
+    {
+        let mut data = varmap.data().lock().expect("not poisoned");
+        for (name, t) in vars {
+            data.insert(name.to_string(), candle_core::Var::from_tensor(&t)?);
+        }
+    }
     let mapper = crate::mapper::Mapper::init(&varmap, meta, generator.w_avg(), device)?;
     Ok(crate::pipeline::Pipeline {
         clip,
@@ -419,6 +474,30 @@ pub struct EngineCase {
     pub speedup: f64,
 }
 
+/// One round: the generator's sweep and every case, measured together.
+#[derive(Debug, Serialize)]
+pub struct EngineRound {
+    /// The generator alone (z -> image at its resolution) at batch 1, 2, 4,
+    /// ... up to `max_batch`, the mean of a pass before and one after the
+    /// round's engine runs.
+    pub generator: Vec<GeneratorBench>,
+    pub generator_best_batch: usize,
+    pub generator_best_images_per_s: f64,
+    pub cases: Vec<EngineCase>,
+}
+
+/// A concurrency's ratios over the rounds, and their medians.
+#[derive(Debug, Serialize)]
+pub struct EngineSummary {
+    pub concurrency: usize,
+    /// Batched images/s over the same round's generator best, per round.
+    pub of_generator_best: Vec<f64>,
+    pub median_of_generator_best: f64,
+    /// Batched over unbatched images/s, per round.
+    pub speedup: Vec<f64>,
+    pub median_speedup: f64,
+}
+
 #[derive(Debug, Serialize)]
 pub struct EngineBench {
     pub bench: &'static str,
@@ -427,13 +506,8 @@ pub struct EngineBench {
     pub jobs_per_client: usize,
     pub max_batch: usize,
     pub output_size: usize,
-    /// The generator alone (z -> image at its resolution) at batch 1, 2, 4,
-    /// ... up to `max_batch`, best of a pass before and one after the
-    /// engine runs.
-    pub generator: Vec<GeneratorBench>,
-    pub generator_best_batch: usize,
-    pub generator_best_images_per_s: f64,
-    pub cases: Vec<EngineCase>,
+    pub rounds: Vec<EngineRound>,
+    pub summary: Vec<EngineSummary>,
 }
 
 /// Batch sizes timed for the generator's best rate: powers of two up to
@@ -449,13 +523,16 @@ fn generator_batches(max_batch: usize) -> Vec<usize> {
 /// For each of `concurrency`, that many clients, each submitting `jobs`
 /// one-image /imagine jobs one after the other, against the engine with
 /// batching on (`max_batch`) and off; and the generator alone timed in the
-/// same run, so the ratio engine / generator holds under the same load.
+/// same round, so the ratio engine / generator holds under the same load.
+/// `rounds` repeats all of it: a run of a few seconds on a shared CPU
+/// drifts by several percent, so the ratios quoted are the medians.
 pub fn engine(
     cfg: &BenchConfig,
     device: &candle_core::Device,
     concurrency: &[usize],
     jobs: usize,
     max_batch: usize,
+    rounds: usize,
 ) -> Result<EngineBench> {
     let gen = crate::generator::open(&cfg.generator, &cfg.models_dir, device, true)?;
     let batches = generator_batches(max_batch);
@@ -465,34 +542,61 @@ pub fn engine(
             .map(|&b| generator(gen.as_ref(), b, gen.resolution(), 3))
             .collect()
     };
-    let mut gen_rates = time_generator()?;
-    let mut cases = Vec::new();
-    for &c in concurrency {
-        let batched = engine_clients(cfg, device, c, jobs, max_batch)?;
-        let unbatched = engine_clients(cfg, device, c, jobs, 1)?;
-        cases.push(EngineCase {
-            concurrency: c,
-            speedup: batched.images_per_s / unbatched.images_per_s,
-            batched,
-            unbatched,
+    let mut all = Vec::new();
+    for _ in 0..rounds.max(1) {
+        let mut gen_rates = time_generator()?;
+        let mut cases = Vec::new();
+        for &c in concurrency {
+            let batched = engine_clients(cfg, device, c, jobs, max_batch)?;
+            let unbatched = engine_clients(cfg, device, c, jobs, 1)?;
+            cases.push(EngineCase {
+                concurrency: c,
+                speedup: batched.images_per_s / unbatched.images_per_s,
+                batched,
+                unbatched,
+            });
+        }
+        // Again after the engine runs, and the mean of the two passes: the
+        // passes bracket the engine's runs, so a drift of the machine's speed
+        // during the round weighs on both sides alike (the best of the two
+        // would favour the generator by the noise alone).
+        for (before, after) in gen_rates.iter_mut().zip(time_generator()?) {
+            *before = before.mean_with(&after);
+        }
+        let best = gen_rates
+            .iter()
+            .max_by(|a, b| a.images_per_s.total_cmp(&b.images_per_s))
+            .expect("at least batch 1");
+        let (best_batch, best_rate) = (best.batch, best.images_per_s);
+        for c in &mut cases {
+            c.batched.of_generator_best = c.batched.images_per_s / best_rate;
+            c.unbatched.of_generator_best = c.unbatched.images_per_s / best_rate;
+        }
+        all.push(EngineRound {
+            generator: gen_rates,
+            generator_best_batch: best_batch,
+            generator_best_images_per_s: best_rate,
+            cases,
         });
     }
-    // Again after the engine runs: the best of the two passes is the
-    // generator's rate when the machine was quietest.
-    for (best, again) in gen_rates.iter_mut().zip(time_generator()?) {
-        if again.ms_per_image < best.ms_per_image {
-            *best = again;
-        }
-    }
-    let best = gen_rates
+    let summary = concurrency
         .iter()
-        .max_by(|a, b| a.images_per_s.total_cmp(&b.images_per_s))
-        .expect("at least batch 1");
-    let (best_batch, best_rate) = (best.batch, best.images_per_s);
-    for c in &mut cases {
-        c.batched.of_generator_best = c.batched.images_per_s / best_rate;
-        c.unbatched.of_generator_best = c.unbatched.images_per_s / best_rate;
-    }
+        .enumerate()
+        .map(|(i, &c)| {
+            let of: Vec<f64> = all
+                .iter()
+                .map(|r| r.cases[i].batched.of_generator_best)
+                .collect();
+            let sp: Vec<f64> = all.iter().map(|r| r.cases[i].speedup).collect();
+            EngineSummary {
+                concurrency: c,
+                median_of_generator_best: median(of.clone()),
+                of_generator_best: of,
+                median_speedup: median(sp.clone()),
+                speedup: sp,
+            }
+        })
+        .collect();
     Ok(EngineBench {
         bench: "engine",
         device: crate::device::describe(device),
@@ -500,10 +604,8 @@ pub fn engine(
         jobs_per_client: jobs,
         max_batch,
         output_size: cfg.engine.output_size,
-        generator: gen_rates,
-        generator_best_batch: best_batch,
-        generator_best_images_per_s: best_rate,
-        cases,
+        rounds: all,
+        summary,
     })
 }
 
@@ -629,71 +731,103 @@ pub fn engine_clients(
 }
 
 impl EngineBench {
-    /// The figures as a table for people (the JSON line has them all).
+    /// The figures as a table for people (the JSON line has them all): each
+    /// round's headline, the last round's stage tables, the medians.
     pub fn table(&self) -> String {
         use std::fmt::Write;
         let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "generator alone ({}, at its resolution; the engine delivers {} px):",
-            self.device, self.output_size
-        );
-        for g in &self.generator {
+        let n = self.rounds.len();
+        for (k, r) in self.rounds.iter().enumerate() {
             let _ = writeln!(
                 s,
-                "  batch {:>3}: {:7.1} ms/img  {:6.2} img/s  cpu {:7.1} ms/img",
-                g.batch, g.ms_per_image, g.images_per_s, g.cpu_ms_per_image
+                "round {}/{n}: generator alone ({}, at its resolution; the engine delivers {} px):",
+                k + 1,
+                self.device,
+                self.output_size
             );
-        }
-        let _ = writeln!(
-            s,
-            "  best: batch {} at {:.2} img/s",
-            self.generator_best_batch, self.generator_best_images_per_s
-        );
-        for c in &self.cases {
-            let _ = writeln!(
-                s,
-                "\nconcurrency {} x {} jobs: batched {:.2} img/s ({:.0}% of the generator's best), unbatched {:.2} img/s ({:.0}%), batched/unbatched {:.2}x",
-                c.concurrency,
-                self.jobs_per_client,
-                c.batched.images_per_s,
-                100.0 * c.batched.of_generator_best,
-                c.unbatched.images_per_s,
-                100.0 * c.unbatched.of_generator_best,
-                c.speedup
-            );
-            let _ = writeln!(
-                s,
-                "  {:<13} {:>10} {:>10} | {:>10} {:>10}",
-                "ms", "batched", "", "unbatched", ""
-            );
-            let _ = writeln!(
-                s,
-                "  {:<13} {:>10} {:>10} | {:>10} {:>10}",
-                "stage", "per image", "latency", "per image", "latency"
-            );
-            let (b, u) = (&c.batched, &c.unbatched);
-            for (((name, bp), (_, bl)), ((_, up), (_, ul))) in b
-                .per_image
-                .rows()
-                .iter()
-                .zip(b.latency.rows())
-                .zip(u.per_image.rows().iter().zip(u.latency.rows()))
-            {
+            for g in &r.generator {
                 let _ = writeln!(
                     s,
-                    "  {name:<13} {bp:>10.1} {bl:>10.1} | {up:>10.1} {ul:>10.1}"
+                    "  batch {:>3}: {:7.1} ms/img  {:6.2} img/s  cpu {:7.1} ms/img",
+                    g.batch, g.ms_per_image, g.images_per_s, g.cpu_ms_per_image
                 );
             }
-            for (name, b, u) in [
-                ("p50", b.p50_ms, u.p50_ms),
-                ("p95", b.p95_ms, u.p95_ms),
-                ("cpu/img", b.cpu_ms_per_image, u.cpu_ms_per_image),
-                ("batch (imgs)", b.mean_batch_images, u.mean_batch_images),
-            ] {
-                let _ = writeln!(s, "  {name:<13} {:>21.1} | {:>21.1}", b, u);
+            let _ = writeln!(
+                s,
+                "  best: batch {} at {:.2} img/s",
+                r.generator_best_batch, r.generator_best_images_per_s
+            );
+            for c in &r.cases {
+                let _ = writeln!(
+                    s,
+                    "  concurrency {} x {} jobs: batched {:.2} img/s ({:.0}% of the generator's best), unbatched {:.2} img/s ({:.0}%), batched/unbatched {:.2}x",
+                    c.concurrency,
+                    self.jobs_per_client,
+                    c.batched.images_per_s,
+                    100.0 * c.batched.of_generator_best,
+                    c.unbatched.images_per_s,
+                    100.0 * c.unbatched.of_generator_best,
+                    c.speedup
+                );
+                if k + 1 == n {
+                    stage_table(&mut s, c);
+                }
             }
         }
+        let _ = writeln!(s, "\nmedians over {n} rounds:");
+        for m in &self.summary {
+            let pct: Vec<String> = m
+                .of_generator_best
+                .iter()
+                .map(|r| format!("{:.0}%", 100.0 * r))
+                .collect();
+            let sp: Vec<String> = m.speedup.iter().map(|r| format!("{r:.2}x")).collect();
+            let _ = writeln!(
+                s,
+                "  concurrency {}: batched {:.0}% of the generator's best ({}), batched/unbatched {:.2}x ({})",
+                m.concurrency,
+                100.0 * m.median_of_generator_best,
+                pct.join(", "),
+                m.median_speedup,
+                sp.join(", ")
+            );
+        }
         s
+    }
+}
+
+/// Where the time goes, batched beside unbatched.
+fn stage_table(s: &mut String, c: &EngineCase) {
+    use std::fmt::Write;
+    let _ = writeln!(
+        s,
+        "    {:<13} {:>10} {:>10} | {:>10} {:>10}",
+        "ms", "batched", "", "unbatched", ""
+    );
+    let _ = writeln!(
+        s,
+        "    {:<13} {:>10} {:>10} | {:>10} {:>10}",
+        "stage", "per image", "latency", "per image", "latency"
+    );
+    let (b, u) = (&c.batched, &c.unbatched);
+    for (((name, bp), (_, bl)), ((_, up), (_, ul))) in b
+        .per_image
+        .rows()
+        .iter()
+        .zip(b.latency.rows())
+        .zip(u.per_image.rows().iter().zip(u.latency.rows()))
+    {
+        let _ = writeln!(
+            s,
+            "    {name:<13} {bp:>10.1} {bl:>10.1} | {up:>10.1} {ul:>10.1}"
+        );
+    }
+    for (name, b, u) in [
+        ("p50", b.p50_ms, u.p50_ms),
+        ("p95", b.p95_ms, u.p95_ms),
+        ("cpu/img", b.cpu_ms_per_image, u.cpu_ms_per_image),
+        ("batch (imgs)", b.mean_batch_images, u.mean_batch_images),
+    ] {
+        let _ = writeln!(s, "    {name:<13} {:>21.1} | {:>21.1}", b, u);
     }
 }

@@ -192,6 +192,11 @@ enum BenchCommand {
         jobs_per_client: usize,
         #[arg(long, default_value_t = 8)]
         max_batch: usize,
+        /// Repeat the generator sweep and every case this many times and
+        /// quote the median ratios (a few-second run drifts by several
+        /// percent on a shared CPU).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// Time CLIP's text and image encoders at ViT-B/32 shapes (random
     /// weights) against an sgemm of the same run.
@@ -277,10 +282,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             concurrency,
             jobs_per_client,
             max_batch,
+            rounds,
         }) => {
-            if concurrency.contains(&0) || jobs_per_client == 0 || max_batch == 0 {
+            if concurrency.contains(&0) || jobs_per_client == 0 || max_batch == 0 || rounds == 0 {
                 return Err(Error::invalid(
-                    "--concurrency, --jobs-per-client and --max-batch must be at least 1",
+                    "--concurrency, --jobs-per-client, --max-batch and --rounds must be at least 1",
                 )
                 .into());
             }
@@ -290,8 +296,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 generator: cfg.generator.clone(),
                 settings: cfg.pipeline_setup().settings(),
                 engine: cfg.engine.clone(),
+                bank_pairs: cfg.mapper.pairs,
             };
-            let r = bench::engine(&setup, &dev, &concurrency, jobs_per_client, max_batch)?;
+            let r = bench::engine(
+                &setup,
+                &dev,
+                &concurrency,
+                jobs_per_client,
+                max_batch,
+                rounds,
+            )?;
             eprint!("{}", r.table());
             println!("{}", serde_json::to_string(&r)?);
             Ok(())

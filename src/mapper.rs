@@ -42,6 +42,9 @@ pub enum Activation {
     Silu,
 }
 
+/// Negative slope of the MLP's leaky ReLU.
+pub const LEAKY_SLOPE: f32 = 0.2;
+
 /// How a mapper computes its prediction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -385,7 +388,7 @@ impl Mapper {
                         x = candle_nn::ops::layer_norm_slow(&x, norm.weight(), bias, LN_EPS)?;
                     }
                     x = match self.meta.config.activation {
-                        Activation::LeakyRelu => crate::ops::leaky_relu(&x, 0.2)?,
+                        Activation::LeakyRelu => crate::ops::leaky_relu(&x, LEAKY_SLOPE)?,
                         Activation::Gelu => x.gelu()?,
                         Activation::Silu => x.silu()?,
                     };

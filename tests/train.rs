@@ -13,7 +13,7 @@ use clip2gan::eval;
 use clip2gan::generator::mobilestylegan::MobileStyleGan;
 use clip2gan::generator::stylegan2::{LoadOptions, StyleGan2};
 use clip2gan::mapper::{Compat, Mapper};
-use clip2gan::train::{self, cache, checkpoint, Mode, Setup, TrainConfig};
+use clip2gan::train::{self, cache, checkpoint, MapperInit, Mode, Setup, TrainConfig};
 
 struct Tiny {
     dir: tempfile::TempDir,
@@ -218,6 +218,34 @@ fn learns_and_resumes_exactly() {
 
 /// Full mode: the image and CLIP losses reach the mapper through the frozen
 /// generator and CLIP, with part of each batch from a folder of images.
+/// `init = "fit"`: the MLP starts where the closed-form fit on the run's
+/// pairs is (its first loss far below a random start's) and training goes on
+/// from there; a mapper it cannot express the fit in is refused up front.
+#[test]
+fn mlp_can_start_from_the_fit() {
+    let t = tiny();
+    let mut cfg = config();
+    cfg.steps = 60;
+    cfg.warmup_steps = 10;
+    cfg.style_mixing = 0.0;
+    cfg.mapper.layer_norm = false;
+    let random = train::train(&setup(&t, cfg.clone(), "random")).unwrap();
+    cfg.init = MapperInit::Fit;
+    let fitted = train::train(&setup(&t, cfg.clone(), "fit")).unwrap();
+    let (r0, f0) = (random.losses[0].1, fitted.losses[0].1);
+    let f_last = fitted.losses.last().unwrap().1;
+    eprintln!("first loss: random start {r0}, fit start {f0}; fit start after 60 steps {f_last}");
+    assert!(f0 < 0.7 * r0, "fit start {f0} vs random start {r0}");
+    assert!(
+        f_last < 1.05 * f0,
+        "training from the fit went from {f0} to {f_last}"
+    );
+
+    cfg.mapper.layer_norm = true;
+    let err = common::err_text(train::train(&setup(&t, cfg, "refused")));
+    assert!(err.contains("mapper.layer_norm = false"), "{err}");
+}
+
 #[test]
 fn full_mode_backpropagates_through_generator_and_clip() {
     let t = tiny();

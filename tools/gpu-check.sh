@@ -34,6 +34,6 @@ step parity "$BIN" parity
 for b in 1 8 32 128; do
     step "generator-batch$b" "$BIN" bench generator --batch "$b" --iters 5
 done
-step engine-c16 "$BIN" bench engine --concurrency 16 --jobs-per-client 4 --max-batch 32
+step engine-c16 "$BIN" bench engine --concurrency 16 --jobs-per-client 4 --max-batch 32 --rounds 1
 CLIP2GAN_DEVICE=cpu step parity-cpu "$BIN" parity
 log "done; results in $OUT"

@@ -25,6 +25,20 @@ pub enum Mode {
     Fit,
 }
 
+/// How a new MLP mapper's weights start (cache mode).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MapperInit {
+    /// Seeded random weights, the output layer near zero (starts at w_avg).
+    #[default]
+    Random,
+    /// The closed-form fit on the run's pair cache, written into the MLP
+    /// so that it computes exactly the fit's map before the first step
+    /// (needs `mapper.layer_norm = false`, `activation = "leaky_relu"`, a
+    /// width of at least twice CLIP's embedding and `style_mixing = 0`).
+    Fit,
+}
+
 impl std::fmt::Display for Mode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -110,6 +124,8 @@ pub struct TrainConfig {
     pub loss: LossWeights,
     /// Architecture of a new mapper.
     pub mapper: MapperConfig,
+    /// How a new mapper's weights start.
+    pub init: MapperInit,
     /// The closed-form fit (`mode = "fit"`).
     pub fit: super::fit::FitConfig,
 }
@@ -142,6 +158,7 @@ impl Default for TrainConfig {
             run_dir: PathBuf::from("train"),
             loss: LossWeights::default(),
             mapper: MapperConfig::default(),
+            init: MapperInit::Random,
             fit: super::fit::FitConfig::default(),
         }
     }
@@ -236,6 +253,29 @@ impl TrainConfig {
         }
         if self.mapper.depth == 0 || self.mapper.width == 0 {
             return bad("mapper.depth and mapper.width must be at least 1".into());
+        }
+        if self.init == MapperInit::Fit {
+            use crate::mapper::{Activation, MapperKind};
+            let m = &self.mapper;
+            if self.mode != Mode::Cache {
+                return bad(
+                    "init = \"fit\" needs mode = \"cache\" (the fit is made on the pair cache)"
+                        .into(),
+                );
+            }
+            if m.kind != MapperKind::Mlp || m.layer_norm || m.activation != Activation::LeakyRelu {
+                return bad(
+                    "init = \"fit\" writes the fit into a plain MLP: set mapper.kind = \"mlp\", \
+                     mapper.layer_norm = false and mapper.activation = \"leaky_relu\""
+                        .into(),
+                );
+            }
+            if self.style_mixing != 0.0 {
+                return bad(
+                    "init = \"fit\" needs style_mixing = 0 (the fit maps to one w per image)"
+                        .into(),
+                );
+            }
         }
         Ok(())
     }

@@ -328,6 +328,83 @@ pub fn fit(
     })
 }
 
+/// The weights of an MLP mapper (no layer norm, leaky ReLU, `c.width` at
+/// least twice the embedding) that computes exactly the fitted affine map
+/// (unclamped), so that training starts from the fit instead of from w_avg.
+///
+/// A leaky ReLU of slope `a` passes `x` through a pair of units:
+/// `lrelu(x) - lrelu(-x) = (1 + a) x`. So the first layer writes `[e; -e]`,
+/// each further layer maps the pair to itself, and the output layer reads
+/// `(h+ - h-) / (1 + a)` through the fit's weight, the same for every
+/// style. The other units start at zero and are free to learn.
+pub fn mlp_start(
+    f: &Fitted,
+    c: &crate::mapper::MapperConfig,
+    num_styles: usize,
+) -> Result<Vec<(String, Tensor)>> {
+    use crate::mapper::{Activation, LEAKY_SLOPE};
+    let (w_dim, d) = f.weight.dims2()?;
+    if c.layer_norm || c.activation != Activation::LeakyRelu || c.depth == 0 {
+        return Err(Error::invalid(
+            "an MLP can start from the fit only without layer norm and with the leaky ReLU",
+        ));
+    }
+    if c.width < 2 * d {
+        return Err(Error::invalid(format!(
+            "an MLP starts from the fit with mapper.width >= {} (twice the CLIP embedding), not {}",
+            2 * d,
+            c.width
+        )));
+    }
+    let dev = Device::Cpu;
+    let eye = Tensor::eye(d, candle_core::DType::F32, &dev)?;
+    let pad_rows = |t: Tensor, cols: usize| -> Result<Tensor> {
+        let rows = c.width - t.dim(0)?;
+        Ok(Tensor::cat(
+            &[
+                t,
+                Tensor::zeros((rows, cols), candle_core::DType::F32, &dev)?,
+            ],
+            0,
+        )?)
+    };
+    let pad_cols = |t: Tensor| -> Result<Tensor> {
+        let (rows, cols) = t.dims2()?;
+        Ok(Tensor::cat(
+            &[
+                t,
+                Tensor::zeros((rows, c.width - cols), candle_core::DType::F32, &dev)?,
+            ],
+            1,
+        )?)
+    };
+    let keep = 1.0 / (1.0 + LEAKY_SLOPE as f64);
+    // [I, -I] / (1 + a): the pair (h+, h-) back to x.
+    let read = (Tensor::cat(&[&eye, &eye.neg()?], 1)? * keep)?;
+    let pass = pad_rows(pad_cols(Tensor::cat(&[&read, &read.neg()?], 0)?)?, c.width)?;
+    let mut vars = Vec::new();
+    let zeros = Tensor::zeros(c.width, candle_core::DType::F32, &dev)?;
+    for i in 0..c.depth {
+        let weight = if i == 0 {
+            pad_rows(Tensor::cat(&[&eye, &eye.neg()?], 0)?, d)?
+        } else {
+            pass.clone()
+        };
+        vars.push((format!("hidden.{i}.linear.weight"), weight));
+        vars.push((format!("hidden.{i}.linear.bias"), zeros.clone()));
+    }
+    let out = pad_cols(f.weight.matmul(&read)?)?;
+    let outs = vec![out; num_styles];
+    vars.push(("out.weight".into(), Tensor::cat(&outs, 0)?));
+    let biases = vec![f.bias.clone(); num_styles];
+    vars.push(("out.bias".into(), Tensor::cat(&biases, 0)?));
+    debug_assert_eq!(
+        vars.last().map(|(_, t)| t.dims1().ok()),
+        Some(Some(num_styles * w_dim))
+    );
+    Ok(vars)
+}
+
 impl FitReport {
     /// One line for the person at the terminal.
     pub fn summary(&self) -> String {
@@ -388,4 +465,90 @@ pub fn make_mapper(
     meta.metrics = serde_json::json!({ "fit": f.report });
     let m = crate::mapper::Mapper::init(&varmap, meta, g.w_avg(), dev)?;
     Ok((m, varmap, f.report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mapper::{Mapper, MapperConfig, MapperMeta};
+
+    /// An MLP written by [`mlp_start`] predicts what the fit does, at every
+    /// style, before any training.
+    #[test]
+    fn mlp_started_from_the_fit_computes_the_fit() {
+        let dev = Device::Cpu;
+        let (n, d, w_dim, styles) = (96, 8, 6, 3);
+        let e =
+            crate::clip::l2_normalize(&crate::rng::normal_tensor(1, "e", &[n, d], &dev).unwrap())
+                .unwrap();
+        // A w that depends on e (plus noise), the same at both mixed slots.
+        let a = crate::rng::normal_tensor(2, "a", &[d, w_dim], &dev).unwrap();
+        let noise = (crate::rng::normal_tensor(3, "n", &[n, w_dim], &dev).unwrap() * 0.1).unwrap();
+        let w = (e.matmul(&a).unwrap() + noise).unwrap();
+        let pairs = PairSet {
+            w: Tensor::stack(&[&w, &w], 1).unwrap(),
+            cross: vec![styles as u32; n],
+            e: e.clone(),
+        };
+        let w_avg = Tensor::zeros(w_dim, candle_core::DType::F32, &dev).unwrap();
+        let f = fit(&pairs, &w_avg, styles, &FitConfig::default(), 0).unwrap();
+        let config = MapperConfig {
+            depth: 3,
+            width: 2 * d + 4,
+            layer_norm: false,
+            ..MapperConfig::default()
+        };
+        let varmap = candle_nn::VarMap::new();
+        {
+            let mut data = varmap.data().lock().unwrap();
+            for (name, t) in mlp_start(&f, &config, styles).unwrap() {
+                data.insert(name, candle_core::Var::from_tensor(&t).unwrap());
+            }
+        }
+        let meta = MapperMeta {
+            clip_model: "test".into(),
+            clip_dim: d,
+            generator: "test".into(),
+            num_styles: styles,
+            w_dim,
+            config: config.clone(),
+            step: 0,
+            training: serde_json::Value::Null,
+            metrics: serde_json::Value::Null,
+        };
+        let m = Mapper::init(&varmap, meta, &w_avg, &dev).unwrap();
+        let got = m.forward(&e).unwrap(); // [n, styles, w_dim]
+        let want = e
+            .matmul(&f.weight.t().unwrap())
+            .unwrap()
+            .broadcast_add(&f.bias)
+            .unwrap();
+        for s in 0..styles {
+            let diff = (got.narrow(1, s, 1).unwrap().squeeze(1).unwrap() - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-5, "style {s}: {diff}");
+        }
+        // The fit is not trivial: it moves w away from w_avg.
+        let moved = want
+            .abs()
+            .unwrap()
+            .mean_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(moved > 0.1, "{moved}");
+
+        let narrow = MapperConfig {
+            width: 2 * d - 1,
+            ..config
+        };
+        let err = mlp_start(&f, &narrow, styles).unwrap_err().to_string();
+        assert!(err.contains("mapper.width >= 16"), "{err}");
+    }
 }

@@ -54,7 +54,7 @@ use crate::clip::Clip;
 use crate::error::Result;
 use crate::generator::Generator;
 use crate::mapper::{Mapper, MapperMeta};
-pub use config::{LossWeights, Mode, TrainConfig};
+pub use config::{LossWeights, MapperInit, Mode, TrainConfig};
 pub use run::train;
 
 /// Everything a run needs.

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use candle_core::Device;
 use candle_nn::VarMap;
 
-use super::config::{Mode, TrainConfig};
+use super::config::{MapperInit, Mode, TrainConfig};
 use super::source::Source;
 use super::{
     cache, checkpoint, data, images, losses, named_vars, optim, progress, source, untrained_mapper,
@@ -149,10 +149,14 @@ pub fn train(s: &Setup) -> Result<Report> {
         mapper: None,
     };
     let image_size = data::effective_image_size(cfg.image_size, s.g.resolution());
-    let Some(mut source) = open_source(s, image_size, &mut metrics, &mut report)? else {
+    let Some((mut source, pairs)) = open_source(s, image_size, &mut metrics, &mut report)? else {
         report.interrupted = true;
         return Ok(report);
     };
+    if cfg.init == MapperInit::Fit && start == 0 {
+        let pairs = pairs.expect("init = fit is validated to need cache mode");
+        start_from_fit(s, &st.varmap, &pairs, &mut metrics)?;
+    }
     let objective = losses::Objective {
         weights: cfg.loss.clone(),
         through_generator: cfg.mode == Mode::Full,
@@ -257,14 +261,15 @@ fn prepare_paths(s: &Setup, ckpt: &Path) -> Result<()> {
     crate::fsutil::check_writable(&s.out)
 }
 
-/// The batch source of the run's mode; `None` if interrupted while the pair
-/// cache was being rendered.
+/// The batch source of the run's mode and, in cache mode, its pairs; `None`
+/// if interrupted while the pair cache was being rendered.
+#[allow(clippy::type_complexity)]
 fn open_source<'a>(
     s: &Setup<'a>,
     image_size: usize,
     metrics: &mut progress::Metrics,
     report: &mut Report,
-) -> Result<Option<Box<dyn Source + 'a>>> {
+) -> Result<Option<(Box<dyn Source + 'a>, Option<cache::PairSet>)>> {
     let (g, clip, cfg) = (s.g, s.clip, &s.config);
     let dev = g.device();
     let spec = data::SampleSpec {
@@ -278,13 +283,10 @@ fn open_source<'a>(
             let Some(pairs) = pair_cache(s, spec, metrics, report)? else {
                 return Ok(None);
             };
-            Box::new(source::CacheSource::new(
-                pairs,
-                g.num_styles(),
-                cfg.batch_size,
-                cfg.seed,
-                dev,
-            )?)
+            let kept = pairs.clone();
+            let source =
+                source::CacheSource::new(pairs, g.num_styles(), cfg.batch_size, cfg.seed, dev)?;
+            (Box::new(source) as Box<dyn Source + 'a>, Some(kept))
         }
         Mode::Full => {
             let user = match &cfg.image_dir {
@@ -297,7 +299,7 @@ fn open_source<'a>(
                 }
                 None => None,
             };
-            Box::new(source::FullSource {
+            let source = source::FullSource {
                 g,
                 clip,
                 spec,
@@ -306,9 +308,37 @@ fn open_source<'a>(
                 seed: cfg.seed,
                 user,
                 user_share: cfg.image_share,
-            })
+            };
+            (Box::new(source) as Box<dyn Source + 'a>, None)
         }
     }))
+}
+
+/// `init = "fit"`: overwrite the fresh MLP's weights in place (the mapper
+/// and the optimiser hold the same variables) with the closed-form fit on
+/// `pairs`, so step 1 starts at the fit's predictions.
+fn start_from_fit(
+    s: &Setup,
+    varmap: &candle_nn::VarMap,
+    pairs: &cache::PairSet,
+    metrics: &mut progress::Metrics,
+) -> Result<()> {
+    let cfg = &s.config;
+    let f = super::fit::fit(pairs, s.g.w_avg(), s.g.num_styles(), &cfg.fit, cfg.seed)?;
+    if !s.quiet {
+        tracing::info!("the MLP starts from the {}", f.report.summary());
+    }
+    metrics.write(&serde_json::json!({ "event": "init_from_fit", "fit": f.report }))?;
+    let vars = varmap.data().lock().expect("not poisoned");
+    for (name, t) in super::fit::mlp_start(&f, &cfg.mapper, s.g.num_styles())? {
+        let var = vars.get(&name).ok_or_else(|| {
+            Error::Training(format!(
+                "the fresh MLP has no variable {name} to start from the fit"
+            ))
+        })?;
+        var.set(&t.to_device(s.g.device())?)?;
+    }
+    Ok(())
 }
 
 /// The run's first `train.pairs` cached pairs (rendering what is missing);
