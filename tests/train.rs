@@ -85,6 +85,11 @@ fn setup<'a>(t: &'a Tiny, cfg: TrainConfig, run: &str) -> Setup<'a> {
     }
 }
 
+/// The error of a run that must fail.
+fn train_err(t: &Tiny, cfg: TrainConfig, run: &str) -> String {
+    common::err_text(train::train(&setup(t, cfg, run)))
+}
+
 fn compat<'a>(t: &'a Tiny) -> Compat<'a> {
     use clip2gan::generator::Generator;
     Compat {
@@ -212,12 +217,10 @@ fn learns_and_resumes_exactly() {
     let err = common::err_text(train::train(&other));
     assert!(err.contains("lr: 0.002 -> 0.001"), "{err}");
     // A new run refuses to overwrite a run directory with a checkpoint.
-    let err = common::err_text(train::train(&setup(&t, cfg, "b")));
+    let err = train_err(&t, cfg, "b");
     assert!(err.contains("--resume"), "{err}");
 }
 
-/// Full mode: the image and CLIP losses reach the mapper through the frozen
-/// generator and CLIP, with part of each batch from a folder of images.
 /// `init = "fit"`: the MLP starts where the closed-form fit on the run's
 /// pairs is (its first loss far below a random start's) and training goes on
 /// from there; a mapper it cannot express the fit in is refused up front.
@@ -242,10 +245,12 @@ fn mlp_can_start_from_the_fit() {
     );
 
     cfg.mapper.layer_norm = true;
-    let err = common::err_text(train::train(&setup(&t, cfg, "refused")));
+    let err = train_err(&t, cfg, "refused");
     assert!(err.contains("mapper.layer_norm = false"), "{err}");
 }
 
+/// Full mode: the image and CLIP losses reach the mapper through the frozen
+/// generator and CLIP, with part of each batch from a folder of images.
 #[test]
 fn full_mode_backpropagates_through_generator_and_clip() {
     let t = tiny();
@@ -295,10 +300,10 @@ fn full_mode_backpropagates_through_generator_and_clip() {
     let empty = t.dir.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     cfg.image_dir = Some(empty);
-    let err = common::err_text(train::train(&setup(&t, cfg.clone(), "e1")));
+    let err = train_err(&t, cfg.clone(), "e1");
     assert!(err.contains("no images in"), "{err}");
     cfg.image_dir = Some(t.dir.path().join("missing"));
-    let err = common::err_text(train::train(&setup(&t, cfg.clone(), "e2")));
+    let err = train_err(&t, cfg.clone(), "e2");
     assert!(
         err.contains("cannot read") && err.contains("missing"),
         "{err}"
@@ -306,7 +311,7 @@ fn full_mode_backpropagates_through_generator_and_clip() {
     // An unreadable image is named.
     std::fs::write(images.join("broken.png"), b"not a png").unwrap();
     cfg.image_dir = Some(images);
-    let err = common::err_text(train::train(&setup(&t, cfg, "e3")));
+    let err = train_err(&t, cfg, "e3");
     assert!(err.contains("broken.png"), "{err}");
 }
 

@@ -174,6 +174,11 @@ pub(crate) mod testing {
             .unwrap()
     }
 
+    /// The mean absolute value of a tensor.
+    pub fn mean_abs(t: &Tensor) -> f32 {
+        t.abs().unwrap().mean_all().unwrap().to_scalar().unwrap()
+    }
+
     /// `f` with the portable path forced on this thread.
     pub fn portable<T>(f: impl FnOnce() -> T) -> T {
         let _portable = super::Portable::on();

@@ -524,24 +524,12 @@ mod tests {
             .broadcast_add(&f.bias)
             .unwrap();
         for s in 0..styles {
-            let diff = (got.narrow(1, s, 1).unwrap().squeeze(1).unwrap() - &want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let style = got.narrow(1, s, 1).unwrap().squeeze(1).unwrap();
+            let diff = crate::ops::testing::max_diff(&style, &want);
             assert!(diff < 1e-5, "style {s}: {diff}");
         }
         // The fit is not trivial: it moves w away from w_avg.
-        let moved = want
-            .abs()
-            .unwrap()
-            .mean_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let moved = crate::ops::testing::mean_abs(&want);
         assert!(moved > 0.1, "{moved}");
 
         let narrow = MapperConfig {
