@@ -60,7 +60,11 @@ enum Predictor<'a> {
 impl Predictor<'_> {
     fn predict(&self, e: &Tensor, styles: usize) -> Result<Tensor> {
         match self {
-            Predictor::Mapper(m) => m.forward(e),
+            // Detached: an untrained mapper's weights are training
+            // variables, and a prediction that carries a gradient makes the
+            // generator take its differentiable kernels and keep every
+            // activation alive (64 samples grew past 21 GB).
+            Predictor::Mapper(m) => Ok(m.forward(e)?.detach()),
             Predictor::WAvg(w) => {
                 let (n, d) = (e.dim(0)?, w.dim(0)?);
                 Ok(w.reshape((1, 1, d))?
