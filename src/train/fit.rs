@@ -475,23 +475,20 @@ mod tests {
     /// An MLP written by [`mlp_start`] predicts what the fit does, at every
     /// style, before any training.
     #[test]
-    fn mlp_started_from_the_fit_computes_the_fit() {
+    fn mlp_started_from_the_fit_computes_the_fit() -> Result<()> {
         let dev = Device::Cpu;
         let (n, d, w_dim, styles) = (96, 8, 6, 3);
-        let e =
-            crate::clip::l2_normalize(&crate::rng::normal_tensor(1, "e", &[n, d], &dev).unwrap())
-                .unwrap();
+        let normal = |name: &str, shape: &[usize]| crate::rng::normal_tensor(1, name, shape, &dev);
+        let e = crate::clip::l2_normalize(&normal("e", &[n, d])?)?;
         // A w that depends on e (plus noise), the same at both mixed slots.
-        let a = crate::rng::normal_tensor(2, "a", &[d, w_dim], &dev).unwrap();
-        let noise = (crate::rng::normal_tensor(3, "n", &[n, w_dim], &dev).unwrap() * 0.1).unwrap();
-        let w = (e.matmul(&a).unwrap() + noise).unwrap();
+        let w = (e.matmul(&normal("a", &[d, w_dim])?)? + (normal("n", &[n, w_dim])? * 0.1)?)?;
         let pairs = PairSet {
-            w: Tensor::stack(&[&w, &w], 1).unwrap(),
+            w: Tensor::stack(&[&w, &w], 1)?,
             cross: vec![styles as u32; n],
             e: e.clone(),
         };
-        let w_avg = Tensor::zeros(w_dim, candle_core::DType::F32, &dev).unwrap();
-        let f = fit(&pairs, &w_avg, styles, &FitConfig::default(), 0).unwrap();
+        let w_avg = Tensor::zeros(w_dim, candle_core::DType::F32, &dev)?;
+        let f = fit(&pairs, &w_avg, styles, &FitConfig::default(), 0)?;
         let config = MapperConfig {
             depth: 3,
             width: 2 * d + 4,
@@ -499,11 +496,13 @@ mod tests {
             ..MapperConfig::default()
         };
         let varmap = candle_nn::VarMap::new();
-        {
-            let mut data = varmap.data().lock().unwrap();
-            for (name, t) in mlp_start(&f, &config, styles).unwrap() {
-                data.insert(name, candle_core::Var::from_tensor(&t).unwrap());
-            }
+        for (name, t) in mlp_start(&f, &config, styles)? {
+            let var = candle_core::Var::from_tensor(&t)?;
+            varmap
+                .data()
+                .lock()
+                .expect("not poisoned")
+                .insert(name, var);
         }
         let meta = MapperMeta {
             clip_model: "test".into(),
@@ -516,20 +515,15 @@ mod tests {
             training: serde_json::Value::Null,
             metrics: serde_json::Value::Null,
         };
-        let m = Mapper::init(&varmap, meta, &w_avg, &dev).unwrap();
-        let got = m.forward(&e).unwrap(); // [n, styles, w_dim]
-        let want = e
-            .matmul(&f.weight.t().unwrap())
-            .unwrap()
-            .broadcast_add(&f.bias)
-            .unwrap();
+        let got = Mapper::init(&varmap, meta, &w_avg, &dev)?.forward(&e)?; // [n, styles, w_dim]
+        let want = e.matmul(&f.weight.t()?)?.broadcast_add(&f.bias)?;
+        let largest = |t: &Tensor| -> Result<f32> { Ok(t.abs()?.max_all()?.to_scalar::<f32>()?) };
         for s in 0..styles {
-            let style = got.narrow(1, s, 1).unwrap().squeeze(1).unwrap();
-            let diff = crate::ops::testing::max_diff(&style, &want);
+            let diff = largest(&(got.narrow(1, s, 1)?.squeeze(1)? - &want)?)?;
             assert!(diff < 1e-5, "style {s}: {diff}");
         }
         // The fit is not trivial: it moves w away from w_avg.
-        let moved = crate::ops::testing::mean_abs(&want);
+        let moved = largest(&want)?;
         assert!(moved > 0.1, "{moved}");
 
         let narrow = MapperConfig {
@@ -538,5 +532,6 @@ mod tests {
         };
         let err = mlp_start(&f, &narrow, styles).unwrap_err().to_string();
         assert!(err.contains("mapper.width >= 16"), "{err}");
+        Ok(())
     }
 }
