@@ -20,7 +20,7 @@ mod redis_server;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clip2gan::engine::{Backend, Engine, EngineConfig, EngineError, Latent, RawOutput, Resolved};
+use clip2gan::engine::{Backend, Engine, EngineConfig, EngineError, Latent, RawOutput, Request};
 use clip2gan::inference::Inference;
 use clip2gan::queue::{worker, QueueClient, QueueConfig};
 use serde_json::json;
@@ -32,7 +32,7 @@ impl Backend for Instantly {
         (2, 3)
     }
 
-    fn run(&mut self, batch: &[Resolved]) -> Vec<Result<RawOutput, EngineError>> {
+    fn run(&mut self, batch: &[Request]) -> Vec<Result<RawOutput, EngineError>> {
         batch
             .iter()
             .map(|_| {

@@ -191,6 +191,9 @@ mod tests {
             .contains("truncation"));
         std::fs::write(&p, "[generator]\ntruncaton = 0.5\n").unwrap();
         assert!(Config::load(Some(&p)).is_err(), "unknown keys are rejected");
+        // A key that no longer does anything still loads (older configs).
+        std::fs::write(&p, "[engine]\nlatent_cache = 10000\n").unwrap();
+        Config::load(Some(&p)).unwrap();
         assert!(Config::load(Some(&dir.path().join("missing.toml"))).is_err());
     }
 

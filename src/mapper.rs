@@ -5,7 +5,7 @@
 //!
 //! - `mlp`: the network `clip2gan train` learns (hidden layers, an output
 //!   layer to every style);
-//! - `linear`: the closed-form fit of [`crate::train::fit`], one w for all
+//! - `linear`: the closed-form fit of `train::fit`, one w for all
 //!   styles, with the shift clamped to what the fit makes on real faces.
 //!
 //! Either may carry a text shift (the modality gap's mean, applied to text

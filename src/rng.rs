@@ -32,6 +32,17 @@ pub fn normals(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| StandardNormal.sample(rng)).collect()
 }
 
+/// Standard-normal `[n, dim]` from a seed, identical on every platform
+/// (ChaCha8 stream; one value after the other, row-major).
+pub fn seeded_normal(seed: u64, n: usize, dim: usize, device: &Device) -> Result<Tensor> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    Ok(Tensor::from_vec(
+        normals(&mut rng, n * dim),
+        (n, dim),
+        device,
+    )?)
+}
+
 /// A standard-normal tensor of `shape` from stream `name` of run `seed`.
 pub fn normal_tensor(seed: u64, name: &str, shape: &[usize], device: &Device) -> Result<Tensor> {
     let n = shape.iter().product();

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 use candle_core::Device;
 use clip2gan::bot::{BotConfig, BotError, DiscordConfig, Settings, Token};
 use clip2gan::engine::{
-    Backend, Engine, EngineConfig, EngineError, GrowingBackend, PipelineBackend, RawOutput,
-    Resolved,
+    Backend, Engine, EngineConfig, EngineError, GrowingBackend, PipelineBackend, RawOutput, Request,
 };
 use clip2gan::generator::Generator;
 use clip2gan::pipeline::{Pipeline, Settings as PipelineSettings};
@@ -61,7 +60,7 @@ fn engine_config() -> EngineConfig {
         settle_ms: 10,
         per_user_limit: 2,
         output_size: SIZE,
-        latent_cache: 100,
+        ..Default::default()
     }
 }
 
@@ -99,6 +98,17 @@ impl Running {
             .expect("the bot stops within a minute")
             .unwrap()
     }
+
+    /// Stop, once the fake has seen no breach of Discord's rules.
+    async fn stop_clean(self, fake: &Fake) {
+        assert!(fake.violations().is_empty(), "{:#?}", fake.violations());
+        self.stop().await.unwrap();
+    }
+}
+
+/// [`start`] on the default engine.
+async fn start_default(fake: &Arc<Fake>, s: Settings) -> Running {
+    start(fake, s, engine(engine_config())).await
 }
 
 async fn start(fake: &Arc<Fake>, s: Settings, e: Arc<Engine>) -> Running {
@@ -137,8 +147,11 @@ async fn start_clocked(
     }
 }
 
-fn store_in(dir: &tempfile::TempDir) -> PathBuf {
-    dir.path().join("store.redb")
+/// A fake Discord, and a fresh directory with the bot's store path in it.
+async fn world() -> (Arc<Fake>, tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store.redb");
+    (Fake::start().await, dir, store)
 }
 
 /// The answer of `token`, which must exist.
@@ -229,14 +242,8 @@ fn max_diff(a: &image::RgbImage, b: &image::RgbImage) -> u8 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_buttons_and_history() {
-    let fake = Fake::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let bot = start(
-        &fake,
-        settings(&fake, &store_in(&dir)),
-        engine(engine_config()),
-    )
-    .await;
+    let (fake, _dir, store) = world().await;
+    let bot = start_default(&fake, settings(&fake, &store)).await;
 
     // Registration: one global bulk overwrite with every command (the
     // options of the new ones are checked in `registration_matches_discord_schema`).
@@ -422,14 +429,13 @@ async fn commands_buttons_and_history() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_an_explanation() {
-    let fake = Fake::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = settings(&fake, &store_in(&dir));
+    let (fake, _dir, store) = world().await;
+    let mut s = settings(&fake, &store);
     s.bot.cooldown_ms = 60_000;
     s.bot.blocklist = vec!["forbidden thing".into()];
     s.discord.allowed_guilds = vec![11];
     fake.set_guild(Some(11));
-    let bot = start(&fake, s, engine(engine_config())).await;
+    let bot = start_default(&fake, s).await;
 
     let refused = |opts: Value| {
         let fake = fake.clone();
@@ -554,11 +560,10 @@ async fn bad_input_gets_an_explanation() {
 /// Prints the time from interaction to posted image.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_users_at_once() {
-    let fake = Fake::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (fake, _dir, store) = world().await;
     let mut ecfg = engine_config();
     ecfg.max_batch = 8;
-    let bot = start(&fake, settings(&fake, &store_in(&dir)), engine(ecfg)).await;
+    let bot = start(&fake, settings(&fake, &store), engine(ecfg)).await;
     let tokens: Vec<String> = (0..20u64)
         .map(|u| fake.command(1000 + u, "imagine", imagine(&format!("face number {u}"))))
         .collect();
@@ -603,14 +608,8 @@ async fn twenty_users_at_once() {
 /// may also get queue-progress edits, as many as its wait allows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_deliveries_are_retried() {
-    let fake = Fake::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let bot = start(
-        &fake,
-        settings(&fake, &store_in(&dir)),
-        engine(engine_config()),
-    )
-    .await;
+    let (fake, _dir, store) = world().await;
+    let bot = start_default(&fake, settings(&fake, &store)).await;
     let a = fake.command(1, "imagine", imagine("a face"));
     fake.fail_deliveries(&a, &[Failure::Status(500), Failure::Status(502)]);
     let b = fake.command(2, "imagine", imagine("another face"));
@@ -641,14 +640,8 @@ async fn failed_deliveries_are_retried() {
 /// delivered (over HTTP), the client reconnects, and new commands work.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_drop_mid_job() {
-    let fake = Fake::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let bot = start(
-        &fake,
-        settings(&fake, &store_in(&dir)),
-        engine(engine_config()),
-    )
-    .await;
+    let (fake, _dir, store) = world().await;
+    let bot = start_default(&fake, settings(&fake, &store)).await;
     let t = fake.command(
         1,
         "imagine",
@@ -683,15 +676,13 @@ async fn gateway_drop_mid_job() {
 /// history. A corrupt store file at start is set aside with a warning.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_keeps_edit_and_undo_working() {
-    let fake = Fake::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_in(&dir);
+    let (fake, dir, store) = world().await;
     std::fs::write(
         &store,
         b"this is not a database, just garbage bytes".repeat(100),
     )
     .unwrap();
-    let bot = start(&fake, settings(&fake, &store), engine(engine_config())).await;
+    let bot = start_default(&fake, settings(&fake, &store)).await;
     let aside: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .filter_map(|e| e.ok())
@@ -702,7 +693,7 @@ async fn restart_keeps_edit_and_undo_working() {
     let (first, img1) = image(&fake, &t).await;
     bot.stop().await.unwrap();
 
-    let bot = start(&fake, settings(&fake, &store), engine(engine_config())).await;
+    let bot = start_default(&fake, settings(&fake, &store)).await;
     let t = fake.command(
         5,
         "edit",
@@ -738,7 +729,7 @@ impl Backend for Gated {
         self.inner.latent_shape()
     }
 
-    fn run(&mut self, batch: &[Resolved]) -> Vec<Result<RawOutput, EngineError>> {
+    fn run(&mut self, batch: &[Request]) -> Vec<Result<RawOutput, EngineError>> {
         // Err: the sender is gone, the gate stays open.
         let _ = self.permits.recv();
         self.inner.run(batch)
@@ -780,14 +771,13 @@ async fn until(what: &str, mut cond: impl FnMut() -> bool) {
 /// what is queued, refused and shut down is the same on any machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_busy_user_and_shutdown() {
-    let fake = Fake::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (fake, _dir, store) = world().await;
     let mut ecfg = engine_config();
     ecfg.max_batch = 1;
     ecfg.queue_capacity = 2;
     ecfg.per_user_limit = 1;
     let (engine, gate) = gated_engine(ecfg);
-    let bot = start(&fake, settings(&fake, &store_in(&dir)), engine.clone()).await;
+    let bot = start(&fake, settings(&fake, &store), engine.clone()).await;
     let count4 = |p: &str| json!([{"name": "prompt", "type": 3, "value": p}, {"name": "count", "type": 4, "value": 4}]);
     // User 200's job runs (held at the gate) ...
     let running = fake.command(200, "imagine", count4("a face"));
@@ -859,7 +849,7 @@ impl<B: Backend> Backend for GatedIdle<B> {
         self.inner.latent_shape()
     }
 
-    fn run(&mut self, batch: &[Resolved]) -> Vec<Result<RawOutput, EngineError>> {
+    fn run(&mut self, batch: &[Request]) -> Vec<Result<RawOutput, EngineError>> {
         self.inner.run(batch)
     }
 
@@ -880,8 +870,7 @@ impl<B: Backend> Backend for GatedIdle<B> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warming_up_then_serving() {
     use clip2gan::train::{warmup, Mode, TrainConfig};
-    let fake = Fake::start().await;
-    let dir = tempfile::tempdir().unwrap();
+    let (fake, dir, store) = world().await;
     let out = dir.path().join("mapper.safetensors");
     let plan = warmup::Plan {
         out: out.clone(),
@@ -914,7 +903,7 @@ async fn warming_up_then_serving() {
         })
         .unwrap(),
     );
-    let bot = start(&fake, settings(&fake, &store_in(&dir)), engine.clone()).await;
+    let bot = start(&fake, settings(&fake, &store), engine.clone()).await;
     let seeded = json!([{"name": "prompt", "type": 3, "value": "a man with a beard"},
                         {"name": "seed", "type": 4, "value": 5}]);
     let t = fake.command(300, "imagine", seeded.clone());
@@ -1131,15 +1120,8 @@ fn max_abs(a: &[f32], b: &[f32]) -> f32 {
 /// to the inversion). `/imagine` with a photo, and "Edit this face".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn photo_edit_is_the_inversion_plus_the_edit() {
-    let fake = Fake::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_in(&dir);
-    let bot = start(
-        &fake,
-        photo_settings(&fake, &store),
-        engine(engine_config()),
-    )
-    .await;
+    let (fake, _dir, store) = world().await;
+    let bot = start_default(&fake, photo_settings(&fake, &store)).await;
     let photo = png_bytes(image::DynamicImage::ImageRgb8(photo_rgb(96, 80)));
     let url = fake.serve(
         "me.png",
@@ -1234,8 +1216,7 @@ async fn photo_edit_is_the_inversion_plus_the_edit() {
     let t = fake.message_command(3, "Edit this face", &[]);
     assert!(ephemeral(&fake, &t).await.contains("no image attached"));
 
-    assert!(fake.violations().is_empty(), "{:#?}", fake.violations());
-    bot.stop().await.unwrap();
+    bot.stop_clean(&fake).await;
 
     // The same computation, by the pipeline directly.
     let p = pipeline(models());
@@ -1288,25 +1269,15 @@ async fn photo_edit_is_the_inversion_plus_the_edit() {
 /// message removed). Odd but readable images are used, and say so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_photos_get_an_explanation() {
-    let fake = Fake::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let bot = start(
-        &fake,
-        photo_settings(&fake, &store_in(&dir)),
-        engine(engine_config()),
-    )
-    .await;
+    let (fake, _dir, store) = world().await;
+    let bot = start_default(&fake, photo_settings(&fake, &store)).await;
     let good = png_bytes(image::DynamicImage::ImageRgb8(photo_rgb(64, 64)));
-    let mut next_id = 600u64;
-    let mut send = |name: &str, url: &str, size: usize, ct: Option<&str>, dims| {
-        next_id += 1;
-        let a = attachment_json(next_id, name, url, size, ct, dims);
-        fake.command_with_files(
-            7,
-            "edit",
-            with_image(instruction("add smile"), next_id),
-            &[a],
-        )
+    let next_id = std::cell::Cell::new(600u64);
+    let send = |name: &str, url: &str, size: usize, ct: Option<&str>, dims| {
+        let id = next_id.get() + 1;
+        next_id.set(id);
+        let a = attachment_json(id, name, url, size, ct, dims);
+        fake.command_with_files(7, "edit", with_image(instruction("add smile"), id), &[a])
     };
     let file = |name: &str, ct: &str, body: Vec<u8>| {
         fake.serve(
@@ -1316,6 +1287,12 @@ async fn bad_photos_get_an_explanation() {
                 body,
             },
         )
+    };
+    // Served and described as what it is.
+    let post = |name: &str, ct: &str, body: Vec<u8>, dims| {
+        let size = body.len();
+        let url = file(name, ct, body);
+        send(name, &url, size, Some(ct), dims)
     };
 
     // Refused from Discord's description alone: nothing is downloaded.
@@ -1367,14 +1344,7 @@ async fn bad_photos_get_an_explanation() {
         .await
         .contains("not an image I can read"));
     let cut = good[..good.len() - 40].to_vec();
-    let url = file("cut.png", "image/png", cut.clone());
-    let t = send(
-        "cut.png",
-        &url,
-        cut.len(),
-        Some("image/png"),
-        Some((64, 64)),
-    );
+    let t = post("cut.png", "image/png", cut, Some((64, 64)));
     assert!(private_refusal(&fake, &t)
         .await
         .contains("damaged or incomplete"));
@@ -1392,26 +1362,21 @@ async fn bad_photos_get_an_explanation() {
             "{name}: {why}"
         );
     }
-    let url = fake.serve(
-        "slow.png",
-        Serve::Stall {
-            body: good[..100].to_vec(),
-            len: good.len(),
-        },
-    );
-    let t = send("slow.png", &url, good.len(), Some("image/png"), None);
-    assert!(private_refusal(&fake, &t)
-        .await
-        .contains("took longer than 1.5 s"));
-    let url = fake.serve(
-        "dropped.png",
-        Serve::Cut {
-            body: good[..100].to_vec(),
-            len: good.len(),
-        },
-    );
-    let t = send("dropped.png", &url, good.len(), Some("image/png"), None);
-    assert!(private_refusal(&fake, &t).await.contains("cut off"));
+    // The first 100 bytes, then the server stalls or hangs up.
+    for (name, hangs_up, why) in [
+        ("slow.png", false, "took longer than 1.5 s"),
+        ("dropped.png", true, "cut off"),
+    ] {
+        let (body, len) = (good[..100].to_vec(), good.len());
+        let serve = if hangs_up {
+            Serve::Cut { body, len }
+        } else {
+            Serve::Stall { body, len }
+        };
+        let url = fake.serve(name, serve);
+        let t = send(name, &url, good.len(), Some("image/png"), None);
+        assert!(private_refusal(&fake, &t).await.contains(why), "{name}");
+    }
     let url = fake.serve(
         "huge.png",
         Serve::Stall {
@@ -1443,36 +1408,24 @@ async fn bad_photos_get_an_explanation() {
     let t = send("moved.png", &url, good.len(), Some("image/png"), None);
     image(&fake, &t).await;
     assert_eq!(fake.file_hits("ok.png"), 1);
-    let gif = animated_gif();
-    let url = file("anim.gif", "image/gif", gif.clone());
-    let t = send(
-        "anim.gif",
-        &url,
-        gif.len(),
-        Some("image/gif"),
-        Some((40, 40)),
-    );
+    let t = post("anim.gif", "image/gif", animated_gif(), Some((40, 40)));
     let (p, _) = image(&fake, &t).await;
     assert!(content(&p).contains("first frame"), "{p}");
     let deep = image::DynamicImage::ImageRgb16(image::ImageBuffer::from_fn(48, 40, |x, y| {
         image::Rgb([x as u16 * 1300, y as u16 * 1600, 40_000])
     }));
-    let bytes = png_bytes(deep);
-    let url = file("deep.png", "image/png", bytes.clone());
-    let t = send("deep.png", &url, bytes.len(), Some("image/png"), None);
+    let t = post("deep.png", "image/png", png_bytes(deep), None);
     let (p, _) = image(&fake, &t).await;
     assert!(!content(&p).contains("black-and-white"), "{p}");
     let grey = image::DynamicImage::ImageLuma8(image::ImageBuffer::from_fn(48, 48, |x, y| {
         image::Luma([(x * 5 + y) as u8])
     }));
     let bytes = encode(&grey, image::ImageFormat::Jpeg);
-    let url = file("grey.jpg", "image/jpeg", bytes.clone());
-    let t = send("grey.jpg", &url, bytes.len(), Some("image/jpeg"), None);
+    let t = post("grey.jpg", "image/jpeg", bytes, None);
     let (p, _) = image(&fake, &t).await;
     assert!(content(&p).contains("black-and-white"), "{p}");
 
-    assert!(fake.violations().is_empty(), "{:#?}", fake.violations());
-    bot.stop().await.unwrap();
+    bot.stop_clean(&fake).await;
 }
 
 /// A GIF answer: its payload, frames and size in bytes.
@@ -1511,14 +1464,8 @@ fn mean_diff(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
 /// `/history` grid with "Use N" and Morph buttons, and their bad input.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn morph_and_history() {
-    let fake = Fake::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let bot = start(
-        &fake,
-        photo_settings(&fake, &store_in(&dir)),
-        engine(engine_config()),
-    )
-    .await;
+    let (fake, _dir, store) = world().await;
+    let bot = start_default(&fake, photo_settings(&fake, &store)).await;
     let seeded = |p: &str, seed: u64| json!([{"name": "prompt", "type": 3, "value": p}, {"name": "seed", "type": 4, "value": seed}]);
     let t = fake.command(1, "morph", json!([]));
     assert!(ephemeral(&fake, &t).await.contains("needs two images"));
@@ -1648,8 +1595,7 @@ async fn morph_and_history() {
     let t = fake.button(1, "c2g:morph:99999:0:1:0");
     assert!(ephemeral(&fake, &t).await.contains("not stored"));
 
-    assert!(fake.violations().is_empty(), "{:#?}", fake.violations());
-    bot.stop().await.unwrap();
+    bot.stop_clean(&fake).await;
 }
 
 fn sub(name: &str, options: Value) -> Value {
@@ -1669,21 +1615,22 @@ async fn settings_quota_channels_role_and_restart() {
     const GUILD: u64 = 50;
     const ADMIN: u64 = 1;
     const MEMBER: u64 = 2;
-    let fake = Fake::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_in(&dir);
+    let (fake, _dir, store) = world().await;
     let t0 = 1_900_000_000u64;
     let clock = Arc::new(TestClock(std::sync::atomic::AtomicU64::new(t0)));
     fake.set_guild(Some(GUILD));
     fake.set_member(ADMIN, &[], 1 << 5);
     fake.set_member(MEMBER, &[], 0);
-    let bot = start_clocked(
-        &fake,
-        settings(&fake, &store),
-        engine(engine_config()),
-        clock.clone(),
-    )
-    .await;
+    // Started again below: a restart keeps what was set.
+    let up = || {
+        start_clocked(
+            &fake,
+            settings(&fake, &store),
+            engine(engine_config()),
+            clock.clone(),
+        )
+    };
+    let bot = up().await;
     let settings_cmd = |user: u64, options: Value| {
         let fake = fake.clone();
         async move {
@@ -1819,17 +1766,10 @@ async fn settings_quota_channels_role_and_restart() {
     let t = fake.command(4, "imagine", seeded(6));
     assert!(ephemeral(&fake, &t).await.contains("Slow down"));
 
-    assert!(fake.violations().is_empty(), "{:#?}", fake.violations());
-    bot.stop().await.unwrap();
+    bot.stop_clean(&fake).await;
 
     // A restart keeps the settings and the quota already used.
-    let bot = start_clocked(
-        &fake,
-        settings(&fake, &store),
-        engine(engine_config()),
-        clock.clone(),
-    )
-    .await;
+    let bot = up().await;
     let shown = settings_cmd(ADMIN, sub("show", json!([]))).await;
     for part in [
         "Channels: <#888>\n",
@@ -1857,8 +1797,7 @@ async fn settings_quota_channels_role_and_restart() {
     let t = fake.command(MEMBER, "imagine", seeded(8));
     image(&fake, &t).await;
 
-    assert!(fake.violations().is_empty(), "{:#?}", fake.violations());
-    bot.stop().await.unwrap();
+    bot.stop_clean(&fake).await;
 }
 
 /// The registration payload against Discord's schema and rules: names,
@@ -1867,11 +1806,10 @@ async fn settings_quota_channels_role_and_restart() {
 /// description). The validator itself is shown to catch bad bodies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registration_matches_discord_schema() {
-    let fake = Fake::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = settings(&fake, &store_in(&dir));
+    let (fake, _dir, store) = world().await;
+    let mut s = settings(&fake, &store);
     s.discord.guilds = vec![31];
-    let bot = start(&fake, s, engine(engine_config())).await;
+    let bot = start_default(&fake, s).await;
     let regs = fake
         .wait_until(WAIT, |f| Some(f.registrations()).filter(|r| !r.is_empty()))
         .await
@@ -2023,9 +1961,7 @@ async fn registration_matches_discord_schema() {
 /// gateway matter) opens it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_then_start_at_once() {
-    let fake = Fake::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let store = store_in(&dir);
+    let (fake, _dir, store) = world().await;
     let e = engine(engine_config());
     for _ in 0..2 {
         let bot = start(&fake, settings(&fake, &store), e.clone()).await;

@@ -17,14 +17,22 @@ fn models_dir() -> PathBuf {
         .unwrap_or_else(|| common::repo().join("models"))
 }
 
-fn clip2gan(models: &Path, args: &[&str]) -> Output {
+/// `clip2gan generate ARGS` on the models in `models`.
+fn generate(models: &Path, args: &[&str]) -> Output {
     common::bin()
+        .arg("generate")
         .args(args)
         .env("CLIP2GAN_MODELS_DIR", models)
         .env("CLIP2GAN_DEVICE", "cpu")
         .current_dir(std::env::temp_dir())
         .output()
         .expect("run clip2gan")
+}
+
+/// [`generate`], which must succeed.
+fn generate_ok(models: &Path, args: &[&str]) {
+    let o = generate(models, args);
+    assert!(o.status.success(), "{}", stderr(&o));
 }
 
 fn stderr(o: &Output) -> String {
@@ -41,6 +49,11 @@ fn expect_failure(o: &Output, needle: &str) {
     assert!(e.contains(needle), "stderr lacks {needle:?}:\n{e}");
 }
 
+/// `--latent LATENT --space SPACE`, then `more`.
+fn latent_args<'a>(latent: &'a str, space: &'a str, more: &[&'a str]) -> Vec<&'a str> {
+    [&["--latent", latent, "--space", space][..], more].concat()
+}
+
 fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
@@ -53,23 +66,14 @@ fn latent_z_reproduces_reference_images() {
     let models = models_dir();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("ref.png");
-    let o = clip2gan(
+    generate_ok(
         &models,
-        &[
-            "generate",
-            "--latent",
+        &latent_args(
             path_str(&fixture("mobilestylegan/z.npy")),
-            "--space",
             "z",
-            "--truncation",
-            "1",
-            "--size",
-            "64",
-            "-o",
-            path_str(&out),
-        ],
+            &["--truncation", "1", "--size", "64", "-o", path_str(&out)],
+        ),
     );
-    assert!(o.status.success(), "{}", stderr(&o));
     let reference = read_npy(fixture("mobilestylegan/image_64.npy"));
     for k in 0..3 {
         let path = clip2gan::image_io::numbered_path(&out, k);
@@ -93,10 +97,9 @@ fn seeds_grid_and_saved_latents_roundtrip() {
     let tmp = tempfile::tempdir().unwrap();
     let grid = tmp.path().join("grid.png");
     let lat = tmp.path().join("lat.npy");
-    let o = clip2gan(
+    generate_ok(
         &models,
         &[
-            "generate",
             "--seed",
             "7",
             "-n",
@@ -110,7 +113,6 @@ fn seeds_grid_and_saved_latents_roundtrip() {
             path_str(&grid),
         ],
     );
-    assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(
         image::open(&grid).unwrap().to_rgb8().dimensions(),
         (256, 256),
@@ -122,19 +124,10 @@ fn seeds_grid_and_saved_latents_roundtrip() {
     // Image 2 of seed 7 is seed 9 alone, and re-rendering its saved W+ gives
     // the same pixels.
     let single = tmp.path().join("single.png");
-    let o = clip2gan(
+    generate_ok(
         &models,
-        &[
-            "generate",
-            "--seed",
-            "9",
-            "--size",
-            "128",
-            "-o",
-            path_str(&single),
-        ],
+        &["--seed", "9", "--size", "128", "-o", path_str(&single)],
     );
-    assert!(o.status.success(), "{}", stderr(&o));
     let one = tmp.path().join("one.npy");
     npy::write_f32(
         &one,
@@ -145,21 +138,14 @@ fn seeds_grid_and_saved_latents_roundtrip() {
     )
     .unwrap();
     let again = tmp.path().join("again.png");
-    let o = clip2gan(
+    generate_ok(
         &models,
-        &[
-            "generate",
-            "--latent",
+        &latent_args(
             path_str(&one),
-            "--space",
             "wplus",
-            "--size",
-            "128",
-            "-o",
-            path_str(&again),
-        ],
+            &["--size", "128", "-o", path_str(&again)],
+        ),
     );
-    assert!(o.status.success(), "{}", stderr(&o));
     let (x, y) = (
         image::open(&single).unwrap().to_rgb8(),
         image::open(&again).unwrap().to_rgb8(),
@@ -176,20 +162,20 @@ fn bad_arguments_fail_clearly() {
     let models = models_dir();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("x.png");
-    let o = clip2gan(
-        &models,
-        &["generate", "--truncation", "5", "-o", path_str(&out)],
+    for (flag, value, want) in [
+        ("--truncation", "5", "truncation 5 is out of range"),
+        ("--size", "300", "size 300 is not supported"),
+        ("-n", "0", "--count 0 is out of range"),
+    ] {
+        expect_failure(
+            &generate(&models, &[flag, value, "-o", path_str(&out)]),
+            want,
+        );
+    }
+    expect_failure(
+        &generate(&models, &["-o", "/nonexistent-dir/face.png"]),
+        "cannot write /nonexistent-dir/face.png",
     );
-    expect_failure(&o, "truncation 5 is out of range");
-    let o = clip2gan(
-        &models,
-        &["generate", "--size", "300", "-o", path_str(&out)],
-    );
-    expect_failure(&o, "size 300 is not supported");
-    let o = clip2gan(&models, &["generate", "-n", "0", "-o", path_str(&out)]);
-    expect_failure(&o, "--count 0 is out of range");
-    let o = clip2gan(&models, &["generate", "-o", "/nonexistent-dir/face.png"]);
-    expect_failure(&o, "cannot write /nonexistent-dir/face.png");
     assert!(!out.exists(), "nothing may be written on failure");
 }
 
@@ -198,48 +184,23 @@ fn bad_latent_files_fail_clearly() {
     let models = models_dir();
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("x.png");
-    let run = |a: &Array, space: &str| {
-        let p = tmp.path().join(format!("lat-{space}-{}.npy", a.data.len()));
-        npy::write_f32(&p, a).unwrap();
-        clip2gan(
+    let generate = |latent: &str, space: &str| {
+        generate(
             &models,
-            &[
-                "generate",
-                "--latent",
-                path_str(&p),
-                "--space",
-                space,
-                "-o",
-                path_str(&out),
-            ],
+            &latent_args(latent, space, &["-o", path_str(&out)]),
         )
     };
-    let o = run(
-        &Array {
-            data: vec![0.0; 511],
-            shape: vec![511],
-        },
-        "z",
-    );
-    expect_failure(&o, "does not fit --space z");
-    let o = run(
-        &Array {
-            data: vec![0.0; 512],
-            shape: vec![512],
-        },
-        "wplus",
-    );
-    expect_failure(&o, "expected [n, 23, 512]");
     let mut nan = vec![0.0; 512];
     nan[7] = f32::NAN;
-    let o = run(
-        &Array {
-            data: nan,
-            shape: vec![1, 512],
-        },
-        "w",
-    );
-    expect_failure(&o, "non-finite value");
+    for (data, shape, space, want) in [
+        (vec![0.0; 511], vec![511], "z", "does not fit --space z"),
+        (vec![0.0; 512], vec![512], "wplus", "expected [n, 23, 512]"),
+        (nan, vec![1, 512], "w", "non-finite value"),
+    ] {
+        let p = tmp.path().join(format!("lat-{space}-{}.npy", data.len()));
+        npy::write_f32(&p, &Array { data, shape }).unwrap();
+        expect_failure(&generate(path_str(&p), space), want);
+    }
     // float64 data
     let mut bytes = npy::to_bytes(&Array {
         data: vec![0.0; 2],
@@ -249,32 +210,11 @@ fn bad_latent_files_fail_clearly() {
     bytes[pos + 2] = b'8';
     let p = tmp.path().join("f64.npy");
     std::fs::write(&p, bytes).unwrap();
-    let o = clip2gan(
-        &models,
-        &[
-            "generate",
-            "--latent",
-            path_str(&p),
-            "--space",
-            "z",
-            "-o",
-            path_str(&out),
-        ],
+    expect_failure(&generate(path_str(&p), "z"), "not little-endian float32");
+    expect_failure(
+        &generate("/nonexistent.npy", "z"),
+        "cannot read /nonexistent.npy",
     );
-    expect_failure(&o, "not little-endian float32");
-    let o = clip2gan(
-        &models,
-        &[
-            "generate",
-            "--latent",
-            "/nonexistent.npy",
-            "--space",
-            "z",
-            "-o",
-            path_str(&out),
-        ],
-    );
-    expect_failure(&o, "cannot read /nonexistent.npy");
     assert!(!out.exists(), "nothing may be written on failure");
 }
 
@@ -300,7 +240,7 @@ fn broken_weights_name_file_and_tensor() {
     .unwrap();
     t.remove("layers.3.conv2.conv.weight_dw").unwrap();
     candle_core::safetensors::save(&t, dir.join("synthesis.safetensors")).unwrap();
-    let o = clip2gan(tmp.path(), &["generate", "-o", path_str(&out)]);
+    let o = generate(tmp.path(), &["-o", path_str(&out)]);
     expect_failure(
         &o,
         "synthesis.safetensors: tensor `layers.3.conv2.conv.weight_dw` is missing",
@@ -309,7 +249,7 @@ fn broken_weights_name_file_and_tensor() {
     // A truncated file.
     let bytes = std::fs::read(real.join("synthesis.safetensors")).unwrap();
     std::fs::write(dir.join("synthesis.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
-    let o = clip2gan(tmp.path(), &["generate", "-o", path_str(&out)]);
+    let o = generate(tmp.path(), &["-o", path_str(&out)]);
     expect_failure(&o, "synthesis.safetensors: cannot read safetensors");
     expect_failure(&o, "run `clip2gan fetch` again");
     assert!(!out.exists());

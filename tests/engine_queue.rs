@@ -21,13 +21,13 @@ impl Backend for Fake {
         (2, 3)
     }
 
-    fn run(&mut self, batch: &[Resolved]) -> Vec<Result<RawOutput, EngineError>> {
+    fn run(&mut self, batch: &[Request]) -> Vec<Result<RawOutput, EngineError>> {
         if let Some(g) = &self.gate {
             let _ = g.recv_timeout(Duration::from_secs(10));
         }
         let prompts: Vec<String> = batch
             .iter()
-            .map(|j| match &j.request {
+            .map(|j| match j {
                 Request::Imagine { prompt, .. } => prompt.clone(),
                 Request::Edit { instruction, .. } => format!("edit:{instruction}"),
                 _ => "other".into(),
@@ -42,11 +42,7 @@ impl Backend for Fake {
                 }
                 Ok(RawOutput {
                     images: vec![image::RgbImage::new(1, 1)],
-                    latents: vec![Latent {
-                        styles: 2,
-                        dim: 3,
-                        data: vec![0.5; 6],
-                    }],
+                    latents: vec![latent(2, 3, 0.5)],
                     animate: false,
                     truncated_prompt: false,
                     scores: None,
@@ -54,6 +50,15 @@ impl Backend for Fake {
                 })
             })
             .collect()
+    }
+}
+
+/// A `styles x dim` latent filled with `v`.
+fn latent(styles: usize, dim: usize, v: f32) -> Latent {
+    Latent {
+        styles,
+        dim,
+        data: vec![v; styles * dim],
     }
 }
 
@@ -179,26 +184,23 @@ async fn per_user_limit_holds_and_frees_up() {
 
 #[tokio::test]
 async fn concurrent_jobs_of_different_users_share_a_batch() {
-    let (e, batches, _) = engine(cfg(16, 4, 300, 2), false);
-    let hs: Vec<_> = ["a", "b", "c"]
-        .iter()
-        .enumerate()
-        .map(|(u, p)| e.submit(u as u64, imagine(p)).unwrap())
-        .collect();
-    for h in hs {
-        h.wait().await.unwrap();
+    // One prompt per user, all submitted before any is awaited.
+    async fn each_user_once(max_batch: usize, prompts: &[&str]) -> Batches {
+        let (e, batches, _) = engine(cfg(16, max_batch, 300, 2), false);
+        let hs: Vec<_> = prompts
+            .iter()
+            .enumerate()
+            .map(|(u, p)| e.submit(u as u64, imagine(p)).unwrap())
+            .collect();
+        for h in hs {
+            h.wait().await.unwrap();
+        }
+        batches
     }
+    let batches = each_user_once(4, &["a", "b", "c"]).await;
     assert_eq!(batches.lock().unwrap().clone(), vec![vec!["a", "b", "c"]]);
     // Batching off: one job per pass.
-    let (e, batches, _) = engine(cfg(16, 1, 300, 2), false);
-    let hs: Vec<_> = ["a", "b"]
-        .iter()
-        .enumerate()
-        .map(|(u, p)| e.submit(u as u64, imagine(p)).unwrap())
-        .collect();
-    for h in hs {
-        h.wait().await.unwrap();
-    }
+    let batches = each_user_once(1, &["a", "b"]).await;
     assert_eq!(batches.lock().unwrap().len(), 2);
 }
 
@@ -253,7 +255,7 @@ async fn a_panicking_job_fails_alone_and_the_worker_keeps_serving() {
 }
 
 #[tokio::test]
-async fn bad_requests_and_unknown_latents_are_refused() {
+async fn bad_requests_are_refused_and_outputs_can_be_edited() {
     let (e, _, _) = engine(cfg(16, 1, 0, 2), false);
     assert!(matches!(
         e.submit(1, imagine("   ")),
@@ -265,57 +267,51 @@ async fn bad_requests_and_unknown_latents_are_refused() {
         strength,
         layers: Layers::All,
     };
-    let wrong = Latent {
-        styles: 3,
-        dim: 3,
-        data: vec![0.0; 9],
-    };
     assert!(matches!(
-        e.submit(1, edit(LatentRef::Data(wrong), 1.0)),
+        e.submit(1, edit(latent(3, 3, 0.0), 1.0)),
         Err(EngineError::InvalidRequest(_))
     ));
-    let ok = Latent {
-        styles: 2,
-        dim: 3,
-        data: vec![0.0; 6],
-    };
     assert!(matches!(
-        e.submit(1, edit(LatentRef::Data(ok), 9.0)),
+        e.submit(1, edit(latent(2, 3, 0.0), 9.0)),
         Err(EngineError::InvalidRequest(_))
     ));
-    let h = e
-        .submit(1, edit(LatentRef::Id(LatentId(12345)), 1.0))
-        .unwrap();
-    assert_eq!(
-        h.wait().await.err(),
-        Some(EngineError::UnknownLatent(LatentId(12345)))
-    );
-    // A latent the engine produced can be edited by id.
+    // A latent the engine produced goes back to it by value.
     let out = e.submit(1, imagine("x")).unwrap().wait().await.unwrap();
-    let (id, _) = out.latents[0];
-    assert!(e.latent(id).is_some());
-    e.submit(1, edit(LatentRef::Id(id), 1.0))
+    let produced = out.latents.into_iter().next().unwrap();
+    e.submit(1, edit(produced, 1.0))
         .unwrap()
         .wait()
         .await
         .unwrap();
 }
 
-#[tokio::test]
-async fn shutdown_answers_queued_jobs() {
-    let (e, _, gate) = engine(cfg(8, 1, 0, 10), true);
+/// Job a running (held by the gate), job b queued, then a shutdown (draining
+/// or not) from another thread; the gate opens `opens` times once the
+/// shutdown is under way, so b is still queued when it is requested
+/// (whatever the machine's load). Returns once the worker has stopped.
+fn shut_down_with_one_queued(
+    drain: bool,
+    opens: usize,
+) -> (Arc<Engine>, Batches, JobHandle, JobHandle) {
+    let (e, batches, gate) = engine(cfg(8, 1, 0, 10), true);
     let a = e.submit(1, imagine("a")).unwrap();
     wait_queue_len(&e, 0);
     let b = e.submit(2, imagine("b")).unwrap();
     let gate = gate.unwrap();
     let e = Arc::new(e);
     let e2 = e.clone();
-    let stopper = std::thread::spawn(move || e2.shutdown(false));
-    // Open the gate only once the shutdown is under way, so b is still
-    // queued when it is requested (whatever the machine's load).
+    let stopper = std::thread::spawn(move || e2.shutdown(drain));
     wait_shutting_down(&e);
-    gate.send(()).unwrap();
+    for _ in 0..opens {
+        gate.send(()).unwrap();
+    }
     stopper.join().unwrap();
+    (e, batches, a, b)
+}
+
+#[tokio::test]
+async fn shutdown_answers_queued_jobs() {
+    let (e, _, a, b) = shut_down_with_one_queued(false, 1);
     a.wait().await.unwrap();
     assert_eq!(b.wait().await.err(), Some(EngineError::ShuttingDown));
     assert_eq!(
@@ -326,18 +322,7 @@ async fn shutdown_answers_queued_jobs() {
 
 #[tokio::test]
 async fn draining_shutdown_runs_queued_jobs() {
-    let (e, batches, gate) = engine(cfg(8, 1, 0, 10), true);
-    let a = e.submit(1, imagine("a")).unwrap();
-    wait_queue_len(&e, 0);
-    let b = e.submit(2, imagine("b")).unwrap();
-    let gate = gate.unwrap();
-    let e = Arc::new(e);
-    let e2 = e.clone();
-    let stopper = std::thread::spawn(move || e2.shutdown(true));
-    wait_shutting_down(&e);
-    gate.send(()).unwrap();
-    gate.send(()).unwrap();
-    stopper.join().unwrap();
+    let (_, batches, a, b) = shut_down_with_one_queued(true, 2);
     a.wait().await.unwrap();
     b.wait().await.unwrap();
     assert_eq!(batches.lock().unwrap().len(), 2);

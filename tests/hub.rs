@@ -153,6 +153,11 @@ fn assert_has(s: &str, words: &[&str]) {
 }
 
 /// The score with the same checkpoint loaded from its directory.
+/// Runs `c`, which must score as the local checkpoint does.
+fn scores_as_local(c: &mut Command) {
+    assert_eq!(score(c.output().unwrap()), local_score());
+}
+
 fn local_score() -> f64 {
     static S: OnceLock<f64> = OnceLock::new();
     *S.get_or_init(|| {
@@ -251,13 +256,11 @@ fn downloads_into_the_python_layout_then_needs_no_network() {
     let o = w.cmd(&cfg).output().unwrap();
     assert!(!text(&o).contains("downloading"), "{}", text(&o));
     assert_eq!(score(o), local_score());
-    let o = w
-        .cmd(&cfg)
-        .env("HF_HUB_OFFLINE", "1")
-        .env("HF_ENDPOINT", "http://127.0.0.1:9")
-        .output()
-        .unwrap();
-    assert_eq!(score(o), local_score());
+    scores_as_local(
+        w.cmd(&cfg)
+            .env("HF_HUB_OFFLINE", "1")
+            .env("HF_ENDPOINT", "http://127.0.0.1:9"),
+    );
     assert!(w.hub.requests().is_empty(), "{:#?}", w.hub.requests());
 }
 
@@ -268,35 +271,29 @@ fn cache_location_follows_hf_hub_cache_and_home_unless_the_config_sets_one() {
     let cfg = w.config("");
     // HF_HUB_CACHE over HF_HOME; a mirror URL with a trailing slash.
     let shared = w.path("shared-cache");
-    let o = w
-        .cmd(&cfg)
-        .env("HF_HUB_CACHE", &shared)
-        .env("HF_ENDPOINT", format!("{}/", w.hub.url()))
-        .output()
-        .unwrap();
-    assert_eq!(score(o), local_score());
+    scores_as_local(
+        w.cmd(&cfg)
+            .env("HF_HUB_CACHE", &shared)
+            .env("HF_ENDPOINT", format!("{}/", w.hub.url())),
+    );
     assert_complete(&w, &repo_in(&shared));
     assert!(!w.repo_dir().exists());
 
     // An explicit clip.cache_dir (relative to models_dir) wins over both.
     let own = w.config("cache_dir = \"own\"");
-    let o = w.cmd(&own).env("HF_HUB_CACHE", &shared).output().unwrap();
-    assert_eq!(score(o), local_score());
+    scores_as_local(w.cmd(&own).env("HF_HUB_CACHE", &shared));
     assert_complete(&w, &repo_in(&w.path("models/own")));
     // ... as does CLIP2GAN_CLIP__CACHE_DIR.
     let env_dir = w.path("env-cache");
-    let o = w
-        .cmd(&cfg)
-        .env("HF_HUB_CACHE", &shared)
-        .env("CLIP2GAN_CLIP__CACHE_DIR", &env_dir)
-        .output()
-        .unwrap();
-    assert_eq!(score(o), local_score());
+    scores_as_local(
+        w.cmd(&cfg)
+            .env("HF_HUB_CACHE", &shared)
+            .env("CLIP2GAN_CLIP__CACHE_DIR", &env_dir),
+    );
     assert!(link(&repo_in(&env_dir), &commit, "model.safetensors").is_some());
 
     // Nothing set: ~/.cache/huggingface/hub, as in Python.
-    let o = w.cmd(&cfg).env_remove("HF_HOME").output().unwrap();
-    assert_eq!(score(o), local_score());
+    scores_as_local(w.cmd(&cfg).env_remove("HF_HOME"));
     assert_complete(&w, &repo_in(&w.path("home/.cache/huggingface/hub")));
 }
 
@@ -330,18 +327,15 @@ fn reuses_a_cache_made_by_python() {
     python_cache(&w, &py, false);
     // Pinned to the commit: found without a ref, online, with no request.
     let pinned = w.config(&format!("revision = {commit:?}"));
-    let o = w.cmd(&pinned).env("HF_HUB_CACHE", &py).output().unwrap();
-    assert_eq!(score(o), local_score());
+    scores_as_local(w.cmd(&pinned).env("HF_HUB_CACHE", &py));
     // At main, through refs/main, offline.
     let py_main = w.path("py-cache-main");
     python_cache(&w, &py_main, true);
-    let o = w
-        .cmd(&w.config(""))
-        .env("HF_HUB_CACHE", &py_main)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap();
-    assert_eq!(score(o), local_score());
+    scores_as_local(
+        w.cmd(&w.config(""))
+            .env("HF_HUB_CACHE", &py_main)
+            .env("HF_HUB_OFFLINE", "1"),
+    );
     assert!(w.hub.requests().is_empty(), "{:#?}", w.hub.requests());
 }
 
@@ -375,11 +369,15 @@ fn offline_with_an_empty_cache_names_the_files_to_download() {
 
 #[test]
 fn a_missing_config_or_weights_file_says_so() {
-    let w = World::new();
-    w.hub.remove("config.json");
-    let e = failure(w.cmd(&w.config("")).output().unwrap());
-    assert_has(
-        &e,
+    // A hub without `file`: the run fails, its error naming all of `wants`.
+    let without = |file: &str, wants: &[&str]| {
+        let w = World::new();
+        w.hub.remove(file);
+        assert_has(&failure(w.cmd(&w.config("")).output().unwrap()), wants);
+        w
+    };
+    let w = without(
+        "config.json",
         &[
             "test-org/tiny-clip has no config.json at revision main",
             "404",
@@ -389,11 +387,8 @@ fn a_missing_config_or_weights_file_says_so() {
     );
     assert!(!w.repo_dir().join("snapshots").exists());
 
-    let w = World::new();
-    w.hub.remove("model.safetensors");
-    let e = failure(w.cmd(&w.config("")).output().unwrap());
-    assert_has(
-        &e,
+    let w = without(
+        "model.safetensors",
         &[
             "has neither model.safetensors nor pytorch_model.bin at revision main",
             "set clip.model",
@@ -415,7 +410,7 @@ fn a_repo_without_a_preprocessor_config_is_asked_once() {
     let w = World::new();
     w.hub.remove("preprocessor_config.json");
     let cfg = w.config("");
-    assert_eq!(score(w.cmd(&cfg).output().unwrap()), local_score());
+    scores_as_local(&mut w.cmd(&cfg));
     let commit = w.hub.commit(REPO);
     // Python's marker for a file the repo lacks.
     assert!(w
@@ -425,7 +420,7 @@ fn a_repo_without_a_preprocessor_config_is_asked_once() {
         .join("preprocessor_config.json")
         .is_file());
     w.hub.take_requests();
-    assert_eq!(score(w.cmd(&cfg).output().unwrap()), local_score());
+    scores_as_local(&mut w.cmd(&cfg));
     assert!(w.hub.requests().is_empty(), "{:#?}", w.hub.requests());
 }
 
@@ -541,7 +536,7 @@ fn a_bad_partial_download_is_never_used_as_the_model() {
     assert!(!blobs.join(&etag).exists());
     assert!(!part.exists());
     assert!(link(&w.repo_dir(), &commit, file).is_none());
-    assert_eq!(score(w.cmd(&cfg).output().unwrap()), local_score());
+    scores_as_local(&mut w.cmd(&cfg));
     assert_complete(&w, &w.repo_dir());
 
     // A whole-length partial file (the hub answers 416 to its range): it is
@@ -550,7 +545,7 @@ fn a_bad_partial_download_is_never_used_as_the_model() {
     let blobs = w.repo_dir().join("blobs");
     std::fs::create_dir_all(&blobs).unwrap();
     std::fs::write(blobs.join(format!("{etag}.part")), vec![0x5a; len]).unwrap();
-    assert_eq!(score(w.cmd(&w.config("")).output().unwrap()), local_score());
+    scores_as_local(&mut w.cmd(&w.config("")));
     assert_complete(&w, &w.repo_dir());
     let bodies = body_requests(&w, file);
     let statuses: Vec<u16> = bodies.iter().map(|r| r.status).collect();

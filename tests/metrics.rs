@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use clip2gan::engine::{Backend, Engine, EngineConfig, EngineError, RawOutput, Request, Resolved};
+use clip2gan::engine::{Backend, Engine, EngineConfig, EngineError, RawOutput, Request};
 use clip2gan::inference::Inference;
 use clip2gan::metrics::{self, MetricsConfig};
 
@@ -16,7 +16,7 @@ impl Backend for Flat {
         (2, 3)
     }
 
-    fn run(&mut self, batch: &[Resolved]) -> Vec<Result<RawOutput, EngineError>> {
+    fn run(&mut self, batch: &[Request]) -> Vec<Result<RawOutput, EngineError>> {
         batch
             .iter()
             .map(|_| {

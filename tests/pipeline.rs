@@ -7,13 +7,30 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use clip2gan::engine::{Engine, EngineConfig, LatentRef, PipelineBackend, Request};
+use clip2gan::engine::{Engine, EngineConfig, Output, PipelineBackend, Request};
 use clip2gan::pipeline::{EditRequest, ImagineRequest, Layers, Pipeline, Settings};
 
 use common::{bin, max_abs, tiny_pipeline_dir as setup};
 
 fn pipeline(dir: &Path) -> Pipeline {
     common::tiny_pipeline(dir, Settings::default())
+}
+
+/// An engine on the tiny pipeline in `dir`.
+fn engine(dir: &Path, cfg: EngineConfig) -> Engine {
+    let (d, output_size) = (dir.to_path_buf(), cfg.output_size);
+    Engine::start(cfg, move || {
+        Ok(PipelineBackend {
+            pipeline: pipeline(&d),
+            output_size,
+        })
+    })
+    .unwrap()
+}
+
+/// Submit and wait; the job must succeed.
+async fn run(engine: &Engine, user: u64, request: Request) -> Output {
+    engine.submit(user, request).unwrap().wait().await.unwrap()
 }
 
 fn req(prompt: &str, count: usize, seed: u64) -> ImagineRequest {
@@ -42,7 +59,6 @@ async fn batched_jobs_equal_jobs_run_one_by_one() {
         .map(|j| p.imagine(std::slice::from_ref(j)).unwrap().remove(0))
         .collect();
 
-    let d = dir.path().to_path_buf();
     let cfg = EngineConfig {
         max_batch: 8,
         max_wait_ms: 2000,
@@ -52,13 +68,7 @@ async fn batched_jobs_equal_jobs_run_one_by_one() {
         output_size: 64,
         ..Default::default()
     };
-    let engine = Engine::start(cfg, move || {
-        Ok(PipelineBackend {
-            pipeline: pipeline(&d),
-            output_size: 64,
-        })
-    })
-    .unwrap();
+    let engine = engine(dir.path(), cfg);
     let handles: Vec<_> = jobs
         .iter()
         .enumerate()
@@ -80,7 +90,7 @@ async fn batched_jobs_equal_jobs_run_one_by_one() {
     for (h, single) in handles.into_iter().zip(&alone) {
         let out = h.wait().await.unwrap();
         assert_eq!(out.images.len(), single.images.dim(0).unwrap());
-        for (k, (_, lat)) in out.latents.iter().enumerate() {
+        for (k, lat) in out.latents.iter().enumerate() {
             let t = Tensor::from_vec(lat.data.clone(), (23, 512), &Device::Cpu).unwrap();
             let d = max_abs(&t, &single.latents.get(k).unwrap());
             assert!(d < 1e-4, "latent {k} differs by {d}");
@@ -173,81 +183,54 @@ async fn ranking_variations_and_interpolation() {
     assert_eq!(s.len(), 2);
     assert!(s[0] >= s[1], "kept candidates are sorted by CLIP score");
 
-    let d = dir.path().to_path_buf();
-    let engine = Engine::start(
-        EngineConfig {
-            output_size: 32,
-            ..Default::default()
-        },
-        move || {
-            Ok(PipelineBackend {
-                pipeline: pipeline(&d),
-                output_size: 32,
-            })
+    let cfg = EngineConfig {
+        output_size: 32,
+        ..Default::default()
+    };
+    let engine = engine(dir.path(), cfg);
+    let first = run(
+        &engine,
+        1,
+        Request::Imagine {
+            prompt: "a face".into(),
+            count: 2,
+            seed: 1,
+            truncation: None,
+            candidates: 2,
         },
     )
-    .unwrap();
-    let first = engine
-        .submit(
-            1,
-            Request::Imagine {
-                prompt: "a face".into(),
-                count: 2,
-                seed: 1,
-                truncation: None,
-                candidates: 2,
-            },
-        )
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
-    let (a, b) = (first.latents[0].0, first.latents[1].0);
-    let gif = engine
-        .submit(
-            1,
-            Request::Interpolate {
-                a: LatentRef::Id(a),
-                b: LatentRef::Id(b),
-                frames: 4,
-            },
-        )
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    .await;
+    let (a, b) = (first.latents[0].clone(), first.latents[1].clone());
+    let gif = run(
+        &engine,
+        1,
+        Request::Interpolate {
+            a: a.clone(),
+            b,
+            frames: 4,
+        },
+    )
+    .await;
     assert_eq!(gif.images.len(), 1);
     assert!(gif.images[0].starts_with(b"GIF89a"));
     assert_eq!(gif.latents.len(), 4);
-    let v = engine
-        .submit(
-            1,
-            Request::Variations {
-                latent: LatentRef::Id(a),
-                seed: 3,
-                count: 2,
-                amount: 0.5,
-            },
-        )
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
+    let v = run(
+        &engine,
+        1,
+        Request::Variations {
+            latent: a,
+            seed: 3,
+            count: 2,
+            amount: 0.5,
+        },
+    )
+    .await;
     assert_eq!(v.images.len(), 2);
     let png = image::load_from_memory(&v.images[0]).unwrap();
     assert_eq!((png.width(), png.height()), (32, 32));
-    let inv = engine
-        .submit(
-            2,
-            Request::Invert {
-                image: first.images[0].clone(),
-            },
-        )
-        .unwrap()
-        .wait()
-        .await
-        .unwrap();
-    assert_eq!(inv.latents[0].1.data.len(), 23 * 512);
+    let image = first.images[0].clone();
+    let inv = run(&engine, 2, Request::Invert { image }).await;
+    assert_eq!(inv.latents[0].data.len(), 23 * 512);
     let bad = engine
         .submit(
             2,
@@ -283,19 +266,12 @@ fn cli_imagine_then_edit() {
     let dir = setup();
     let _ = common::mobilestylegan(); // weights fetched
     let out = dir.path().join("face.png");
-    let o = cli(
-        dir.path(),
-        &[
-            "imagine",
-            "a man with a beard",
-            "-n",
-            "2",
-            "--size",
-            "128",
-            "-o",
-            out.to_str().unwrap(),
-        ],
-    );
+    // Both commands render at 128 px.
+    let at_128 = |args: &[&str], out: &Path| {
+        let more = ["--size", "128", "-o", out.to_str().unwrap()];
+        cli(dir.path(), &[args, &more].concat())
+    };
+    let o = at_128(&["imagine", "a man with a beard", "-n", "2"], &out);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let lat = dir.path().join("face-1.npy");
     assert!(dir.path().join("face.npy").exists() && lat.exists());
@@ -304,21 +280,16 @@ fn cli_imagine_then_edit() {
         vec![1, 23, 512]
     );
     let edited = dir.path().join("edited.png");
-    let o = cli(
-        dir.path(),
-        &[
-            "edit",
-            "add smile",
-            "--latent",
-            lat.to_str().unwrap(),
-            "--strength",
-            "1.5",
-            "--size",
-            "128",
-            "-o",
-            edited.to_str().unwrap(),
-        ],
-    );
+    let lat_arg = lat.to_str().unwrap();
+    let edit = [
+        "edit",
+        "add smile",
+        "--latent",
+        lat_arg,
+        "--strength",
+        "1.5",
+    ];
+    let o = at_128(&edit, &edited);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let a = image::open(dir.path().join("face-1.png"))
         .unwrap()

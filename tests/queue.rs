@@ -13,9 +13,7 @@ use std::time::Duration;
 
 use clip2gan::bot::shared::RedisResults;
 use clip2gan::bot::{BotConfig, BotError, DiscordConfig, Settings, SystemClock, Token};
-use clip2gan::engine::{
-    Backend, Engine, EngineConfig, EngineError, Latent, RawOutput, Request, Resolved,
-};
+use clip2gan::engine::{Backend, Engine, EngineConfig, EngineError, Latent, RawOutput, Request};
 use clip2gan::queue::{worker, QueueClient, QueueConfig};
 use fake_discord::{Event, Fake};
 use redis_server::Redis;
@@ -63,7 +61,7 @@ impl Backend for Quick {
         (2, 3)
     }
 
-    fn run(&mut self, batch: &[Resolved]) -> Vec<Result<RawOutput, EngineError>> {
+    fn run(&mut self, batch: &[Request]) -> Vec<Result<RawOutput, EngineError>> {
         if let Some(g) = &self.gate {
             g.entered.fetch_add(1, Ordering::SeqCst);
             let mut open = g.open.lock().unwrap();
@@ -74,12 +72,12 @@ impl Backend for Quick {
         batch
             .iter()
             .map(|job| {
-                let base = job.latents.first().map_or(0.0, |l| l.data[0] + 1.0);
-                let n = match &job.request {
-                    Request::Imagine { candidates, .. } => *candidates,
-                    Request::Variations { count, .. } => *count,
-                    Request::Render { latents } => latents.len(),
-                    _ => 1,
+                let (base, n) = match job {
+                    Request::Imagine { candidates, .. } => (0.0, *candidates),
+                    Request::Edit { latent, .. } => (latent.data[0] + 1.0, 1),
+                    Request::Variations { latent, count, .. } => (latent.data[0] + 1.0, *count),
+                    Request::Render { latents } => (0.0, latents.len()),
+                    _ => (0.0, 1),
                 };
                 Ok(RawOutput {
                     images: vec![image::RgbImage::new(8, 8); n],

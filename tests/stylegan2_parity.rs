@@ -79,23 +79,22 @@ fn check(g: &StyleGan2, net: &str, label: &str) -> f32 {
     worst
 }
 
+/// (resolution, styles, z size, w size)
+fn sizes(g: &StyleGan2) -> (usize, usize, usize, usize) {
+    (g.resolution(), g.num_styles(), g.z_dim(), g.w_dim())
+}
+
 #[test]
 fn rosinality_pt_matches_reference() {
     let g = load("net32.pt");
-    assert_eq!(
-        (g.resolution(), g.num_styles(), g.z_dim(), g.w_dim()),
-        (32, 8, 32, 32)
-    );
+    assert_eq!(sizes(&g), (32, 8, 32, 32));
     check(&g, "net32", "fast CPU ops");
 }
 
 #[test]
 fn nvidia_safetensors_matches_reference() {
     let g = load("net64.safetensors");
-    assert_eq!(
-        (g.resolution(), g.num_styles(), g.z_dim(), g.w_dim()),
-        (64, 10, 24, 32)
-    );
+    assert_eq!(sizes(&g), (64, 10, 24, 32));
     assert_eq!(
         g.arch().conv_clamp,
         Some(1.5),
@@ -234,28 +233,21 @@ fn bad_checkpoints_fail_clearly() {
     assert!(e.contains("not a PyTorch zip checkpoint"), "{e}");
 
     // Mismatched expectations from the configuration.
-    let e = err(
-        &net_path("net32.pt"),
-        &LoadOptions {
-            channel_multiplier: Some(2),
-            ..Default::default()
-        },
-    );
-    assert!(
-        e.contains("channels per block (4 px up) are [32, 32, 16, 16] (no standard channel multiplier), but generator.channel_multiplier = 2 means [512, 512, 512, 512]"),
-        "{e}"
-    );
-    let e = err(
-        &net_path("net64.safetensors"),
-        &LoadOptions {
-            resolution: Some(1024),
-            ..Default::default()
-        },
-    );
-    assert!(
-        e.contains("a 64 px generator, but generator.resolution = 1024"),
-        "{e}"
-    );
+    let multiplier = LoadOptions {
+        channel_multiplier: Some(2),
+        ..Default::default()
+    };
+    let resolution = LoadOptions {
+        resolution: Some(1024),
+        ..Default::default()
+    };
+    for (file, opts, want) in [
+        ("net32.pt", multiplier, "channels per block (4 px up) are [32, 32, 16, 16] (no standard channel multiplier), but generator.channel_multiplier = 2 means [512, 512, 512, 512]"),
+        ("net64.safetensors", resolution, "a 64 px generator, but generator.resolution = 1024"),
+    ] {
+        let e = err(&net_path(file), &opts);
+        assert!(e.contains(want), "{e}");
+    }
 
     // A missing tensor is named.
     let mut t = Checkpoint::open(&net_path("net64.safetensors"))

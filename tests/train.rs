@@ -53,6 +53,21 @@ fn config() -> TrainConfig {
     c
 }
 
+/// Full mode without the latent and pull losses (image and CLIP losses
+/// only): `steps` steps of `batch` samples, reconstructed at `recon_size`.
+fn full_config(steps: u64, batch: usize, recon_size: usize, warmup_steps: u64) -> TrainConfig {
+    let mut cfg = config();
+    cfg.mode = Mode::Full;
+    cfg.steps = steps;
+    cfg.batch_size = batch;
+    cfg.gen_batch = batch;
+    cfg.recon_size = recon_size;
+    cfg.warmup_steps = warmup_steps;
+    cfg.loss.latent = 0.0;
+    cfg.loss.pull = 0.0;
+    cfg
+}
+
 static NEVER: AtomicBool = AtomicBool::new(false);
 
 fn setup<'a>(t: &'a Tiny, cfg: TrainConfig, run: &str) -> Setup<'a> {
@@ -68,6 +83,11 @@ fn setup<'a>(t: &'a Tiny, cfg: TrainConfig, run: &str) -> Setup<'a> {
         stop_after: None,
         quiet: true,
     }
+}
+
+/// The error of a run that must fail.
+fn train_err(t: &Tiny, cfg: TrainConfig, run: &str) -> String {
+    common::err_text(train::train(&setup(t, cfg, run)))
 }
 
 fn compat<'a>(t: &'a Tiny) -> Compat<'a> {
@@ -197,12 +217,10 @@ fn learns_and_resumes_exactly() {
     let err = common::err_text(train::train(&other));
     assert!(err.contains("lr: 0.002 -> 0.001"), "{err}");
     // A new run refuses to overwrite a run directory with a checkpoint.
-    let err = common::err_text(train::train(&setup(&t, cfg, "b")));
+    let err = train_err(&t, cfg, "b");
     assert!(err.contains("--resume"), "{err}");
 }
 
-/// Full mode: the image and CLIP losses reach the mapper through the frozen
-/// generator and CLIP, with part of each batch from a folder of images.
 /// `init = "fit"`: the MLP starts where the closed-form fit on the run's
 /// pairs is (its first loss far below a random start's) and training goes on
 /// from there; a mapper it cannot express the fit in is refused up front.
@@ -227,10 +245,12 @@ fn mlp_can_start_from_the_fit() {
     );
 
     cfg.mapper.layer_norm = true;
-    let err = common::err_text(train::train(&setup(&t, cfg, "refused")));
+    let err = train_err(&t, cfg, "refused");
     assert!(err.contains("mapper.layer_norm = false"), "{err}");
 }
 
+/// Full mode: the image and CLIP losses reach the mapper through the frozen
+/// generator and CLIP, with part of each batch from a folder of images.
 #[test]
 fn full_mode_backpropagates_through_generator_and_clip() {
     let t = tiny();
@@ -246,16 +266,8 @@ fn full_mode_backpropagates_through_generator_and_clip() {
         img.save(images.join(format!("{i}.png"))).unwrap();
     }
     std::fs::write(images.join("notes.txt"), "not an image").unwrap();
-    let mut cfg = config();
-    cfg.mode = Mode::Full;
-    cfg.steps = 12;
-    cfg.batch_size = 4;
-    cfg.gen_batch = 4;
-    cfg.recon_size = 16;
-    cfg.warmup_steps = 2;
+    let mut cfg = full_config(12, 4, 16, 2);
     cfg.image_dir = Some(images.clone());
-    cfg.loss.latent = 0.0;
-    cfg.loss.pull = 0.0;
     let r = train::train(&setup(&t, cfg.clone(), "full")).unwrap();
     assert_eq!(r.step, 12);
     let text = std::fs::read_to_string(&r.metrics).unwrap();
@@ -288,10 +300,10 @@ fn full_mode_backpropagates_through_generator_and_clip() {
     let empty = t.dir.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     cfg.image_dir = Some(empty);
-    let err = common::err_text(train::train(&setup(&t, cfg.clone(), "e1")));
+    let err = train_err(&t, cfg.clone(), "e1");
     assert!(err.contains("no images in"), "{err}");
     cfg.image_dir = Some(t.dir.path().join("missing"));
-    let err = common::err_text(train::train(&setup(&t, cfg.clone(), "e2")));
+    let err = train_err(&t, cfg.clone(), "e2");
     assert!(
         err.contains("cannot read") && err.contains("missing"),
         "{err}"
@@ -299,7 +311,7 @@ fn full_mode_backpropagates_through_generator_and_clip() {
     // An unreadable image is named.
     std::fs::write(images.join("broken.png"), b"not a png").unwrap();
     cfg.image_dir = Some(images);
-    let err = common::err_text(train::train(&setup(&t, cfg, "e3")));
+    let err = train_err(&t, cfg, "e3");
     assert!(err.contains("broken.png"), "{err}");
 }
 
@@ -548,17 +560,9 @@ fn full_mode_lowers_the_image_loss_through_stylegan2() {
     use clip2gan::generator::Generator;
     let dir = tempfile::tempdir().unwrap();
     let (g, clip) = tiny_stylegan2(dir.path());
-    let mut cfg = config();
-    cfg.mode = Mode::Full;
-    cfg.steps = 30;
-    cfg.batch_size = 8;
-    cfg.gen_batch = 8;
+    let mut cfg = full_config(30, 8, 32, 5);
     cfg.image_size = 32;
-    cfg.recon_size = 32;
     cfg.lr = 4e-3;
-    cfg.warmup_steps = 5;
-    cfg.loss.latent = 0.0;
-    cfg.loss.pull = 0.0;
     cfg.loss.clip = 0.0;
     let spec = train::data::SampleSpec {
         truncation: cfg.truncation,

@@ -34,43 +34,21 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 
 import numpy as np
 import openvino as ov
 
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-DEFAULT_WHEEL = os.path.join(
-    REPO_ROOT, "models", "downloads", "random_face-2021.7.21.1-py3-none-any.whl"
-)
+# Finding and unpacking the reference IR: one copy, in the fixture script.
+sys.path.insert(0, os.path.join(REPO_ROOT, "tests", "fixtures", "mobilestylegan"))
+from make_fixtures import add_ir_args, ir_dir_from  # noqa: E402
+
 DEFAULT_BIN = os.path.join(REPO_ROOT, "target", "release", "clip2gan")
-IR_FILES = [
-    "MappingNetwork.xml",
-    "MappingNetwork.bin",
-    "SynthesisNetwork.xml",
-    "SynthesisNetwork.bin",
-]
-WHEEL_DATA_PREFIX = "random_face/data/"
 IMG_SHAPE = (3, 1024, 1024)
 
 
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
-
-
-def extract_wheel(wheel, dest):
-    with zipfile.ZipFile(wheel) as zf:
-        names = set(zf.namelist())
-        for f in IR_FILES:
-            member = WHEEL_DATA_PREFIX + f
-            if member not in names:
-                sys.exit(f"error: {member} not found in {wheel}")
-            with zf.open(member) as src, open(os.path.join(dest, f), "wb") as dst:
-                while True:
-                    chunk = src.read(1 << 20)
-                    if not chunk:
-                        break
-                    dst.write(chunk)
 
 
 class Reference:
@@ -172,9 +150,7 @@ def main():
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--size", type=int, default=1024, choices=[256, 512, 1024])
     ap.add_argument("--iters", type=int, default=5, help="timed iterations after 1 warm-up")
-    src = ap.add_mutually_exclusive_group()
-    src.add_argument("--ir-dir", help="directory with the 4 IR files")
-    src.add_argument("--wheel", help="random_face wheel (default: models/downloads/...)")
+    add_ir_args(ap)
     ap.add_argument("--precision", choices=["f32", "default", "both"], default="both",
                     help="reference precision hint(s) (default: both)")
     ap.add_argument("--reference-only", action="store_true", help="skip the Rust binary")
@@ -193,14 +169,7 @@ def main():
     log(f"reference: OpenVINO {ov.__version__}, CPU, batch {args.batch}, renders 1024x1024"
         + (f" (no resize to {args.size} included in timing)" if args.size < 1024 else ""))
     with tempfile.TemporaryDirectory() as tmp:
-        if args.ir_dir:
-            ir_dir = args.ir_dir
-        else:
-            wheel = args.wheel or DEFAULT_WHEEL
-            if not os.path.isfile(wheel):
-                sys.exit(f"error: wheel not found: {wheel} (use --wheel or --ir-dir)")
-            extract_wheel(wheel, tmp)
-            ir_dir = tmp
+        ir_dir = ir_dir_from(args, tmp)
         for p in precisions:
             ref = Reference(core, ir_dir, args.batch, p)
             for n in ref.notes:

@@ -19,7 +19,7 @@ use serenity::all::{
 };
 use tracing::{error, info, warn};
 
-use crate::engine::{limits, EngineError, Latent, LatentRef, Layers, Output, Request};
+use crate::engine::{limits, EngineError, Latent, Layers, Output, Request};
 use crate::inference::Job;
 use crate::metrics as names;
 
@@ -385,10 +385,9 @@ impl Bot {
         let Some((rec, latent)) = stored!(self, resp, self.store.latent(r)) else {
             return self.say(&resp, GONE).await;
         };
-        // By value: the engine's own latent cache may have evicted it, or
-        // the bot may have restarted since.
+        // By value: the store is the one place latents are kept.
         let request = Request::Edit {
-            latent: LatentRef::Data(latent),
+            latent,
             instruction: instruction.clone(),
             strength,
             layers: Layers::All,
@@ -432,7 +431,7 @@ impl Bot {
             return self.say(&resp, GONE).await;
         };
         let request = Request::Render {
-            latents: vec![LatentRef::Data(latent)],
+            latents: vec![latent],
         };
         self.start(resp, ctx, request, Then::Show { r, note }).await
     }
@@ -469,8 +468,8 @@ impl Bot {
         };
         let frames = frames.unwrap_or(self.cfg.morph_frames);
         let request = Request::Interpolate {
-            a: LatentRef::Data(la),
-            b: LatentRef::Data(lb),
+            a: la,
+            b: lb,
             frames,
         };
         self.start(resp, ctx, request, Then::Morph { a, b, frames })
@@ -488,10 +487,10 @@ impl Bot {
                 )
                 .await;
         }
-        let mut latents = Vec::with_capacity(refs.len());
+        let mut latents: Vec<Latent> = Vec::with_capacity(refs.len());
         for r in &refs {
             if let Some((_, l)) = stored!(self, resp, self.store.latent(*r)) {
-                latents.push(LatentRef::Data(l));
+                latents.push(l);
             }
         }
         if latents.len() != refs.len() {
@@ -576,7 +575,7 @@ impl Bot {
             Action::Variations => {
                 let seed = random_seed();
                 let request = Request::Variations {
-                    latent: LatentRef::Data(rec.latents[r.index].clone()),
+                    latent: rec.latents[r.index].clone(),
                     seed,
                     count: self.cfg.variations_count,
                     amount: self.cfg.variation_amount,
@@ -1050,7 +1049,7 @@ impl Bot {
                 return Err(Refused(None));
             }
         };
-        let Some(latent) = out.latents.first().map(|(_, l)| l.clone()) else {
+        let Some(latent) = out.latents.first().cloned() else {
             return Err(Refused::say(
                 "The photo gave no face; please try another one.",
             ));
@@ -1075,7 +1074,7 @@ impl Bot {
         };
         let parent = photo.as_ref().ok().map(|r| Ref { id: r.id, index: 0 });
         let request = Request::Edit {
-            latent: LatentRef::Data(latent),
+            latent,
             instruction: instruction.clone(),
             strength,
             layers: Layers::All,
@@ -1109,7 +1108,7 @@ impl Bot {
                     strength,
                 },
                 parent,
-                out.latents.into_iter().map(|(_, l)| l).collect(),
+                out.latents,
             )
             .await;
         let reply = self
@@ -1187,8 +1186,7 @@ impl Bot {
                 let note = out
                     .truncated_prompt
                     .then_some("Note: CLIP reads 77 tokens; the end of the prompt was ignored.");
-                let latents = out.latents.into_iter().map(|(_, l)| l).collect();
-                let saved = self.save(user, prompt, origin, parent, latents).await;
+                let saved = self.save(user, prompt, origin, parent, out.latents).await;
                 self.new_reply(resp, saved, out.images, note).await
             }
             Then::Show { r, note } => {

@@ -752,6 +752,21 @@ struct Text {
     projection: Lin,
 }
 
+/// [`Encoder::load`] at `<tower>.encoder` with the sizes of candle's tower
+/// config `$cfg` (its text and vision configs name them alike).
+macro_rules! tower_encoder {
+    ($tower:expr, $cfg:expr, $causal:expr) => {
+        Encoder::load(
+            $tower.pp("encoder"),
+            $cfg.embed_dim,
+            $cfg.intermediate_size,
+            $cfg.num_hidden_layers,
+            $cfg.num_attention_heads,
+            $causal,
+        )
+    };
+}
+
 /// Both encoders, weights copied out of a checkpoint.
 pub struct FastClip {
     vision: Vision,
@@ -784,14 +799,7 @@ impl FastClip {
             class: values(&e, d, "class_embedding")?,
             pos: values(&e.pp("position_embedding"), (tokens, d), "weight")?,
             pre: Norm::load(v.pp("pre_layrnorm"), d)?,
-            encoder: Encoder::load(
-                v.pp("encoder"),
-                d,
-                vc.intermediate_size,
-                vc.num_hidden_layers,
-                vc.num_attention_heads,
-                false,
-            )?,
+            encoder: tower_encoder!(v, vc, false)?,
             post: Norm::load(v.pp("post_layernorm"), d)?,
             projection: Lin::load(vb.pp("visual_projection"), d, vc.projection_dim, false)?,
             channels: vc.num_channels,
@@ -813,14 +821,7 @@ impl FastClip {
             )?,
             max_positions: tc.max_position_embeddings,
             vocab: tc.vocab_size,
-            encoder: Encoder::load(
-                t.pp("encoder"),
-                d,
-                tc.intermediate_size,
-                tc.num_hidden_layers,
-                tc.num_attention_heads,
-                true,
-            )?,
+            encoder: tower_encoder!(t, tc, true)?,
             norm: Norm::load(t.pp("final_layer_norm"), d)?,
             projection: Lin::load(vb.pp("text_projection"), d, tc.projection_dim, false)?,
         };

@@ -12,14 +12,6 @@ use super::types::{EngineError, JobTimes, Latent, Request, Warmup};
 use crate::image_io;
 use crate::pipeline::{EditRequest, ImagineRequest, Pipeline, Rendered, Stages};
 
-/// A request whose latent references were resolved to data.
-#[derive(Debug, Clone)]
-pub struct Resolved {
-    pub request: Request,
-    /// Latents the request refers to, in the order they appear in it.
-    pub latents: Vec<Latent>,
-}
-
 /// Images and latents of one job, before encoding.
 #[derive(Debug, Clone)]
 pub struct RawOutput {
@@ -37,7 +29,7 @@ pub trait Backend: Send + 'static {
     /// Shape of this backend's latents: (styles, dim).
     fn latent_shape(&self) -> (usize, usize);
     /// Run requests of one batch kind together; one result per request, in order.
-    fn run(&mut self, batch: &[Resolved]) -> Vec<Result<RawOutput, EngineError>>;
+    fn run(&mut self, batch: &[Request]) -> Vec<Result<RawOutput, EngineError>>;
     /// One short piece of background work, done while no job waits (growing
     /// the mapper's pair bank). Returns whether more remains.
     fn idle(&mut self) -> bool {
@@ -97,9 +89,9 @@ impl PipelineBackend {
         })
     }
 
-    fn run_one(&self, job: &Resolved) -> Result<RawOutput, EngineError> {
+    fn run_one(&self, job: &Request) -> Result<RawOutput, EngineError> {
         let p = &self.pipeline;
-        match &job.request {
+        match job {
             Request::Invert { image } => {
                 let img = image::ImageReader::new(Cursor::new(image))
                     .with_guessed_format()
@@ -114,25 +106,24 @@ impl PipelineBackend {
                 self.output(r.into_iter().next().expect("one result"), false)
             }
             Request::Variations {
+                latent,
                 seed,
                 count,
                 amount,
-                ..
             } => {
-                let lat = self.tensor(&job.latents[0])?;
+                let lat = self.tensor(latent)?;
                 self.output(
                     p.variations(&lat, *seed, *count, *amount).map_err(failed)?,
                     false,
                 )
             }
-            Request::Interpolate { frames, .. } => {
-                let a = self.tensor(&job.latents[0])?;
-                let b = self.tensor(&job.latents[1])?;
+            Request::Interpolate { a, b, frames } => {
+                let a = self.tensor(a)?;
+                let b = self.tensor(b)?;
                 self.output(p.interpolate(&a, &b, *frames).map_err(failed)?, true)
             }
-            Request::Render { .. } => {
-                let ws = job
-                    .latents
+            Request::Render { latents } => {
+                let ws = latents
                     .iter()
                     .map(|l| self.tensor(l)?.unsqueeze(0).map_err(failed))
                     .collect::<Result<Vec<_>, _>>()?;
@@ -148,54 +139,45 @@ impl PipelineBackend {
     }
 
     /// Imagine or edit requests in one forward pass.
-    fn run_batch(&self, batch: &[Resolved]) -> Result<Vec<RawOutput>, EngineError> {
+    fn run_batch(&self, batch: &[Request]) -> Result<Vec<RawOutput>, EngineError> {
         let p = &self.pipeline;
         let mut stages = Stages::default();
-        let rendered = match &batch[0].request {
-            Request::Imagine { .. } => {
-                let reqs = batch
-                    .iter()
-                    .map(|j| match &j.request {
-                        Request::Imagine {
-                            prompt,
-                            count,
-                            seed,
-                            truncation,
-                            candidates,
-                        } => Ok(ImagineRequest {
-                            prompt: prompt.clone(),
-                            count: *count,
-                            seed: *seed,
-                            truncation: *truncation,
-                            candidates: *candidates,
-                        }),
-                        _ => Err(EngineError::Failed("mixed batch".into())),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                p.imagine_timed(&reqs, &mut stages).map_err(failed)?
+        let (mut imagine, mut edit) = (Vec::new(), Vec::new());
+        for job in batch {
+            match job {
+                Request::Imagine {
+                    prompt,
+                    count,
+                    seed,
+                    truncation,
+                    candidates,
+                } => imagine.push(ImagineRequest {
+                    prompt: prompt.clone(),
+                    count: *count,
+                    seed: *seed,
+                    truncation: *truncation,
+                    candidates: *candidates,
+                }),
+                Request::Edit {
+                    latent,
+                    instruction,
+                    strength,
+                    layers,
+                } => edit.push(EditRequest {
+                    latent: self.tensor(latent)?,
+                    instruction: instruction.clone(),
+                    strength: *strength,
+                    layers: *layers,
+                }),
+                _ => return Err(EngineError::Failed("not a batchable request".into())),
             }
-            Request::Edit { .. } => {
-                let reqs = batch
-                    .iter()
-                    .map(|j| match &j.request {
-                        Request::Edit {
-                            instruction,
-                            strength,
-                            layers,
-                            ..
-                        } => Ok(EditRequest {
-                            latent: self.tensor(&j.latents[0])?,
-                            instruction: instruction.clone(),
-                            strength: *strength,
-                            layers: *layers,
-                        }),
-                        _ => Err(EngineError::Failed("mixed batch".into())),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                p.edit_timed(&reqs, &mut stages).map_err(failed)?
-            }
-            _ => return Err(EngineError::Failed("not a batchable request".into())),
-        };
+        }
+        let rendered = match (imagine.is_empty(), edit.is_empty()) {
+            (false, true) => p.imagine_timed(&imagine, &mut stages),
+            (true, false) => p.edit_timed(&edit, &mut stages),
+            _ => return Err(EngineError::Failed("mixed batch".into())),
+        }
+        .map_err(failed)?;
         let mut out = rendered
             .into_iter()
             .map(|r| self.output(r, false))
@@ -222,7 +204,7 @@ impl Backend for PipelineBackend {
         (g.num_styles(), g.w_dim())
     }
 
-    fn run(&mut self, batch: &[Resolved]) -> Vec<Result<RawOutput, EngineError>> {
+    fn run(&mut self, batch: &[Request]) -> Vec<Result<RawOutput, EngineError>> {
         if batch.len() == 1 {
             return vec![self.run_one(&batch[0])];
         }

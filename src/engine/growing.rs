@@ -5,8 +5,8 @@
 //! batches. With no growth (a trained mapper, or first use switched off) it
 //! is a plain [`PipelineBackend`].
 
-use super::backend::{Backend, PipelineBackend, RawOutput, Resolved};
-use super::types::{EngineError, Warmup};
+use super::backend::{Backend, PipelineBackend, RawOutput};
+use super::types::{EngineError, Request, Warmup};
 use crate::clip::Clip;
 use crate::generator::Generator;
 use crate::mapper::Mapper;
@@ -102,7 +102,7 @@ impl Backend for GrowingBackend {
         self.latent_shape
     }
 
-    fn run(&mut self, batch: &[Resolved]) -> Vec<Result<RawOutput, EngineError>> {
+    fn run(&mut self, batch: &[Request]) -> Vec<Result<RawOutput, EngineError>> {
         match &mut self.stage {
             Stage::Ready(b) => b.run(batch),
             // The engine refuses jobs while warming; one that slipped in

@@ -36,7 +36,7 @@ use tokio::sync::oneshot;
 
 use crate::metrics::{self as names, record_ms};
 
-pub use backend::{Backend, PipelineBackend, RawOutput, Resolved};
+pub use backend::{Backend, PipelineBackend, RawOutput};
 pub use growing::GrowingBackend;
 pub use types::*;
 
@@ -56,8 +56,9 @@ pub struct EngineConfig {
     pub per_user_limit: usize,
     /// Side of delivered images in pixels.
     pub output_size: usize,
-    /// Latents kept in memory for follow-up requests (oldest evicted first).
-    pub latent_cache: usize,
+    /// Accepted and ignored: the engine once kept latents for follow-up
+    /// requests; clients now send them by value (older configs still load).
+    pub latent_cache: serde::de::IgnoredAny,
 }
 
 impl Default for EngineConfig {
@@ -69,7 +70,7 @@ impl Default for EngineConfig {
             settle_ms: 3,
             per_user_limit: 2,
             output_size: 512,
-            latent_cache: 10_000,
+            latent_cache: serde::de::IgnoredAny,
         }
     }
 }
@@ -87,14 +88,10 @@ struct State {
     queue: VecDeque<Queued>,
     per_user: HashMap<UserId, usize>,
     next_id: u64,
-    next_latent: u64,
     shutting_down: bool,
     drain: bool,
     /// The backend's warm-up progress, as the worker last saw it.
     warming: Option<Warmup>,
-    /// Bounded latent store: insertion order for eviction.
-    latents: HashMap<LatentId, Latent>,
-    latent_order: VecDeque<LatentId>,
 }
 
 struct Shared {
@@ -131,7 +128,6 @@ pub struct Engine {
 pub struct JobHandle {
     pub id: JobId,
     rx: oneshot::Receiver<Result<RawOutput, EngineError>>,
-    shared: Arc<Shared>,
     submitted: Instant,
 }
 
@@ -230,12 +226,7 @@ impl Engine {
         gauge!(names::QUEUE_DEPTH).set(s.queue.len() as f64);
         drop(s);
         self.shared.wake.notify_all();
-        Ok(JobHandle {
-            id,
-            rx,
-            shared: self.shared.clone(),
-            submitted,
-        })
+        Ok(JobHandle { id, rx, submitted })
     }
 
     /// Jobs ahead of `id` in the queue; `None` once it runs or is done.
@@ -271,11 +262,6 @@ impl Engine {
         true
     }
 
-    /// A latent kept by the engine.
-    pub fn latent(&self, id: LatentId) -> Option<Latent> {
-        self.shared.lock().latents.get(&id).cloned()
-    }
-
     /// Stop taking jobs. With `drain`, queued jobs still run; otherwise each
     /// is answered with [`EngineError::ShuttingDown`]. Returns when the
     /// worker has stopped.
@@ -303,25 +289,6 @@ impl JobHandle {
     /// on a blocking thread.
     pub async fn wait(self) -> Result<Output, EngineError> {
         let raw = self.rx.await.map_err(|_| EngineError::ShuttingDown)??;
-        let ids = {
-            let mut s = self.shared.lock();
-            let cap = self.shared.config.latent_cache.max(1);
-            raw.latents
-                .iter()
-                .map(|l| {
-                    s.next_latent += 1;
-                    let id = LatentId(s.next_latent);
-                    s.latents.insert(id, l.clone());
-                    s.latent_order.push_back(id);
-                    while s.latent_order.len() > cap {
-                        if let Some(old) = s.latent_order.pop_front() {
-                            s.latents.remove(&old);
-                        }
-                    }
-                    id
-                })
-                .collect::<Vec<_>>()
-        };
         let RawOutput {
             images,
             latents,
@@ -344,7 +311,7 @@ impl JobHandle {
             (times.total_ms - times.queue_ms - times.worker_ms() - times.encode_ms).max(0.0);
         Ok(Output {
             images,
-            latents: ids.into_iter().zip(latents).collect(),
+            latents,
             truncated_prompt,
             scores,
             times,
@@ -379,18 +346,16 @@ fn encode(images: &[image::RgbImage], animate: bool) -> Result<Vec<Vec<u8>>, Eng
 /// Cheap checks done at submit time, so a bad request never joins a batch.
 fn validate(r: &Request, shape: (usize, usize)) -> Result<(), EngineError> {
     let bad = |m: String| Err(EngineError::InvalidRequest(m));
-    let check_latent = |l: &LatentRef| match l {
-        LatentRef::Data(d) if (d.styles, d.dim) != shape || d.data.len() != d.styles * d.dim => {
-            bad(format!(
-                "the latent has shape {}x{} ({} values); this generator needs {}x{}",
-                d.styles,
-                d.dim,
-                d.data.len(),
-                shape.0,
-                shape.1
-            ))
-        }
-        LatentRef::Data(d) if d.data.iter().any(|v| !v.is_finite()) => {
+    let check_latent = |d: &Latent| match d {
+        d if (d.styles, d.dim) != shape || d.data.len() != d.styles * d.dim => bad(format!(
+            "the latent has shape {}x{} ({} values); this generator needs {}x{}",
+            d.styles,
+            d.dim,
+            d.data.len(),
+            shape.0,
+            shape.1
+        )),
+        d if d.data.iter().any(|v| !v.is_finite()) => {
             bad("the latent has NaN or infinite values".into())
         }
         _ => Ok(()),
@@ -558,34 +523,13 @@ fn worker<B: Backend>(shared: Arc<Shared>, mut backend: B) {
                 continue;
             }
         };
-        // Resolve latent ids now: an evicted latent fails only its job. The
-        // requests move into the batch (an uploaded photo is megabytes).
-        let mut waiting = Vec::with_capacity(batch.len());
-        let mut jobs = Vec::with_capacity(batch.len());
-        for q in batch {
-            let Queued {
-                user,
-                submitted,
-                request,
-                tx,
-                ..
-            } = q;
-            match resolve(&shared, request) {
-                Ok(r) => {
-                    waiting.push((user, submitted, tx));
-                    jobs.push(r);
-                }
-                Err(e) => {
-                    shared.finish(user);
-                    let _ = tx.send(Err(e));
-                }
-            }
-        }
-        if jobs.is_empty() {
-            continue;
-        }
+        // The requests move into the batch (an uploaded photo is megabytes).
+        let (waiting, jobs): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .map(|q| ((q.user, q.submitted, q.tx), q.request))
+            .unzip();
         let started = Instant::now();
-        let batch_images: usize = jobs.iter().map(|j| j.request.images()).sum();
+        let batch_images: usize = jobs.iter().map(|j| j.images()).sum();
         let results = match catch_unwind(AssertUnwindSafe(|| backend.run(&jobs))) {
             Ok(r) if r.len() == jobs.len() => r,
             // A panic (or a malformed answer): run each job alone so only the
@@ -610,8 +554,7 @@ fn worker<B: Backend>(shared: Arc<Shared>, mut backend: B) {
         // result may submit its next job at once.
         for (((user, submitted, tx), mut r), job) in waiting.into_iter().zip(results).zip(&jobs) {
             let outcome = r.as_ref().err().map_or("ok", EngineError::label);
-            counter!(names::ENGINE_JOBS, "kind" => job.request.kind(), "outcome" => outcome)
-                .increment(1);
+            counter!(names::ENGINE_JOBS, "kind" => job.kind(), "outcome" => outcome).increment(1);
             if let Ok(raw) = &mut r {
                 let t = &mut raw.times;
                 t.batch_images = batch_images;
@@ -645,26 +588,4 @@ fn record_batch(results: &[Result<RawOutput, EngineError>], images: usize) {
     ] {
         histogram!(names::STAGE, "stage" => stage).record(ms / 1000.0);
     }
-}
-
-fn resolve(shared: &Shared, r: Request) -> Result<Resolved, EngineError> {
-    let get = |l: &LatentRef| match l {
-        LatentRef::Data(d) => Ok(d.clone()),
-        LatentRef::Id(id) => shared
-            .lock()
-            .latents
-            .get(id)
-            .cloned()
-            .ok_or(EngineError::UnknownLatent(*id)),
-    };
-    let latents = match &r {
-        Request::Edit { latent, .. } | Request::Variations { latent, .. } => vec![get(latent)?],
-        Request::Interpolate { a, b, .. } => vec![get(a)?, get(b)?],
-        Request::Render { latents } => latents.iter().map(get).collect::<Result<_, _>>()?,
-        _ => Vec::new(),
-    };
-    Ok(Resolved {
-        request: r,
-        latents,
-    })
 }

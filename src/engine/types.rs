@@ -14,23 +14,12 @@ pub type UserId = u64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct JobId(pub u64);
 
-/// A latent kept by the engine for follow-up requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct LatentId(pub u64);
-
 /// A W+ latent as plain data, `styles x dim` floats, row-major.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Latent {
     pub styles: usize,
     pub dim: usize,
     pub data: Vec<f32>,
-}
-
-/// A latent by id (kept by the engine) or by value (e.g. from a store on disk).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub enum LatentRef {
-    Id(LatentId),
-    Data(Latent),
 }
 
 /// Serialisable, so that a queue can carry it to a worker elsewhere.
@@ -45,7 +34,7 @@ pub enum Request {
         candidates: usize,
     },
     Edit {
-        latent: LatentRef,
+        latent: Latent,
         instruction: String,
         strength: f64,
         layers: Layers,
@@ -53,20 +42,16 @@ pub enum Request {
     /// Encoded image bytes (PNG, JPEG, ...) to turn into an editable latent.
     Invert { image: Vec<u8> },
     Variations {
-        latent: LatentRef,
+        latent: Latent,
         seed: u64,
         count: usize,
         amount: f64,
     },
     /// An animation from `a` to `b`.
-    Interpolate {
-        a: LatentRef,
-        b: LatentRef,
-        frames: usize,
-    },
+    Interpolate { a: Latent, b: Latent, frames: usize },
     /// Render stored latents as they are (one PNG each): showing an earlier
     /// result again, or several of them side by side.
-    Render { latents: Vec<LatentRef> },
+    Render { latents: Vec<Latent> },
 }
 
 impl Request {
@@ -108,8 +93,9 @@ impl Request {
 pub struct Output {
     /// PNG files, one per image; for `Interpolate`, one animated GIF.
     pub images: Vec<Vec<u8>>,
-    /// The latent of each image, kept by the engine under these ids.
-    pub latents: Vec<(LatentId, Latent)>,
+    /// The latent of each image, for follow-up requests (the client keeps
+    /// them and sends them back by value).
+    pub latents: Vec<Latent>,
     /// The prompt was longer than CLIP's 77 tokens and was cut.
     pub truncated_prompt: bool,
     /// CLIP scores of the kept candidates, when candidates were ranked.
@@ -183,8 +169,6 @@ pub enum EngineError {
     UserBusy { limit: usize },
     #[error("{0}")]
     InvalidRequest(String),
-    #[error("that result is no longer in memory; create a new one with /imagine")]
-    UnknownLatent(LatentId),
     #[error("the job was cancelled")]
     Cancelled,
     #[error("the image service is shutting down; please try again later")]
@@ -206,7 +190,6 @@ impl EngineError {
             EngineError::QueueFull { .. } => "queue_full",
             EngineError::UserBusy { .. } => "user_busy",
             EngineError::InvalidRequest(_) => "invalid",
-            EngineError::UnknownLatent(_) => "unknown_latent",
             EngineError::Cancelled => "cancelled",
             EngineError::ShuttingDown => "shutting_down",
             EngineError::WarmingUp(_) => "warming_up",

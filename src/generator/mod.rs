@@ -14,8 +14,6 @@ pub use config::GeneratorConfig;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use rand::SeedableRng;
-use rand_distr::{Distribution, StandardNormal};
 
 use crate::error::{Error, Result};
 
@@ -75,15 +73,9 @@ pub trait Generator: Send + Sync {
     }
 }
 
-/// Standard-normal `[n, dim]` from a seed, identical on every platform
-/// (ChaCha8 stream; one value after the other, row-major).
-pub fn seeded_normal(seed: u64, n: usize, dim: usize, device: &Device) -> Result<Tensor> {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let v: Vec<f32> = (0..n * dim)
-        .map(|_| StandardNormal.sample(&mut rng))
-        .collect();
-    Ok(Tensor::from_vec(v, (n, dim), device)?)
-}
+/// Standard-normal `[n, dim]` from a seed (in [`crate::rng`], which the
+/// kernel layer's tests use too).
+pub use crate::rng::seeded_normal;
 
 /// Latent `z` for each of `count` seeds starting at `seed` (seed, seed+1, ...),
 /// so image k of a batch is the same as a single run with seed+k.

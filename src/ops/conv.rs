@@ -17,10 +17,10 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
+use candle_core::{DType, Device, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous_f32, fast_path, values, SharedOut};
+use super::{fast_path, values, Dims4, Kernel, Nchw, SharedOut};
 use crate::error::Result;
 
 /// Output floats per band (`c_out` x padded pixels): the band's accumulator
@@ -104,7 +104,7 @@ impl Conv2d {
                 conv: self.cpu.clone(),
                 scale,
             };
-            return Ok(x.contiguous()?.apply_op1_no_bwd(&op)?);
+            return Ok(x.contiguous()?.apply_op1_no_bwd(&Kernel(&op))?);
         }
         let x = match scale {
             Some(s) => {
@@ -123,20 +123,17 @@ struct CpuConvOp {
     scale: Option<Vec<f32>>,
 }
 
-impl CustomOp1 for CpuConvOp {
-    fn name(&self) -> &'static str {
-        "stylegan2-conv2d"
-    }
+impl Nchw for CpuConvOp {
+    const NAME: &'static str = "stylegan2-conv2d";
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn run(&self, x: &[f32], dims: Dims4) -> candle_core::Result<(Vec<f32>, Shape)> {
         let c = &*self.conv;
-        let x = contiguous_f32(s, l)?;
-        let (n, c_in, h, w) = l.shape().dims4()?;
+        let (n, c_in, h, w) = dims;
         let bad_scale = self.scale.as_ref().is_some_and(|s| s.len() != n * c_in);
         if c_in != c.c_in || h + 2 * c.pad < c.k || w + 2 * c.pad < c.k || bad_scale {
             candle_core::bail!(
                 "stylegan2-conv2d: input {:?} does not fit {}x{} kernel over {} channels",
-                l.shape(),
+                Shape::from(dims),
                 c.k,
                 c.k,
                 c.c_in
@@ -229,7 +226,7 @@ impl CustomOp1 for CpuConvOp {
         });
         // SAFETY: the bands tile every row of every channel of every sample.
         unsafe { out.set_len(n * c.c_out * plane) };
-        Ok((CpuStorage::F32(out), Shape::from((n, c.c_out, ho, wo))))
+        Ok((out, Shape::from((n, c.c_out, ho, wo))))
     }
 }
 

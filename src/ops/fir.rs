@@ -12,10 +12,10 @@
 //! same thing; [`super::fast_path`] picks one. Tests check them against each
 //! other and against a direct 2-D definition.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::{Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous_f32, fast_path};
+use super::{fast_path, Dims4, Kernel, Nchw};
 use crate::error::{Error, Result};
 
 /// StyleGAN2's resampling filter, per axis, normalised to sum 1.
@@ -84,7 +84,7 @@ impl UpFirDn {
         self.out_len(h)?;
         self.out_len(w)?;
         if fast_path(&[x]) {
-            Ok(x.contiguous()?.apply_op1_no_bwd(self)?)
+            Ok(x.contiguous()?.apply_op1_no_bwd(&Kernel(self))?)
         } else {
             self.forward_portable(x)
         }
@@ -207,7 +207,9 @@ pub fn interleave_phases_fir(p: &Tensor, fir: &UpFirDn) -> Result<Tensor> {
     if fast_path(&[p]) {
         fir.out_len(2 * h)?;
         fir.out_len(2 * w)?;
-        return Ok(p.contiguous()?.apply_op1_no_bwd(&PhasesFir(fir.clone()))?);
+        return Ok(p
+            .contiguous()?
+            .apply_op1_no_bwd(&Kernel(&PhasesFir(fir.clone())))?);
     }
     let c = c4 / 4;
     let y = p
@@ -219,14 +221,11 @@ pub fn interleave_phases_fir(p: &Tensor, fir: &UpFirDn) -> Result<Tensor> {
 
 struct PhasesFir(UpFirDn);
 
-impl CustomOp1 for PhasesFir {
-    fn name(&self) -> &'static str {
-        "interleave-phases-fir"
-    }
+impl Nchw for PhasesFir {
+    const NAME: &'static str = "interleave-phases-fir";
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l)?;
-        let (n, c4, h, w) = l.shape().dims4()?;
+    fn run(&self, x: &[f32], dims: Dims4) -> candle_core::Result<(Vec<f32>, Shape)> {
+        let (n, c4, h, w) = dims;
         let c = c4 / 4;
         let fir = &self.0;
         let (oh, ow) = fir.out_hw(2 * h, 2 * w)?;
@@ -250,7 +249,7 @@ impl CustomOp1 for PhasesFir {
                 }
                 fir.columns(&tmp, 2 * h, ow, dst);
             });
-        Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
+        Ok((out, Shape::from((n, c, oh, ow))))
     }
 }
 
@@ -270,14 +269,11 @@ fn pad_axis(x: &Tensor, dim: usize, before: isize, after: isize) -> Result<Tenso
     Ok(y)
 }
 
-impl CustomOp1 for UpFirDn {
-    fn name(&self) -> &'static str {
-        "upfirdn2d"
-    }
+impl Nchw for UpFirDn {
+    const NAME: &'static str = "upfirdn2d";
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l)?;
-        let (n, c, h, w) = l.shape().dims4()?;
+    fn run(&self, x: &[f32], dims: Dims4) -> candle_core::Result<(Vec<f32>, Shape)> {
+        let (n, c, h, w) = dims;
         let (oh, ow) = self.out_hw(h, w)?;
         let mut out = vec![0f32; n * c * oh * ow];
         out.par_chunks_mut(oh * ow)
@@ -290,7 +286,7 @@ impl CustomOp1 for UpFirDn {
                 }
                 self.columns(&tmp, h, ow, dst);
             });
-        Ok((CpuStorage::F32(out), Shape::from((n, c, oh, ow))))
+        Ok((out, Shape::from((n, c, oh, ow))))
     }
 }
 

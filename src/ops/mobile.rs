@@ -10,11 +10,11 @@
 
 use std::sync::Arc;
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::{Shape, Tensor};
 use rayon::prelude::*;
 
 pub use super::epilogue::{noise_bias_lrelu, noise_bias_lrelu_portable};
-use super::{contiguous_f32, fast_path, values, SharedOut};
+use super::{fast_path, values, Dims4, Kernel, Nchw, SharedOut};
 use crate::error::Result;
 
 // ---------------------------------------------------------------------------
@@ -26,9 +26,9 @@ pub fn depthwise3x3(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (n, c, _, _) = x.dims4()?;
     let w = w.reshape((n, c, 9))?;
     if fast_path(&[x, &w]) {
-        return Ok(x.contiguous()?.apply_op1_no_bwd(&Depthwise3x3 {
+        return Ok(x.contiguous()?.apply_op1_no_bwd(&Kernel(&Depthwise3x3 {
             weights: values(&w)?.into(),
-        })?);
+        }))?);
     }
     depthwise3x3_portable(x, &w)
 }
@@ -57,14 +57,11 @@ struct Depthwise3x3 {
     weights: Arc<[f32]>,
 }
 
-impl CustomOp1 for Depthwise3x3 {
-    fn name(&self) -> &'static str {
-        "depthwise3x3"
-    }
+impl Nchw for Depthwise3x3 {
+    const NAME: &'static str = "depthwise3x3";
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l)?;
-        let (n, c, h, w) = l.shape().dims4()?;
+    fn run(&self, x: &[f32], dims: Dims4) -> candle_core::Result<(Vec<f32>, Shape)> {
+        let (n, c, h, w) = dims;
         if self.weights.len() != n * c * 9 {
             candle_core::bail!(
                 "depthwise3x3: {} weights for {n}x{c} planes",
@@ -78,7 +75,7 @@ impl CustomOp1 for Depthwise3x3 {
             let k = &self.weights[p * 9..p * 9 + 9];
             dw_plane(src, dst, k, h, w);
         });
-        Ok((CpuStorage::F32(out), l.shape().clone()))
+        Ok((out, Shape::from(dims)))
     }
 }
 
@@ -184,7 +181,7 @@ pub fn styled_dwsep_conv(x: &Tensor, p: &DwSepParams) -> Result<Tensor> {
             cout,
             slope: p.slope,
         };
-        return Ok(x.contiguous()?.apply_op1_no_bwd(&op)?);
+        return Ok(x.contiguous()?.apply_op1_no_bwd(&Kernel(&op))?);
     }
     let y = depthwise3x3(x, p.k_dw)?;
     let pw = p
@@ -212,14 +209,11 @@ struct FusedDwSep {
 /// most 512 KB for Cin = 32 at 512 px) stays in L2 for the pointwise matmul.
 const BAND_PIXELS: usize = 4096;
 
-impl CustomOp1 for FusedDwSep {
-    fn name(&self) -> &'static str {
-        "styled-dwsep-conv"
-    }
+impl Nchw for FusedDwSep {
+    const NAME: &'static str = "styled-dwsep-conv";
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l)?;
-        let (n, cin, h, w) = l.shape().dims4()?;
+    fn run(&self, x: &[f32], dims: Dims4) -> candle_core::Result<(Vec<f32>, Shape)> {
+        let (n, cin, h, w) = dims;
         let cout = self.cout;
         if self.k_dw.len() != n * cin * 9
             || self.w_pw.len() != cout * cin
@@ -227,7 +221,7 @@ impl CustomOp1 for FusedDwSep {
         {
             candle_core::bail!(
                 "styled-dwsep-conv: parameter sizes do not fit input {:?}",
-                l.shape()
+                Shape::from(dims)
             );
         }
         let plane = h * w;
@@ -298,7 +292,7 @@ impl CustomOp1 for FusedDwSep {
         // SAFETY: every element was written above (the bands tile all rows of
         // every channel of every sample).
         unsafe { out.set_len(len) };
-        Ok((CpuStorage::F32(out), Shape::from((n, cout, h, w))))
+        Ok((out, Shape::from((n, cout, h, w))))
     }
 }
 
@@ -325,7 +319,9 @@ pub fn idwt_haar(x: &Tensor, scale: Option<&Tensor>) -> Result<Tensor> {
             Some(s) => Some(values(&s.reshape((n, c4))?)?.into()),
             None => None,
         };
-        return Ok(x.contiguous()?.apply_op1_no_bwd(&IdwtHaar { scale })?);
+        return Ok(x
+            .contiguous()?
+            .apply_op1_no_bwd(&Kernel(&IdwtHaar { scale }))?);
     }
     idwt_haar_portable(x, scale)
 }
@@ -358,14 +354,11 @@ struct IdwtHaar {
     scale: Option<Arc<[f32]>>,
 }
 
-impl CustomOp1 for IdwtHaar {
-    fn name(&self) -> &'static str {
-        "idwt-haar"
-    }
+impl Nchw for IdwtHaar {
+    const NAME: &'static str = "idwt-haar";
 
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s, l)?;
-        let (n, c4, h, w) = l.shape().dims4()?;
+    fn run(&self, x: &[f32], dims: Dims4) -> candle_core::Result<(Vec<f32>, Shape)> {
+        let (n, c4, h, w) = dims;
         let c = c4 / 4;
         let plane = h * w;
         let out_plane = 4 * plane;
@@ -397,7 +390,7 @@ impl CustomOp1 for IdwtHaar {
                     }
                 }
             });
-        Ok((CpuStorage::F32(out), Shape::from((n, c, 2 * h, 2 * w))))
+        Ok((out, Shape::from((n, c, 2 * h, 2 * w))))
     }
 }
 

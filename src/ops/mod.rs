@@ -32,7 +32,7 @@ pub use mobile::{
 
 use std::cell::Cell;
 
-use candle_core::{CpuStorage, DType, Device, Layout, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
 
 use crate::error::Result;
 
@@ -82,8 +82,34 @@ pub(crate) fn fast_path(inputs: &[&Tensor]) -> bool {
             .all(|t| matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32 && !t.track_op())
 }
 
+/// `(n, c, h, w)`: the shape every fast kernel's input has.
+pub(crate) type Dims4 = (usize, usize, usize, usize);
+
+/// A fast CPU kernel: one contiguous f32 `[n, c, h, w]` tensor in, new data
+/// out. [`Kernel`] runs it as candle's `CustomOp1` (no backward pass).
+pub(crate) trait Nchw: Send + Sync {
+    /// The op's name in candle's errors.
+    const NAME: &'static str;
+    /// The output values and shape for input `x` of shape `dims`.
+    fn run(&self, x: &[f32], dims: Dims4) -> candle_core::Result<(Vec<f32>, Shape)>;
+}
+
+/// A [`Nchw`] kernel as candle's `CustomOp1`: `t.apply_op1_no_bwd(&Kernel(&op))`.
+pub(crate) struct Kernel<'a, K>(pub(crate) &'a K);
+
+impl<K: Nchw> CustomOp1 for Kernel<'_, K> {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (out, shape) = self.0.run(contiguous_f32(s, l)?, l.shape().dims4()?)?;
+        Ok((CpuStorage::F32(out), shape))
+    }
+}
+
 /// The f32 values of a contiguous CPU tensor, as a fast kernel reads them.
-pub(crate) fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
     let CpuStorage::F32(data) = s else {
         candle_core::bail!("expected f32 storage")
     };
@@ -127,7 +153,7 @@ pub(crate) mod testing {
     /// Seeded N(0, 1) values of `shape` on the CPU.
     pub fn rand(seed: u64, shape: &[usize]) -> Tensor {
         let n: usize = shape.iter().product();
-        crate::generator::seeded_normal(seed, 1, n, &Device::Cpu)
+        crate::rng::seeded_normal(seed, 1, n, &Device::Cpu)
             .unwrap()
             .reshape(shape)
             .unwrap()
@@ -146,6 +172,11 @@ pub(crate) mod testing {
             .unwrap()
             .to_scalar()
             .unwrap()
+    }
+
+    /// The mean absolute value of a tensor.
+    pub fn mean_abs(t: &Tensor) -> f32 {
+        t.abs().unwrap().mean_all().unwrap().to_scalar().unwrap()
     }
 
     /// `f` with the portable path forced on this thread.

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{EngineError, JobTimes, Latent, LatentId, Output, Request, UserId};
+use crate::engine::{EngineError, JobTimes, Latent, Output, Request, UserId};
 
 use super::QueueError;
 
@@ -51,7 +51,7 @@ pub fn encode_result(id: u64, result: &Result<Output, EngineError>) -> Vec<(Stri
         Ok(out) => (
             Meta {
                 error: None,
-                latents: out.latents.iter().map(|(_, l)| l.clone()).collect(),
+                latents: out.latents.clone(),
                 truncated_prompt: out.truncated_prompt,
                 scores: out.scores.clone(),
                 times: out.times,
@@ -82,8 +82,7 @@ pub fn encode_result(id: u64, result: &Result<Output, EngineError>) -> Vec<(Stri
     fields
 }
 
-/// A result entry back: its job id and the job's outcome. Latent ids are
-/// this process's own numbering (the worker's engine kept its own).
+/// A result entry back: its job id and the job's outcome.
 pub fn decode_result(
     fields: &HashMap<String, redis::Value>,
 ) -> Result<(u64, Result<Output, EngineError>), QueueError> {
@@ -103,17 +102,11 @@ pub fn decode_result(
     while let Some(img) = bytes(fields, &format!("img{}", images.len())) {
         images.push(img);
     }
-    let latents = meta
-        .latents
-        .into_iter()
-        .enumerate()
-        .map(|(i, l)| (LatentId(i as u64), l))
-        .collect();
     Ok((
         id,
         Ok(Output {
             images,
-            latents,
+            latents: meta.latents,
             truncated_prompt: meta.truncated_prompt,
             scores: meta.scores,
             times: meta.times,

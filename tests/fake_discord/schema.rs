@@ -111,18 +111,24 @@ impl Spec {
                 ));
             }
         }
+        // Sizes: a string's characters, an array's items, an object's properties.
+        let size = match v {
+            Value::String(text) => Some((text.chars().count(), "characters", "Length")),
+            Value::Array(items) => Some((items.len(), "items", "Items")),
+            Value::Object(map) => Some((map.len(), "properties", "Properties")),
+            _ => None,
+        };
+        if let Some((n, what, keyword)) = size {
+            let n = n as u64;
+            let bound = |k: &str| s.get(&format!("{k}{keyword}")).and_then(Value::as_u64);
+            if let Some(min) = bound("min").filter(|&min| n < min) {
+                fail(format!("{n} {what}, fewer than {min}"));
+            }
+            if let Some(max) = bound("max").filter(|&max| n > max) {
+                fail(format!("{n} {what}, more than {max}"));
+            }
+        }
         if let Value::String(text) = v {
-            let n = text.chars().count() as u64;
-            if let Some(min) = s.get("minLength").and_then(Value::as_u64) {
-                if n < min {
-                    fail(format!("{n} characters, fewer than {min}"));
-                }
-            }
-            if let Some(max) = s.get("maxLength").and_then(Value::as_u64) {
-                if n > max {
-                    fail(format!("{n} characters, more than {max}"));
-                }
-            }
             if let Some(p) = s.get("pattern").and_then(Value::as_str) {
                 if !regex::Regex::new(p).unwrap().is_match(text) {
                     fail(format!("{text:?} does not match {p}"));
@@ -145,16 +151,6 @@ impl Spec {
             }
         }
         if let Value::Array(items) = v {
-            if let Some(max) = s.get("maxItems").and_then(Value::as_u64) {
-                if items.len() as u64 > max {
-                    fail(format!("{} items, more than {max}", items.len()));
-                }
-            }
-            if let Some(min) = s.get("minItems").and_then(Value::as_u64) {
-                if (items.len() as u64) < min {
-                    fail(format!("{} items, fewer than {min}", items.len()));
-                }
-            }
             if s.get("uniqueItems") == Some(&Value::Bool(true)) {
                 for (i, a) in items.iter().enumerate() {
                     if items[..i].contains(a) {
@@ -164,16 +160,6 @@ impl Spec {
             }
         }
         if let Value::Object(map) = v {
-            if let Some(max) = s.get("maxProperties").and_then(Value::as_u64) {
-                if map.len() as u64 > max {
-                    fail(format!("{} properties, more than {max}", map.len()));
-                }
-            }
-            if let Some(min) = s.get("minProperties").and_then(Value::as_u64) {
-                if (map.len() as u64) < min {
-                    fail(format!("{} properties, fewer than {min}", map.len()));
-                }
-            }
             if let Some(Value::Array(req)) = s.get("required") {
                 for r in req.iter().filter_map(Value::as_str) {
                     if !map.contains_key(r) {

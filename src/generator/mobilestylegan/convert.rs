@@ -61,6 +61,11 @@ fn put(
     Ok(())
 }
 
+/// [`put`] the constant input of `node` as it is stored.
+fn put_input(out: &mut Tensors, g: &IrGraph, name: String, node: &Layer) -> Result<()> {
+    put(out, g, name, g.const_input(node.id)?, None)
+}
+
 fn expect_scalar(g: &IrGraph, l: &Layer, want: f32, what: &str) -> Result<()> {
     let v = g.const_scalar(l)?;
     if !close(v, want) {
@@ -107,13 +112,7 @@ pub fn convert_mapping(g: &IrGraph) -> Result<Tensors> {
         if mm.data.get("transpose_b").map(String::as_str) != Some("true") {
             return Err(g.error("mapping MatMul without transpose_b"));
         }
-        put(
-            &mut out,
-            g,
-            format!("layers.{i}.weight"),
-            g.const_input(mm.id)?,
-            None,
-        )?;
+        put_input(&mut out, g, format!("layers.{i}.weight"), mm)?;
         let add = g.next(mm.id, "Add")?;
         let bias = g.const_input(add.id)?;
         let n = bias.output_shapes[0].iter().product();
@@ -242,13 +241,7 @@ fn walk_modulated(g: &IrGraph, out: &mut Tensors, prefix: &str, w: &Layer) -> Re
         other => return Err(g.error(format!("{prefix}: unexpected op {other} after modulation"))),
     };
     let noise_add = g.next(last.id, "Add")?;
-    put(
-        out,
-        g,
-        format!("{module}.noise.noise"),
-        g.const_input(noise_add.id)?,
-        None,
-    )?;
+    put_input(out, g, format!("{module}.noise.noise"), noise_add)?;
     let bias_add = g.next(noise_add.id, "Add")?;
     let bias = g.const_input(bias_add.id)?;
     let c = bias.output_shapes[0][1];

@@ -31,9 +31,11 @@
 //! matmul, and noise + bias + activation run as one in-place pass.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Shape, Tensor, D};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
 
 use super::convert::{LEAKY_SLOPE, MAPPING_GAIN, PIXEL_NORM_EPS};
 use crate::error::{Error, Result};
@@ -49,64 +51,83 @@ pub const GENERATOR_META_KEY: &str = "generator";
 /// The id of the FFHQ weights, also used when a file carries no metadata.
 pub const FFHQ_ID: &str = "mobilestylegan-ffhq";
 
-/// Tensors of one safetensors file, with errors that name file and tensor.
-pub(crate) struct WeightFile {
-    path: PathBuf,
+/// One weight file as a candle [`VarBuilder`] backend: its tensors, read as
+/// f32, checked against the shape asked for, where `0` stands for any size
+/// (the sizes are read off the weights); errors name the file and tensor.
+struct WeightFile {
+    /// The file's name, for errors.
+    file: String,
     tensors: HashMap<String, Tensor>,
-    metadata: HashMap<String, String>,
 }
 
-impl WeightFile {
-    pub(crate) fn open(path: &Path, device: &Device) -> Result<Self> {
-        if !path.exists() {
-            return Err(Error::MissingWeights {
-                path: path.to_path_buf(),
-                hint: "Run `clip2gan fetch` to download and convert them (or see README.md, \"Models\").".into(),
-            });
-        }
-        let bytes = std::fs::read(path).map_err(|err| Error::Read {
-            path: path.to_path_buf(),
-            err,
-        })?;
-        let crate::tensorfile::TensorFile { tensors, metadata } =
-            crate::tensorfile::decode(&bytes, device).map_err(|e| Error::BadWeights {
-                file: path.display().to_string(),
-                detail: format!("cannot read safetensors: {e}"),
-            })?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            tensors,
-            metadata,
-        })
-    }
-
-    fn bad(&self, detail: String) -> Error {
-        Error::BadWeights {
-            file: self.path.display().to_string(),
-            detail,
-        }
-    }
-
-    /// The named tensor as f32, checked against `shape` (`0` = any size).
-    pub(crate) fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| self.bad(format!("tensor `{name}` is missing")))?;
+impl SimpleBackend for WeightFile {
+    fn get(
+        &self,
+        shape: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.get_unchecked(name, dtype, dev)?;
+        let want = shape.dims();
         let ok =
-            t.rank() == shape.len() && t.dims().iter().zip(shape).all(|(a, b)| *b == 0 || a == b);
+            t.rank() == want.len() && t.dims().iter().zip(want).all(|(a, b)| *b == 0 || a == b);
         if !ok {
-            return Err(self.bad(format!(
-                "tensor `{name}` has shape {:?}, expected {shape:?}",
+            candle_core::bail!(
+                "{}: tensor `{name}` has shape {:?}, expected {want:?}",
+                self.file,
                 t.dims()
-            )));
+            );
         }
-        Ok(t.to_dtype(DType::F32)?)
+        Ok(t)
     }
 
-    fn scalar(&self, name: &str) -> Result<f32> {
-        Ok(self.get(name, &[1])?.to_vec1::<f32>()?[0])
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        match self.tensors.get(name) {
+            Some(t) => t.to_dtype(dtype)?.to_device(dev),
+            None => candle_core::bail!("{}: tensor `{name}` is missing", self.file),
+        }
     }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+}
+
+/// `path` as a [`VarBuilder`] (f32 on `device`), and the file's metadata.
+fn open(path: &Path, device: &Device) -> Result<(VarBuilder<'static>, HashMap<String, String>)> {
+    if !path.exists() {
+        return Err(Error::MissingWeights {
+            path: path.to_path_buf(),
+            hint:
+                "Run `clip2gan fetch` to download and convert them (or see README.md, \"Models\")."
+                    .into(),
+        });
+    }
+    let bytes = std::fs::read(path).map_err(|err| Error::Read {
+        path: path.to_path_buf(),
+        err,
+    })?;
+    let crate::tensorfile::TensorFile { tensors, metadata } =
+        crate::tensorfile::decode(&bytes, device).map_err(|e| Error::BadWeights {
+            file: path.display().to_string(),
+            detail: format!("cannot read safetensors: {e}"),
+        })?;
+    let file = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let backend = WeightFile { file, tensors };
+    Ok((
+        VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone()),
+        metadata,
+    ))
+}
+
+/// The one-element tensor `name` as a number.
+fn scalar(vb: &VarBuilder, name: &str) -> candle_core::Result<f32> {
+    Ok(vb.get(1, name)?.to_vec1::<f32>()?[0])
 }
 
 /// `s = (W w + b) * scale`: a style vector's per-channel modulation.
@@ -117,14 +138,15 @@ struct StyleAffine {
 }
 
 impl StyleAffine {
-    fn load(f: &WeightFile, prefix: &str, w_dim: usize, scaled: bool) -> Result<Self> {
-        let weight = f.get(&format!("{prefix}.modulation.weight"), &[0, w_dim])?;
+    /// `vb` at `<module>.modulation`; `scaled`: it has a constant gain.
+    fn new(vb: VarBuilder, w_dim: usize, scaled: bool) -> candle_core::Result<Self> {
+        let weight = vb.get((0, w_dim), "weight")?;
         let c = weight.dim(0)?;
         Ok(Self {
             weight_t: weight.t()?.contiguous()?,
-            bias: f.get(&format!("{prefix}.modulation.bias"), &[c])?,
+            bias: vb.get(c, "bias")?,
             scale: if scaled {
-                f.scalar(&format!("{prefix}.modulation.scale"))? as f64
+                scalar(&vb, "scale")? as f64
             } else {
                 1.0
             },
@@ -153,8 +175,9 @@ struct Noise {
 }
 
 impl Noise {
-    fn load(f: &WeightFile, module: &str, size: usize) -> Result<Self> {
-        let fixed = f.get(&format!("{module}.noise.noise"), &[1, 1, size, size])?;
+    /// `vb` at `<module>.noise`.
+    fn new(vb: VarBuilder, size: usize) -> candle_core::Result<Self> {
+        let fixed = vb.get((1, 1, size, size), "noise")?;
         // The exporter stored strength * N(0, 1): its std recovers the strength.
         let std = fixed
             .flatten_all()?
@@ -188,18 +211,18 @@ struct StyledDwConv {
 }
 
 impl StyledDwConv {
-    fn load(f: &WeightFile, module: &str, w_dim: usize, size: usize) -> Result<Self> {
-        let affine = StyleAffine::load(f, &format!("{module}.conv"), w_dim, true)?;
+    /// `vb` at the module (`layers.{i}.conv1`, ...).
+    fn new(vb: VarBuilder, w_dim: usize, size: usize) -> candle_core::Result<Self> {
+        let conv = vb.pp("conv");
+        let affine = StyleAffine::new(conv.pp("modulation"), w_dim, true)?;
         let cin = affine.channels();
-        let weight_pw = f.get(&format!("{module}.conv.weight_pw"), &[0, cin])?;
+        let weight_pw = conv.get((0, cin), "weight_pw")?;
         let cout = weight_pw.dim(0)?;
         Ok(Self {
-            weight_dw: f
-                .get(&format!("{module}.conv.weight_dw"), &[cin, 1, 3, 3])?
-                .reshape((cin, 9))?,
+            weight_dw: conv.get((cin, 1, 3, 3), "weight_dw")?.reshape((cin, 9))?,
             weight_pw,
-            noise: Noise::load(f, module, size)?,
-            bias: f.get(&format!("{module}.bias"), &[cout])?,
+            noise: Noise::new(vb.pp("noise"), size)?,
+            bias: vb.get(cout, "bias")?,
             affine,
         })
     }
@@ -272,83 +295,95 @@ pub struct MobileStyleGan {
 impl MobileStyleGan {
     /// Load `mapping.safetensors` and `synthesis.safetensors` from `dir`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let m = WeightFile::open(&dir.join(MAPPING_FILE), device)?;
-        let first = m.get("layers.0.weight", &[0, 0])?;
-        let (w_dim, z_dim) = first.dims2()?;
-        let mut mapping = Vec::new();
-        while m
-            .tensors
-            .contains_key(&format!("layers.{}.weight", mapping.len()))
-        {
-            let i = mapping.len();
-            let fan_in = if i == 0 { z_dim } else { w_dim };
-            let w = m.get(&format!("layers.{i}.weight"), &[w_dim, fan_in])?;
-            mapping.push((
-                w.t()?.contiguous()?,
-                m.get(&format!("layers.{i}.bias"), &[w_dim])?,
-            ));
-        }
-        let w_avg = m.get("w_avg", &[w_dim])?;
+        let (mapping, _) = open(&dir.join(MAPPING_FILE), device)?;
+        let (synthesis, metadata) = open(&dir.join(SYNTHESIS_FILE), device)?;
+        let id = metadata
+            .get(GENERATOR_META_KEY)
+            .cloned()
+            .unwrap_or_else(|| FFHQ_ID.to_string());
+        // The weight files' errors name the file and the tensor.
+        Self::new(mapping, synthesis, id).map_err(|e| Error::BadWeights {
+            file: dir.display().to_string(),
+            detail: e.to_string(),
+        })
+    }
 
-        let s = WeightFile::open(&dir.join(SYNTHESIS_FILE), device)?;
-        let input = s.get("input.input", &[1, 0, 4, 4])?;
+    /// The network from its two weight files: the mapping's tensors
+    /// (`layers.{i}.{weight,bias}`, `w_avg`) and the synthesis'
+    /// (`input.input`, `conv1.*`, `layers.{i}.{up,conv1,conv2}.*`, the last
+    /// block's `to_img.*`).
+    pub fn new(
+        mapping: VarBuilder,
+        synthesis: VarBuilder,
+        id: String,
+    ) -> candle_core::Result<Self> {
+        let device = synthesis.device().clone();
+        let (w_dim, z_dim) = mapping.get((0, 0), "layers.0.weight")?.dims2()?;
+        let mut layers = Vec::new();
+        while mapping.contains_tensor(&format!("layers.{}.weight", layers.len())) {
+            let l = mapping.pp(format!("layers.{}", layers.len()));
+            let fan_in = if layers.is_empty() { z_dim } else { w_dim };
+            let w = l.get((w_dim, fan_in), "weight")?;
+            layers.push((w.t()?.contiguous()?, l.get(w_dim, "bias")?));
+        }
+        let w_avg = mapping.get(w_dim, "w_avg")?;
+
+        let s = synthesis;
+        let input = s.get((1, 0, 4, 4), "input.input")?;
         let c0 = input.dim(1)?;
+        let conv1 = s.pp("conv1");
         let first = FirstConv {
             input,
-            affine: StyleAffine::load(&s, "conv1.conv", w_dim, true)?,
-            weight: s.get("conv1.conv.weight", &[c0, c0, 3, 3])?,
-            noise: Noise::load(&s, "conv1", 4)?,
-            bias: s.get("conv1.bias", &[c0])?,
+            affine: StyleAffine::new(conv1.pp("conv.modulation"), w_dim, true)?,
+            weight: conv1.get((c0, c0, 3, 3), "conv.weight")?,
+            noise: Noise::new(conv1.pp("noise"), 4)?,
+            bias: conv1.get(c0, "bias")?,
         };
         let mut blocks = Vec::new();
-        while s
-            .tensors
-            .contains_key(&format!("layers.{}.up.modulation.weight", blocks.len()))
-        {
-            let i = blocks.len();
-            let size = 8 << i;
+        while s.contains_tensor(&format!("layers.{}.up.modulation.weight", blocks.len())) {
+            let l = s.pp(format!("layers.{}", blocks.len()));
+            let size = 8 << blocks.len();
             blocks.push(Block {
-                up: StyleAffine::load(&s, &format!("layers.{i}.up"), w_dim, false)?,
-                conv1: StyledDwConv::load(&s, &format!("layers.{i}.conv1"), w_dim, size)?,
-                conv2: StyledDwConv::load(&s, &format!("layers.{i}.conv2"), w_dim, size)?,
+                up: StyleAffine::new(l.pp("up.modulation"), w_dim, false)?,
+                conv1: StyledDwConv::new(l.pp("conv1"), w_dim, size)?,
+                conv2: StyledDwConv::new(l.pp("conv2"), w_dim, size)?,
             });
         }
         if blocks.is_empty() {
-            return Err(s.bad("no synthesis blocks (`layers.0.up.modulation.weight`)".into()));
+            candle_core::bail!(
+                "{SYNTHESIS_FILE}: no synthesis blocks (`layers.0.up.modulation.weight`)"
+            );
         }
-        let last = blocks.len() - 1;
-        let affine = StyleAffine::load(&s, &format!("layers.{last}.to_img.conv"), w_dim, true)?;
+        let t = s.pp(format!("layers.{}.to_img", blocks.len() - 1));
+        let affine = StyleAffine::new(t.pp("conv.modulation"), w_dim, true)?;
         let c = affine.channels();
         let to_img = ToImg {
-            weight: s.get(&format!("layers.{last}.to_img.conv.weight"), &[12, c])?,
-            bias: s.get(&format!("layers.{last}.to_img.bias"), &[12])?,
+            weight: t.get((12, c), "conv.weight")?,
+            bias: t.get(12, "bias")?,
             affine,
         };
         // Channel counts must chain: the upsampler turns 4C into C.
         let mut c = c0;
         for (i, b) in blocks.iter().enumerate() {
             if b.up.channels() != c || c % 4 != 0 || b.conv1.affine.channels() != c / 4 {
-                return Err(s.bad(format!("block {i}: channel counts do not chain ({c} in)")));
+                candle_core::bail!(
+                    "{SYNTHESIS_FILE}: block {i}: channel counts do not chain ({c} in)"
+                );
             }
             c = b.conv2.weight_pw.dim(0)?;
         }
         if to_img.affine.channels() != c {
-            return Err(s.bad(format!(
-                "to_img takes {} channels, the last block gives {c}",
+            candle_core::bail!(
+                "{SYNTHESIS_FILE}: to_img takes {} channels, the last block gives {c}",
                 to_img.affine.channels()
-            )));
+            );
         }
-        let id = s
-            .metadata
-            .get(GENERATOR_META_KEY)
-            .cloned()
-            .unwrap_or_else(|| FFHQ_ID.to_string());
         Ok(Self {
             id,
-            device: device.clone(),
+            device,
             z_dim,
             w_dim,
-            mapping,
+            mapping: layers,
             w_avg,
             first,
             blocks,

@@ -97,21 +97,23 @@ impl Names {
 
     /// Conv layer `j`: 0 = the 4 px conv, then conv0 / conv1 per block.
     pub(super) fn conv(&self, j: usize) -> ConvNames {
-        match self.0 {
+        // Suffixes of weight, affine weight and bias, bias, noise strength.
+        let (p, suffixes, noise_const) = match self.0 {
             Naming::Nvidia => {
                 let p = if j == 0 {
                     "synthesis.b4.conv1".to_string()
                 } else {
                     format!("synthesis.b{}.conv{}", Arch::conv_resolution(j), 1 - j % 2)
                 };
-                ConvNames {
-                    weight: format!("{p}.weight"),
-                    affine_w: format!("{p}.affine.weight"),
-                    affine_b: format!("{p}.affine.bias"),
-                    bias: format!("{p}.bias"),
-                    noise_const: format!("{p}.noise_const"),
-                    noise_strength: format!("{p}.noise_strength"),
-                }
+                let noise_const = format!("{p}.noise_const");
+                let suffixes = [
+                    "weight",
+                    "affine.weight",
+                    "affine.bias",
+                    "bias",
+                    "noise_strength",
+                ];
+                (p, suffixes, noise_const)
             }
             Naming::Rosinality => {
                 let p = if j == 0 {
@@ -119,15 +121,25 @@ impl Names {
                 } else {
                     format!("convs.{}", j - 1)
                 };
-                ConvNames {
-                    weight: format!("{p}.conv.weight"),
-                    affine_w: format!("{p}.conv.modulation.weight"),
-                    affine_b: format!("{p}.conv.modulation.bias"),
-                    bias: format!("{p}.activate.bias"),
-                    noise_const: format!("noises.noise_{j}"),
-                    noise_strength: format!("{p}.noise.weight"),
-                }
+                let suffixes = [
+                    "conv.weight",
+                    "conv.modulation.weight",
+                    "conv.modulation.bias",
+                    "activate.bias",
+                    "noise.weight",
+                ];
+                (p, suffixes, format!("noises.noise_{j}"))
             }
+        };
+        let [weight, affine_w, affine_b, bias, noise_strength] =
+            suffixes.map(|s| format!("{p}.{s}"));
+        ConvNames {
+            weight,
+            affine_w,
+            affine_b,
+            bias,
+            noise_const,
+            noise_strength,
         }
     }
 
