@@ -24,6 +24,14 @@
 //!                    bot::respond: the reply, with retries ──> Discord HTTP
 //! ```
 //!
+//! Beyond one machine (`clip2gan bot --queue redis://...` and `clip2gan
+//! worker`), the bot talks to [`queue::QueueClient`] instead of the engine:
+//! jobs go on a Redis stream, workers run them on their own engine (as
+//! above, batching included) and publish each result on the stream of the
+//! front end that asked, which posts it; results, histories, quotas and
+//! cooldowns are then kept in Redis ([`bot::shared`]), so any front end
+//! serves any user.
+//!
 //! The CLI commands run the same pipeline on the main thread, without the
 //! engine. Settings flow the other way: only the command layer (the binary:
 //! `src/main.rs`, `src/cli/`) holds the whole `Config` of [`config`]; it hands
