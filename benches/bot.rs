@@ -143,13 +143,7 @@ fn main() {
     let jobs: usize = arg(&args, "--jobs").map_or(2, |j| j.parse().expect("--jobs: a number"));
     let app = clip2gan::config::Config::load(None).expect("config");
     let dev = clip2gan::device::select(&app.device).expect("device");
-    let cfg = clip2gan::bench::BenchConfig {
-        models_dir: app.models_dir.clone(),
-        generator: app.generator.clone(),
-        settings: app.pipeline_setup().settings(),
-        engine: app.engine.clone(),
-        bank_pairs: app.mapper.pairs,
-    };
+    let cfg = app.bench_setup();
     let max_batch = cfg.engine.max_batch;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -20,38 +20,11 @@ mod redis_server;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clip2gan::engine::{Backend, Engine, EngineConfig, EngineError, Latent, RawOutput, Request};
+use clip2gan::engine::blank::Blank;
+use clip2gan::engine::{Engine, EngineConfig};
 use clip2gan::inference::Inference;
 use clip2gan::queue::{worker, QueueClient, QueueConfig};
 use serde_json::json;
-
-struct Instantly;
-
-impl Backend for Instantly {
-    fn latent_shape(&self) -> (usize, usize) {
-        (2, 3)
-    }
-
-    fn run(&mut self, batch: &[Request]) -> Vec<Result<RawOutput, EngineError>> {
-        batch
-            .iter()
-            .map(|_| {
-                Ok(RawOutput {
-                    images: vec![image::RgbImage::new(8, 8)],
-                    latents: vec![Latent {
-                        styles: 2,
-                        dim: 3,
-                        data: vec![0.0; 6],
-                    }],
-                    animate: false,
-                    truncated_prompt: false,
-                    scores: None,
-                    times: Default::default(),
-                })
-            })
-            .collect()
-    }
-}
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
@@ -105,20 +78,7 @@ fn queue_config(redis: &redis_server::Redis, prefix: &str) -> QueueConfig {
 }
 
 fn spawn_worker(cfg: QueueConfig, engine: Arc<Engine>) -> tokio::sync::oneshot::Sender<()> {
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        worker::run(
-            cfg,
-            engine,
-            async move {
-                let _ = rx.await;
-            },
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap()
-    });
-    tx
+    worker::spawn(cfg, engine, Duration::from_secs(5)).1
 }
 
 fn main() {
@@ -139,7 +99,7 @@ fn main() {
                     per_user_limit: 64,
                     ..Default::default()
                 },
-                || Ok(Instantly),
+                || Ok(Blank),
             )
             .unwrap(),
         )
@@ -168,13 +128,7 @@ fn main() {
     // 2. Throughput on the real pipeline.
     let app = clip2gan::config::Config::load(None).expect("config");
     let dev = clip2gan::device::select(&app.device).expect("device");
-    let cfg = clip2gan::bench::BenchConfig {
-        models_dir: app.models_dir.clone(),
-        generator: app.generator.clone(),
-        settings: app.pipeline_setup().settings(),
-        engine: app.engine.clone(),
-        bank_pairs: app.mapper.pairs,
-    };
+    let cfg = app.bench_setup();
     let max_batch = cfg.engine.max_batch;
     let per_client = images.div_ceil(n_clients).max(1);
     let warm = || clip2gan::bench::warm_engine(&cfg, &dev, n_clients, max_batch).expect("engine");

@@ -106,6 +106,18 @@ impl Config {
         self.mapper.validate()
     }
 
+    /// What the benchmarks run on: the configured generator, pipeline and
+    /// engine settings, and a mapper bank of `[mapper] pairs`.
+    pub fn bench_setup(&self) -> crate::bench::BenchConfig {
+        crate::bench::BenchConfig {
+            models_dir: self.models_dir.clone(),
+            generator: self.generator.clone(),
+            settings: self.pipeline_setup().settings(),
+            engine: self.engine.clone(),
+            bank_pairs: self.mapper.pairs,
+        }
+    }
+
     /// What loading the pipeline needs, from `[clip]`, `[generator]`,
     /// `[mapper]`, `[pipeline]` and `models_dir`.
     pub fn pipeline_setup(&self) -> PipelineSetup {

@@ -295,13 +295,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .into());
             }
             let dev = device::select(&cfg.device)?;
-            let setup = bench::BenchConfig {
-                models_dir: cfg.models_dir.clone(),
-                generator: cfg.generator.clone(),
-                settings: cfg.pipeline_setup().settings(),
-                engine: cfg.engine.clone(),
-                bank_pairs: cfg.mapper.pairs,
-            };
+            let setup = cfg.bench_setup();
             let r = bench::engine(
                 &setup,
                 &dev,

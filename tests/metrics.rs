@@ -4,38 +4,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use clip2gan::engine::{Backend, Engine, EngineConfig, EngineError, RawOutput, Request};
+use clip2gan::engine::blank::Blank;
+use clip2gan::engine::{Engine, EngineConfig, Request};
 use clip2gan::inference::Inference;
 use clip2gan::metrics::{self, MetricsConfig};
-
-/// Instant images: the queue's bookkeeping is what is measured.
-struct Flat;
-
-impl Backend for Flat {
-    fn latent_shape(&self) -> (usize, usize) {
-        (2, 3)
-    }
-
-    fn run(&mut self, batch: &[Request]) -> Vec<Result<RawOutput, EngineError>> {
-        batch
-            .iter()
-            .map(|_| {
-                Ok(RawOutput {
-                    images: vec![image::RgbImage::new(4, 4)],
-                    latents: vec![clip2gan::engine::Latent {
-                        styles: 2,
-                        dim: 3,
-                        data: vec![0.0; 6],
-                    }],
-                    animate: false,
-                    truncated_prompt: false,
-                    scores: None,
-                    times: Default::default(),
-                })
-            })
-            .collect()
-    }
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -94,7 +66,7 @@ async fn the_endpoint_shows_jobs_batches_and_stages() {
     };
     let addr = metrics::install(&cfg).unwrap().expect("enabled");
     assert!(addr.ip().is_loopback());
-    let engine = Arc::new(Engine::start(EngineConfig::default(), || Ok(Flat)).unwrap());
+    let engine = Arc::new(Engine::start(EngineConfig::default(), || Ok(Blank)).unwrap());
     let ok = |m: &HashMap<String, f64>| {
         value(
             m,

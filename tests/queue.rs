@@ -114,7 +114,7 @@ fn queue_config(redis: &Redis) -> QueueConfig {
 /// A worker running until its sender is dropped (or its task aborted: a
 /// worker killed, as far as Redis can tell).
 struct Worker {
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<Result<(), clip2gan::queue::QueueError>>,
     _stop: oneshot::Sender<()>,
     /// Kept here too: a killed worker's engine (held by a gate) must not be
     /// shut down, and joined, inside the runtime.
@@ -135,20 +135,8 @@ fn start_worker(cfg: QueueConfig, gate: Option<Arc<Gate>>) -> Worker {
         )
         .unwrap(),
     );
-    let (tx, rx) = oneshot::channel::<()>();
     let kept = engine.clone();
-    let task = tokio::spawn(async move {
-        worker::run(
-            cfg,
-            engine,
-            async move {
-                let _ = rx.await;
-            },
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap();
-    });
+    let (task, tx) = worker::spawn(cfg, engine, Duration::from_secs(5));
     Worker {
         task,
         _stop: tx,
@@ -340,28 +328,54 @@ async fn two_front_ends_and_two_workers_share_users() {
     f1.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_job_of_a_killed_worker_is_finished_by_another_and_posted_once() {
-    let redis = Redis::start();
-    let cfg = queue_config(&redis);
+/// A worker killed mid-job: its engine holds the job at a gate, and the
+/// worker's task is aborted while it runs (as far as Redis can tell, a
+/// worker process killed: no acknowledgement, no renewals).
+struct Killed {
+    fake: Arc<Fake>,
+    front: FrontEnd,
+    /// The /imagine the dead worker had taken.
+    t: String,
+    gate: Arc<Gate>,
+    // Fields drop in order: the gate opens before the dead worker's engine,
+    // which waits on it, is dropped.
+    _open: OpenOnDrop,
+    _doomed: Worker,
+}
+
+async fn a_worker_killed_mid_job(cfg: &QueueConfig) -> Killed {
     let fake = Fake::start().await;
     let gate = Arc::new(Gate::default());
     let doomed = start_worker(cfg.clone(), Some(gate.clone()));
-    // Dropped before `doomed` (whose engine waits on the gate).
-    let _open = OpenOnDrop(gate.clone());
+    let open = OpenOnDrop(gate.clone());
     let front = start_front_end(&fake, cfg.clone(), None).await;
     let t = imagine(&fake, 7, GUILD_0, "a face");
-    // The job is running on the doomed worker: kill it there.
     fake.wait_until(WAIT, |_| {
         (gate.entered.load(Ordering::SeqCst) > 0).then_some(())
     })
     .await
     .expect("the first worker took the job");
     doomed.task.abort();
+    Killed {
+        fake,
+        front,
+        t,
+        gate,
+        _open: open,
+        _doomed: doomed,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_of_a_killed_worker_is_finished_by_another_and_posted_once() {
+    let redis = Redis::start();
+    let cfg = queue_config(&redis);
+    let killed = a_worker_killed_mid_job(&cfg).await;
+    let (fake, t) = (killed.fake.clone(), killed.t.clone());
     let _survivor = start_worker(cfg.clone(), None);
     image(&fake, &t).await;
     // The dead worker's engine finishing late posts nothing more.
-    gate.release();
+    killed.gate.release();
     let again = imagine(&fake, 8, GUILD_0, "another face");
     image(&fake, &again).await;
     assert_eq!(posts(&fake, &t), 1, "{:#?}", fake.events(&t));
@@ -369,7 +383,7 @@ async fn a_job_of_a_killed_worker_is_finished_by_another_and_posted_once() {
         .cli(&["XPENDING", "test:jobs", "workers"])
         .unwrap_or_default();
     assert!(pending.starts_with("0"), "nothing left pending: {pending}");
-    front.stop().await;
+    killed.front.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -502,23 +516,13 @@ async fn a_job_that_outlives_its_deliveries_is_dead_lettered_and_said() {
         max_deliveries: 1,
         ..queue_config(&redis)
     };
-    let fake = Fake::start().await;
-    let gate = Arc::new(Gate::default());
-    let doomed = start_worker(cfg.clone(), Some(gate.clone()));
-    let _open = OpenOnDrop(gate.clone());
-    let front = start_front_end(&fake, cfg.clone(), None).await;
-    let t = imagine(&fake, 7, GUILD_0, "a face");
-    fake.wait_until(WAIT, |_| {
-        (gate.entered.load(Ordering::SeqCst) > 0).then_some(())
-    })
-    .await
-    .expect("the first worker took the job");
-    doomed.task.abort();
+    let killed = a_worker_killed_mid_job(&cfg).await;
+    let (fake, t) = (killed.fake.clone(), killed.t.clone());
     let _next = start_worker(cfg.clone(), None);
     let said = text(&fake, &t).await;
     assert!(said.contains("set aside"), "{said}");
     assert_eq!(posts(&fake, &t), 0);
     let dead = redis.cli(&["XLEN", "test:dead"]).unwrap();
     assert_eq!(dead.trim(), "1", "kept for an operator");
-    front.stop().await;
+    killed.front.stop().await;
 }

@@ -21,6 +21,7 @@
 //!   (no mapper yet), jobs are refused at once with its progress.
 
 pub mod backend;
+pub mod blank;
 pub mod growing;
 pub mod types;
 

@@ -72,6 +72,23 @@ struct Worker {
     quiet: Quiet,
 }
 
+/// [`run`] on a task of its own until the returned sender is used or
+/// dropped: a worker inside another program (tests, benchmarks).
+pub fn spawn(
+    cfg: QueueConfig,
+    engine: Arc<Engine>,
+    grace: Duration,
+) -> (
+    tokio::task::JoinHandle<Result<(), QueueError>>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        let _ = stopped.await;
+    };
+    (tokio::spawn(run(cfg, engine, shutdown, grace)), stop)
+}
+
 /// Run jobs from the queue on `engine` until `shutdown`; then stop reading,
 /// let the jobs in hand finish and publish (up to `grace`), and return.
 /// Jobs still unfinished stay pending and go to another worker.
