@@ -40,28 +40,28 @@ fn arg(args: &[String], name: &str, default: usize) -> usize {
 /// `clients` clients, `jobs` jobs each one after the other: latencies (ms,
 /// sorted) and images per second.
 async fn clients(inf: Arc<dyn Inference>, clients: usize, jobs: usize) -> (Vec<f64>, f64) {
+    /// One client's jobs, each once the last one's image is back: ms each.
+    async fn client(inf: Arc<dyn Inference>, c: usize, jobs: usize) -> Vec<f64> {
+        let mut ms = Vec::new();
+        for j in 0..jobs {
+            let t = Instant::now();
+            let job = inf
+                .submit(c as u64, clip2gan::bench::bench_request(c, j))
+                .await
+                .expect("submitted");
+            job.wait().await.expect("an image");
+            ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        ms
+    }
     let t0 = Instant::now();
-    let tasks: Vec<_> = (0..clients)
-        .map(|c| {
-            let inf = inf.clone();
-            tokio::spawn(async move {
-                let mut ms = Vec::new();
-                for j in 0..jobs {
-                    let t = Instant::now();
-                    let job = inf
-                        .submit(c as u64, clip2gan::bench::bench_request(c, j))
-                        .await
-                        .expect("submitted");
-                    job.wait().await.expect("an image");
-                    ms.push(t.elapsed().as_secs_f64() * 1000.0);
-                }
-                ms
-            })
-        })
-        .collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for c in 0..clients {
+        tasks.spawn(client(inf.clone(), c, jobs));
+    }
     let mut ms = Vec::new();
-    for t in tasks {
-        ms.extend(t.await.unwrap());
+    while let Some(done) = tasks.join_next().await {
+        ms.extend(done.unwrap());
     }
     let rate = ms.len() as f64 / t0.elapsed().as_secs_f64();
     ms.sort_by(f64::total_cmp);

@@ -227,22 +227,18 @@ fn posts(fake: &Fake, token: &str) -> usize {
         .count()
 }
 
+/// `/name` with its one text option in `guild`; the interaction's token.
+fn command(fake: &Fake, user: u64, guild: u64, name: &str, option: &str, value: &str) -> String {
+    let options = json!([{"name": option, "type": 3, "value": value}]);
+    fake.command_in(user, Some(guild), name, options)
+}
+
 fn imagine(fake: &Fake, user: u64, guild: u64, prompt: &str) -> String {
-    fake.command_in(
-        user,
-        Some(guild),
-        "imagine",
-        json!([{"name": "prompt", "type": 3, "value": prompt}]),
-    )
+    command(fake, user, guild, "imagine", "prompt", prompt)
 }
 
 fn edit(fake: &Fake, user: u64, guild: u64, what: &str) -> String {
-    fake.command_in(
-        user,
-        Some(guild),
-        "edit",
-        json!([{"name": "instruction", "type": 3, "value": what}]),
-    )
+    command(fake, user, guild, "edit", "instruction", what)
 }
 
 /// The metrics endpoint of this test binary, installed once.
@@ -386,13 +382,19 @@ async fn a_job_of_a_killed_worker_is_finished_by_another_and_posted_once() {
     killed.front.stop().await;
 }
 
+/// The fake Discord, one worker and one front end on `cfg`.
+async fn one_of_each(cfg: &QueueConfig) -> (Arc<Fake>, Worker, FrontEnd) {
+    let fake = Fake::start().await;
+    let worker = start_worker(cfg.clone(), None);
+    let front = start_front_end(&fake, cfg.clone(), None).await;
+    (fake, worker, front)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redis_restart_between_imagine_and_edit_loses_nothing() {
     let mut redis = Redis::start();
     let cfg = queue_config(&redis);
-    let fake = Fake::start().await;
-    let _w = start_worker(cfg.clone(), None);
-    let front = start_front_end(&fake, cfg.clone(), None).await;
+    let (fake, _w, front) = one_of_each(&cfg).await;
     let t = imagine(&fake, 7, GUILD_0, "a face");
     image(&fake, &t).await;
     redis.down();
@@ -408,27 +410,32 @@ async fn an_unreachable_redis_is_said_and_survived() {
     // Nothing listens yet: the front end and the worker start anyway.
     let mut redis = Redis::stopped();
     let cfg = queue_config(&redis);
-    let fake = Fake::start().await;
-    let _w = start_worker(cfg.clone(), None);
-    let front = start_front_end(&fake, cfg.clone(), None).await;
-    let t = imagine(&fake, 7, GUILD_0, "a face");
-    let said = text(&fake, &t).await;
-    assert!(said.contains("try again"), "{said}");
+    let (fake, _w, front) = one_of_each(&cfg).await;
+    told_to_try_again(&fake, 7).await;
 
     // Redis comes up: served without a restart.
     redis.up();
-    let t = imagine(&fake, 7, GUILD_0, "a face");
-    image(&fake, &t).await;
+    served(&fake, 7).await;
 
     // Down mid-run, then back.
     redis.down();
-    let t = imagine(&fake, 8, GUILD_0, "a face");
-    let said = text(&fake, &t).await;
-    assert!(said.contains("try again"), "{said}");
+    told_to_try_again(&fake, 8).await;
     redis.up();
-    let t = imagine(&fake, 9, GUILD_0, "a face");
-    image(&fake, &t).await;
+    served(&fake, 9).await;
     front.stop().await;
+}
+
+/// An /imagine of `user` answered with "try again".
+async fn told_to_try_again(fake: &Fake, user: u64) {
+    let t = imagine(fake, user, GUILD_0, "a face");
+    let said = text(fake, &t).await;
+    assert!(said.contains("try again"), "{said}");
+}
+
+/// An /imagine of `user` answered with its image.
+async fn served(fake: &Fake, user: u64) {
+    let t = imagine(fake, user, GUILD_0, "a face");
+    image(fake, &t).await;
 }
 
 /// The shared store keeps redb's bounds and semantics: history depth,
@@ -436,24 +443,10 @@ async fn an_unreachable_redis_is_said_and_survived() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shared_store_is_bounded_as_the_redb_one() {
     use clip2gan::bot::results::ResultStore;
-    use clip2gan::bot::store::{Origin, Record, Ref};
+    use clip2gan::bot::store::{Record, Ref};
     let redis = Redis::start();
     let s = RedisResults::new(&queue_config(&redis), 3, 5).unwrap();
-    let rec = |owner: u64, n: usize, v: f32| Record {
-        id: 0,
-        owner,
-        created_unix: 1,
-        prompt: "a face".into(),
-        origin: Origin::Imagine { seed: 3, count: n },
-        parent: None,
-        latents: (0..n)
-            .map(|k| Latent {
-                styles: 2,
-                dim: 3,
-                data: vec![v + k as f32; 6],
-            })
-            .collect(),
-    };
+    let rec = Record::example;
     let a = s.insert(rec(1, 2, 0.0), 1, 0).await.unwrap();
     let b = s.insert(rec(1, 1, 10.0), 1, 0).await.unwrap();
     assert_eq!(
@@ -497,10 +490,10 @@ async fn the_shared_store_is_bounded_as_the_redb_one() {
     assert_eq!(raw.trim(), "3", "history depth");
     // Quotas and cooldowns live in Redis too.
     let t0 = 1_000_000;
-    assert!(s.charge(9, 1, t0, 1).await.unwrap().is_ok());
-    assert!(s.charge(9, 1, t0 + 1, 1).await.unwrap().is_err());
+    assert!(s.charge((9, 1), t0, 1).await.unwrap().is_ok());
+    assert!(s.charge((9, 1), t0 + 1, 1).await.unwrap().is_err());
     s.refund(9, 1, t0).await.unwrap();
-    assert!(s.charge(9, 1, t0 + 2, 1).await.unwrap().is_ok());
+    assert!(s.charge((9, 1), t0 + 2, 1).await.unwrap().is_ok());
     let cool = Duration::from_secs(60);
     assert!(s.cooldown_left(1, cool).await.unwrap().is_none());
     s.started(1, cool).await.unwrap();

@@ -778,7 +778,7 @@ impl Bot {
             return Ok(None);
         }
         let (g, user, now) = (ctx.guild.unwrap_or(0), ctx.user, self.clock.now_unix());
-        match self.store.charge(g, user, now, quota).await {
+        match self.store.charge((g, user), now, quota).await {
             Ok(Ok(usage)) => Ok(Some(Charge {
                 guild: g,
                 user,

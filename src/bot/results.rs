@@ -17,7 +17,7 @@ use dashmap::DashMap;
 use crate::engine::Latent;
 
 use super::guild::GuildSettings;
-use super::store::{Record, Ref, ResultId, Store, Usage};
+use super::store::{Charged, Record, Ref, ResultId, Store};
 use super::BotError;
 
 #[async_trait]
@@ -58,15 +58,10 @@ pub trait ResultStore: Send + Sync + 'static {
 
     async fn set_guild(&self, guild: u64, settings: GuildSettings) -> Result<(), BotError>;
 
-    /// Take one job from a member's daily quota at `now` (unix seconds).
+    /// Take one job from a member's (`(guild, user)`) daily quota at `now`
+    /// (unix seconds).
     /// `Ok(Err(usage))`: nothing left.
-    async fn charge(
-        &self,
-        guild: u64,
-        user: u64,
-        now: u64,
-        quota: u32,
-    ) -> Result<Result<Usage, Usage>, BotError>;
+    async fn charge(&self, member: (u64, u64), now: u64, quota: u32) -> Result<Charged, BotError>;
 
     /// Give back a charge whose job produced nothing.
     async fn refund(&self, guild: u64, user: u64, window_start: u64) -> Result<(), BotError>;
@@ -155,15 +150,8 @@ impl ResultStore for Local {
         self.blocking(move |s| s.set_guild(guild, settings)).await
     }
 
-    async fn charge(
-        &self,
-        guild: u64,
-        user: u64,
-        now: u64,
-        quota: u32,
-    ) -> Result<Result<Usage, Usage>, BotError> {
-        self.blocking(move |s| s.charge(guild, user, now, quota))
-            .await
+    async fn charge(&self, member: (u64, u64), now: u64, quota: u32) -> Result<Charged, BotError> {
+        self.blocking(move |s| s.charge(member, now, quota)).await
     }
 
     async fn refund(&self, guild: u64, user: u64, window_start: u64) -> Result<(), BotError> {

@@ -23,7 +23,7 @@ use crate::queue::{Link, QueueConfig, QueueError};
 
 use super::guild::{GuildSettings, QUOTA_WINDOW_S};
 use super::results::ResultStore;
-use super::store::{decode_record, encode_record, Record, Ref, ResultId, Usage};
+use super::store::{decode_record, encode_record, Charged, Record, Ref, ResultId, Usage};
 use super::BotError;
 
 /// Store the record, evict the oldest beyond the bound (never the new
@@ -308,13 +308,8 @@ impl ResultStore for RedisResults {
             .map_err(down)
     }
 
-    async fn charge(
-        &self,
-        guild: u64,
-        user: u64,
-        now: u64,
-        quota: u32,
-    ) -> Result<Result<Usage, Usage>, BotError> {
+    async fn charge(&self, member: (u64, u64), now: u64, quota: u32) -> Result<Charged, BotError> {
+        let (guild, user) = member;
         let mut inv = self.charge.prepare_invoke();
         inv.key(self.key(&format!("quota:{guild}:{user}")))
             .arg(now)

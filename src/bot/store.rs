@@ -74,6 +74,29 @@ pub struct Record {
     pub latents: Vec<Latent>,
 }
 
+impl Record {
+    /// An `/imagine` of "a face" by `owner` with `n` latents filled with
+    /// `v`, `v + 1`, ...: what the stores' tests insert.
+    #[doc(hidden)]
+    pub fn example(owner: u64, n: usize, v: f32) -> Record {
+        Record {
+            id: 0,
+            owner,
+            created_unix: 1,
+            prompt: "a face".into(),
+            origin: Origin::Imagine { seed: 3, count: n },
+            parent: None,
+            latents: (0..n)
+                .map(|k| Latent {
+                    styles: 2,
+                    dim: 3,
+                    data: vec![v + k as f32; 6],
+                })
+                .collect(),
+        }
+    }
+}
+
 const RESULTS: TableDefinition<u64, &[u8]> = TableDefinition::new("results");
 const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -82,6 +105,9 @@ const GUILDS: TableDefinition<u64, &[u8]> = TableDefinition::new("guild_settings
 /// (guild id or 0 for DMs, user) -> (start of the quota window in unix
 /// seconds, jobs charged in it).
 const QUOTA: TableDefinition<(u64, u64), (u64, u32)> = TableDefinition::new("quota");
+
+/// A charge taken (`Ok`) or refused (`Err`), with the window either way.
+pub type Charged = Result<Usage, Usage>;
 
 /// A member's quota window after a charge (or a refusal).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -485,18 +511,13 @@ impl Store {
         Ok(())
     }
 
-    /// Take one job from a member's daily quota at `now` (unix seconds). A
+    /// Take one job from a member's (`(guild, user)`) daily quota at `now`
+    /// (unix seconds). A
     /// window starts with the first job after the last one ended and lasts
     /// [`QUOTA_WINDOW_S`]. `Ok(Err(usage))`: nothing left (nothing changed).
-    pub fn charge(
-        &self,
-        guild: u64,
-        user: u64,
-        now: u64,
-        quota: u32,
-    ) -> Result<Result<Usage, Usage>, BotError> {
+    pub fn charge(&self, member: (u64, u64), now: u64, quota: u32) -> Result<Charged, BotError> {
         let _order = self.lock();
-        let key = (guild, user);
+        let key = member;
         let (start, used) = match self.quota.get(&key).map(|v| *v) {
             Some((start, used)) if now < start + QUOTA_WINDOW_S => (start, used),
             _ => (now, 0),
@@ -649,21 +670,7 @@ mod tests {
     use super::*;
 
     fn rec(owner: u64, n: usize, v: f32) -> Record {
-        Record {
-            id: 0,
-            owner,
-            created_unix: 1,
-            prompt: "a face".into(),
-            origin: Origin::Imagine { seed: 3, count: n },
-            parent: None,
-            latents: (0..n)
-                .map(|k| Latent {
-                    styles: 2,
-                    dim: 3,
-                    data: vec![v + k as f32; 6],
-                })
-                .collect(),
-        }
+        Record::example(owner, n, v)
     }
 
     #[test]
@@ -715,19 +722,19 @@ mod tests {
         };
         s.set_guild(9, g.clone()).unwrap();
         let t0 = 1_000_000;
-        assert_eq!(s.charge(9, 1, t0, 2).unwrap().unwrap().used, 1);
-        let second = s.charge(9, 1, t0 + 10, 2).unwrap().unwrap();
+        assert_eq!(s.charge((9, 1), t0, 2).unwrap().unwrap().used, 1);
+        let second = s.charge((9, 1), t0 + 10, 2).unwrap().unwrap();
         assert_eq!((second.used, second.window_start), (2, t0));
-        let refused = s.charge(9, 1, t0 + 20, 2).unwrap().unwrap_err();
+        let refused = s.charge((9, 1), t0 + 20, 2).unwrap().unwrap_err();
         assert_eq!(refused.resets_at(), t0 + QUOTA_WINDOW_S);
-        assert!(s.charge(10, 1, t0, 2).unwrap().is_ok(), "per guild");
+        assert!(s.charge((10, 1), t0, 2).unwrap().is_ok(), "per guild");
         drop(s);
         let s = Store::open(&path, 3, 5).unwrap().store;
         assert_eq!(s.guild(9), Some(g));
-        assert!(s.charge(9, 1, t0 + 30, 2).unwrap().is_err(), "kept");
+        assert!(s.charge((9, 1), t0 + 30, 2).unwrap().is_err(), "kept");
         s.refund(9, 1, t0).unwrap();
-        assert!(s.charge(9, 1, t0 + 40, 2).unwrap().is_ok(), "refunded");
-        let next = s.charge(9, 1, t0 + QUOTA_WINDOW_S, 2).unwrap().unwrap();
+        assert!(s.charge((9, 1), t0 + 40, 2).unwrap().is_ok(), "refunded");
+        let next = s.charge((9, 1), t0 + QUOTA_WINDOW_S, 2).unwrap().unwrap();
         assert_eq!((next.used, next.window_start), (1, t0 + QUOTA_WINDOW_S));
     }
 

@@ -26,29 +26,42 @@ use super::link::{Link, Quiet};
 use super::wire::{self, JobEntry};
 use super::{random_name, unix_ms, QueueConfig, QueueError, GROUP};
 
+/// Lua, shared by the scripts below: `group_read(stream, name)` says
+/// whether the stream has the consumer group `name`, and how many entries
+/// it has read (0 while Redis has not counted them).
+macro_rules! lua_group_read {
+    () => {
+        r#"
+local function group_read(stream, name)
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    local n, r = nil, false
+    for i = 1, #g, 2 do
+      if g[i] == 'name' then n = g[i + 1] end
+      if g[i] == 'entries-read' then r = g[i + 1] end
+    end
+    if n == name then return true, (r or 0) end
+  end
+  return false, 0
+end
+"#
+    };
+}
+
 /// Checks the user's and the queue's limits, publishes the job, and makes
 /// sure the workers' group exists (created by whoever publishes first;
 /// `ENTRIESREAD` says the entries already there are all unread).
 /// Returns `{0, number}` (the job's ordinal in the stream), `{-1, busy}` or
 /// `{-2, waiting}`.
-const SUBMIT: &str = r#"
+const SUBMIT: &str = concat!(
+    lua_group_read!(),
+    r#"
 local added, read, group = 0, 0, false
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local info = redis.call('XINFO', 'STREAM', KEYS[1])
   for i = 1, #info, 2 do
     if info[i] == 'entries-added' then added = info[i + 1] end
   end
-  for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-    local name, r = nil, false
-    for i = 1, #g, 2 do
-      if g[i] == 'name' then name = g[i + 1] end
-      if g[i] == 'entries-read' then r = g[i + 1] end
-    end
-    if name == ARGV[4] then
-      group = true
-      if r then read = r end
-    end
-  end
+  group, read = group_read(KEYS[1], ARGV[4])
 end
 local busy = tonumber(redis.call('GET', KEYS[2]) or '0')
 if busy >= tonumber(ARGV[2]) then return {-1, busy} end
@@ -61,24 +74,19 @@ if not group then
   redis.call('XGROUP', 'CREATE', KEYS[1], ARGV[4], '0', 'ENTRIESREAD', added + 1 - unread)
 end
 return {0, added + 1}
-"#;
+"#
+);
 
 /// The workers' group's entries read (`-1`: no group yet).
-const READ: &str = r#"
+const READ: &str = concat!(
+    lua_group_read!(),
+    r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-  local name, r = nil, false
-  for i = 1, #g, 2 do
-    if g[i] == 'name' then name = g[i + 1] end
-    if g[i] == 'entries-read' then r = g[i + 1] end
-  end
-  if name == ARGV[1] then
-    if r then return r end
-    return 0
-  end
-end
+local found, read = group_read(KEYS[1], ARGV[1])
+if found then return read end
 return -1
-"#;
+"#
+);
 
 struct Waiter {
     tx: oneshot::Sender<Result<Output, EngineError>>,
