@@ -14,7 +14,7 @@
 //!            worker thread "clip2gan-inference" ── Backend::run
 //!              (owns the models and the device)     │ pipeline: CLIP -> mapper
 //!              idle time: grow the pair bank,       │   -> generator (tensors)
-//!              refit the mapper (engine::growing)   v
+//!              refit, refine (engine::growing)      v
 //!                                     RawOutput (RGB images, latents)
 //!                                                   │ back to the awaiting task
 //!                                                   v
@@ -77,7 +77,8 @@
 //!   results store, server settings, photo downloads); it knows nothing of
 //!   tensors. Its own map is in `bot/mod.rs`.
 //! - [`train`]: making a mapper from generated faces (pair cache,
-//!   closed-form fit, first use, MLP training); its map is in `train/mod.rs`.
+//!   closed-form fit and the MLP refined from it, first use, MLP training);
+//!   its map is in `train/mod.rs`.
 //!   [`eval`]: measuring a mapper against baselines, with [`variety`] (range
 //!   and variety of imagine's latents); [`prompts`]: prompt files.
 //! - [`ops`]: the kernel layer of both generators (depthwise 3x3, inverse

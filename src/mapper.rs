@@ -209,6 +209,10 @@ enum Body {
     Mlp {
         hidden: Vec<(Linear, Option<LayerNorm>)>,
         out: Linear,
+        /// Largest `|w+ - w_avg|` (over all styles) a prediction may have:
+        /// the farthest of the bank's own latents (tensor `max_residual`,
+        /// optional; the MLP refined from the fit has it).
+        max_residual: Option<f64>,
     },
     /// `w - w_avg = weight e + bias`, with `|weight e|` clamped to `max_shift`.
     Linear { map: Linear, max_shift: f64 },
@@ -288,9 +292,15 @@ impl Mapper {
             },
         )?;
         let b = ovb.get_with_hints(out_dim, "bias", Init::Const(0.0))?;
+        let max_residual = if vb.contains_tensor("max_residual") {
+            Some(vb.get(1, "max_residual")?.to_vec1::<f32>()?[0] as f64)
+        } else {
+            None
+        };
         Ok(Body::Mlp {
             hidden,
             out: Linear::new(w, Some(b)),
+            max_residual,
         })
     }
 
@@ -379,7 +389,11 @@ impl Mapper {
         let x = e.to_dtype(DType::F32)?;
         let (styles, w_dim) = (self.meta.num_styles, self.meta.w_dim);
         let residual = match &self.body {
-            Body::Mlp { hidden, out } => {
+            Body::Mlp {
+                hidden,
+                out,
+                max_residual,
+            } => {
                 let mut x = x;
                 for (lin, norm) in hidden {
                     x = lin.forward(&x)?;
@@ -393,18 +407,17 @@ impl Mapper {
                         Activation::Silu => x.silu()?,
                     };
                 }
-                out.forward(&x)?.reshape((n, styles, w_dim))?
+                let residual = out.forward(&x)?;
+                let residual = match max_residual {
+                    Some(max) => clamp_rows(&residual, *max)?,
+                    None => residual,
+                };
+                residual.reshape((n, styles, w_dim))?
             }
             Body::Linear { map, max_shift } => {
                 // Clamp the shift, not the intercept: no input may move the
                 // face further from the bank's mean than a real face did.
-                let shift = x.matmul(&map.weight().t()?)?;
-                let norm = shift.sqr()?.sum_keepdim(1)?.sqrt()?;
-                let scale = norm
-                    .clamp(*max_shift, f64::MAX)?
-                    .recip()?
-                    .affine(*max_shift, 0.0)?;
-                let shift = shift.broadcast_mul(&scale)?;
+                let shift = clamp_rows(&x.matmul(&map.weight().t()?)?, *max_shift)?;
                 let bias = map.bias().expect("built with a bias");
                 shift
                     .broadcast_add(bias)?
@@ -485,6 +498,13 @@ impl Mapper {
             Self::new(vb, meta).map_err(|e| bad(format!("does not match its metadata: {e}")))?;
         Ok((m, warnings))
     }
+}
+
+/// Rows of `x` `[n, k]` scaled down to an L2 norm of at most `max`.
+fn clamp_rows(x: &Tensor, max: f64) -> Result<Tensor> {
+    let norm = x.sqr()?.sum_keepdim(1)?.sqrt()?;
+    let scale = norm.clamp(max, f64::MAX)?.recip()?.affine(max, 0.0)?;
+    Ok(x.broadcast_mul(&scale)?)
 }
 
 /// The metadata of a mapper file, without loading its weights.
@@ -626,6 +646,43 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("clip2gan train"), "{err}");
+    }
+
+    /// An MLP with `max_residual` never moves a prediction further from
+    /// `w_avg` (over all styles) than that; without it, the same weights do.
+    #[test]
+    fn max_residual_clamps_an_mlp() {
+        let dev = Device::Cpu;
+        let w_avg = Tensor::new(&[1f32, 2.0, 3.0, 4.0], &dev).unwrap();
+        let e = Tensor::randn(0f32, 1.0, (6, 8), &dev).unwrap();
+        let norms = |m: &Mapper| -> Vec<f32> {
+            let r = m.forward(&e).unwrap().broadcast_sub(&w_avg).unwrap();
+            r.reshape((6, 12))
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum(1)
+                .unwrap()
+                .sqrt()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        let varmap = VarMap::new();
+        let free = Mapper::init_seeded(&varmap, meta(), &w_avg, 3, &dev).unwrap();
+        let before = norms(&free);
+        let max = before.iter().cloned().fold(f32::MAX, f32::min) * 0.5;
+        varmap.data().lock().unwrap().insert(
+            "max_residual".into(),
+            Var::from_tensor(&Tensor::new(&[max], &dev).unwrap()).unwrap(),
+        );
+        let clamped = Mapper::init(&varmap, meta(), &w_avg, &dev).unwrap();
+        for (b, a) in before.iter().zip(norms(&clamped)) {
+            assert!(
+                *b > max && (a - max).abs() < 1e-4 * max,
+                "{b} -> {a}, max {max}"
+            );
+        }
     }
 
     /// Every parameter gets a gradient (the layer norm included), and a

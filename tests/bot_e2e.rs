@@ -879,6 +879,11 @@ async fn warming_up_then_serving() {
             mode: Mode::Fit,
             image_size: 32,
             chunk_pairs: 8,
+            // This test is about warming up; refinement has its own.
+            refine: clip2gan::train::refine::RefineConfig {
+                steps: 0,
+                ..Default::default()
+            },
             ..Default::default()
         },
         clip_model: "tiny".into(),

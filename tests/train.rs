@@ -249,6 +249,136 @@ fn mlp_can_start_from_the_fit() {
     assert!(err.contains("mapper.layer_norm = false"), "{err}");
 }
 
+/// `mode = "fit"` with `[train.refine]`: the closed-form mapper is written
+/// first, then replaced by an MLP that starts as the fit (its first loss is
+/// the fit's), whose loss falls, and that keeps the fit's text shift, its
+/// residuals for variety and a clamp; on held-out pairs it beats the fit.
+#[test]
+fn fit_mode_refines_the_fit_into_an_mlp() {
+    use clip2gan::mapper::MapperKind;
+    use clip2gan::train::refine::RefineConfig;
+    let t = tiny();
+    let mut cfg = config();
+    cfg.mode = Mode::Fit;
+    cfg.style_mixing = 0.0;
+    cfg.refine = RefineConfig {
+        steps: 0,
+        ..Default::default()
+    };
+    let fit = train::train(&setup(&t, cfg.clone(), "fit")).unwrap();
+    assert!(fit.losses.is_empty(), "no steps without refinement");
+    cfg.refine = RefineConfig {
+        steps: 120,
+        lafite_xi: 0.1,
+        lr: 2e-3,
+        warmup_steps: 10,
+        depth: 2,
+        width: 256,
+    };
+    // The same run directory: the pairs are reused, not rendered again.
+    let mut again = setup(&t, cfg.clone(), "fit");
+    again.out = t.dir.path().join("refined.safetensors");
+    let refined = train::train(&again).unwrap();
+    assert_eq!(refined.cache.as_ref().map(|c| c.rendered), Some(0));
+    assert!(!refined.interrupted);
+    let losses: Vec<f32> = refined.losses.iter().map(|l| l.1).collect();
+    assert_eq!(losses.len(), 120);
+    let (first, last) = (losses[0], *losses.last().unwrap());
+    let late = losses[100..].iter().sum::<f32>() / 20.0;
+    eprintln!("refinement loss: first {first}, last {last}, mean of the last 20 {late}");
+    assert!(late < 0.9 * first, "the loss went from {first} to {late}");
+
+    let path = refined.mapper.clone().unwrap();
+    let (m, _) = Mapper::load(&path, &compat(&t), &Device::Cpu).unwrap();
+    assert_eq!(m.meta.config.kind, MapperKind::Mlp);
+    assert_eq!((m.meta.config.bank, m.meta.step), (1024, 120));
+    assert!(m.can_sample(), "the fit's residuals came along");
+    let names = safetensors_names(&path);
+    for name in ["text_shift", "residuals", "max_residual"] {
+        assert!(
+            names.contains(&name.to_string()),
+            "{name} missing: {names:?}"
+        );
+    }
+
+    let (f, r) = (
+        evaluate(&t, &fit.mapper.unwrap(), &cfg),
+        evaluate(&t, &path, &cfg),
+    );
+    let (fit_mse, refined_mse, avg) = (
+        f.rows[0].latent_mse,
+        r.rows[0].latent_mse,
+        r.rows[2].latent_mse,
+    );
+    eprintln!("held-out latent MSE: fit {fit_mse}, refined {refined_mse}, w_avg {avg}");
+    assert!(
+        refined_mse < fit_mse && fit_mse < avg,
+        "fit {fit_mse}, refined {refined_mse}, w_avg {avg}"
+    );
+}
+
+/// First use in the bot's idle time: [`warmup::Growth`] fits at
+/// `first_pairs`, refits on the full bank, then refines one step per call
+/// and puts the MLP in use; a restart with the fit on disk and the bank full
+/// (the refinement was cut short) goes straight to refining.
+#[test]
+fn growth_fits_then_refines_in_idle_steps() {
+    use clip2gan::mapper::MapperKind::{Linear, Mlp};
+    use clip2gan::train::refine::RefineConfig;
+    use clip2gan::train::warmup;
+    let t = tiny();
+    let plan = warmup::Plan {
+        out: t.dir.path().join("mapper.safetensors"),
+        run_dir: t.dir.path().join("run"),
+        train: TrainConfig {
+            mode: Mode::Fit,
+            style_mixing: 0.0,
+            chunk_pairs: 16,
+            gen_batch: 16,
+            refine: RefineConfig {
+                steps: 6,
+                depth: 1,
+                width: 64,
+                ..Default::default()
+            },
+            ..config()
+        },
+        clip_model: "tiny-clip".into(),
+        first_pairs: 32,
+        pairs: 64,
+    };
+    let grow = |fitted: bool| {
+        let mut growth = warmup::Growth::new(plan.clone(), &t.clip, &t.g, fitted).unwrap();
+        let (mut calls, mut installed) = (0, Vec::new());
+        while growth.growing() {
+            calls += 1;
+            assert!(calls < 100, "growth does not end");
+            if let Some(m) = growth.step(&t.clip, &t.g).unwrap() {
+                installed.push((m.meta.config.kind, m.meta.config.bank, calls));
+            }
+        }
+        let on_disk = Mapper::load(&plan.out, &compat(&t), &Device::Cpu)
+            .unwrap()
+            .0;
+        assert_eq!(on_disk.meta.config.kind, Mlp, "the refined MLP is the file");
+        installed
+    };
+    // 16 pairs a call: the fit at 32 and the refit at 64 come with the
+    // render that completes them, then one refinement step a call.
+    assert_eq!(
+        grow(false),
+        [(Linear, 32, 2), (Linear, 64, 4), (Mlp, 64, 10)]
+    );
+    assert_eq!(grow(true), [(Linear, 64, 1), (Mlp, 64, 7)]);
+}
+
+fn safetensors_names(path: &Path) -> Vec<String> {
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .unwrap()
+        .into_keys()
+        .collect()
+}
+
 /// Full mode: the image and CLIP losses reach the mapper through the frozen
 /// generator and CLIP, with part of each batch from a folder of images.
 #[test]

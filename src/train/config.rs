@@ -128,6 +128,8 @@ pub struct TrainConfig {
     pub init: MapperInit,
     /// The closed-form fit (`mode = "fit"`).
     pub fit: super::fit::FitConfig,
+    /// The MLP refined from the fit (`mode = "fit"` and first use's full bank).
+    pub refine: super::refine::RefineConfig,
 }
 
 impl Default for TrainConfig {
@@ -160,6 +162,7 @@ impl Default for TrainConfig {
             mapper: MapperConfig::default(),
             init: MapperInit::Random,
             fit: super::fit::FitConfig::default(),
+            refine: super::refine::RefineConfig::default(),
         }
     }
 }
@@ -218,6 +221,7 @@ impl TrainConfig {
         match self.mode {
             Mode::Fit => {
                 self.fit.validate()?;
+                self.refine.validate()?;
                 if self.image_dir.is_some() {
                     return bad("image_dir needs mode = \"full\"".into());
                 }

@@ -405,6 +405,28 @@ pub fn mlp_start(
     Ok(vars)
 }
 
+/// Overwrite a fresh MLP's weights in `varmap` in place with
+/// [`mlp_start`] of `f`, so that it computes the fit (the optimiser may
+/// already hold the same variables).
+pub fn write_start(
+    varmap: &candle_nn::VarMap,
+    f: &Fitted,
+    c: &crate::mapper::MapperConfig,
+    num_styles: usize,
+    dev: &Device,
+) -> Result<()> {
+    let vars = varmap.data().lock().expect("not poisoned");
+    for (name, t) in mlp_start(f, c, num_styles)? {
+        let var = vars.get(&name).ok_or_else(|| {
+            Error::Training(format!(
+                "the fresh MLP has no variable {name} to start from the fit"
+            ))
+        })?;
+        var.set(&t.to_device(dev)?)?;
+    }
+    Ok(())
+}
+
 impl FitReport {
     /// One line for the person at the terminal.
     pub fn summary(&self) -> String {
@@ -422,16 +444,36 @@ impl FitReport {
     }
 }
 
+/// The closed-form mapper of `pairs`, its variables (for
+/// [`crate::mapper::save`]) and the fit it was made from, whose text shift
+/// is the variable `text_shift`.
+pub struct Closed {
+    pub mapper: crate::mapper::Mapper,
+    pub varmap: candle_nn::VarMap,
+    pub fitted: Fitted,
+}
+
+impl Closed {
+    /// `mu_image - mu_text`, the text shift the mapper applies.
+    pub fn text_shift(&self) -> Result<Tensor> {
+        let data = self.varmap.data().lock().expect("not poisoned");
+        let var = data
+            .get("text_shift")
+            .ok_or_else(|| Error::invalid("the closed-form mapper has no text shift"))?;
+        Ok(var.as_tensor().clone())
+    }
+}
+
 /// The closed-form mapper of `pairs` for generator `g` and `clip`: the fit,
 /// the text shift from [`super::captions`], and metadata saying how it was
-/// made. Returns the mapper and its variables (for [`crate::mapper::save`]).
+/// made.
 pub fn make_mapper(
     g: &dyn crate::generator::Generator,
     clip: &crate::clip::Clip,
     clip_model: &str,
     train: &super::TrainConfig,
     pairs: &PairSet,
-) -> Result<(crate::mapper::Mapper, candle_nn::VarMap, FitReport)> {
+) -> Result<Closed> {
     use crate::mapper::{MapperConfig, MapperKind};
     let f = fit(pairs, g.w_avg(), g.num_styles(), &train.fit, train.seed)?;
     let dev = g.device();
@@ -463,8 +505,12 @@ pub fn make_mapper(
         ..MapperConfig::default()
     };
     meta.metrics = serde_json::json!({ "fit": f.report });
-    let m = crate::mapper::Mapper::init(&varmap, meta, g.w_avg(), dev)?;
-    Ok((m, varmap, f.report))
+    let mapper = crate::mapper::Mapper::init(&varmap, meta, g.w_avg(), dev)?;
+    Ok(Closed {
+        mapper,
+        varmap,
+        fitted: f,
+    })
 }
 
 #[cfg(test)]

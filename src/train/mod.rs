@@ -15,7 +15,8 @@
 //! - [`source`]: each step's batch, from the cache or fresh samples.
 //! - [`gap`]: the LAFITE perturbation; [`losses`]: the objective.
 //! - [`fit`]: the closed-form mapper (`mode = "fit"`): ridge regression on
-//!   the pair cache, with the text shift from [`captions`].
+//!   the pair cache, with the text shift from [`captions`]; [`refine`]: the
+//!   MLP that starts as the fit and learns more from the same pairs.
 //! - [`optim`]: AdamW with saveable state, and the schedule.
 //! - [`warmup`]: first use: the first mapper built before the first face,
 //!   then improved as the bank grows in idle time.
@@ -41,6 +42,7 @@ pub mod interrupt;
 pub mod losses;
 pub mod optim;
 pub mod progress;
+pub mod refine;
 mod run;
 pub mod source;
 pub mod warmup;

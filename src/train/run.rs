@@ -329,16 +329,7 @@ fn start_from_fit(
         tracing::info!("the MLP starts from the {}", f.report.summary());
     }
     metrics.write(&serde_json::json!({ "event": "init_from_fit", "fit": f.report }))?;
-    let vars = varmap.data().lock().expect("not poisoned");
-    for (name, t) in super::fit::mlp_start(&f, &cfg.mapper, s.g.num_styles())? {
-        let var = vars.get(&name).ok_or_else(|| {
-            Error::Training(format!(
-                "the fresh MLP has no variable {name} to start from the fit"
-            ))
-        })?;
-        var.set(&t.to_device(s.g.device())?)?;
-    }
-    Ok(())
+    super::fit::write_start(varmap, &f, &cfg.mapper, s.g.num_styles(), s.g.device())
 }
 
 /// The run's first `train.pairs` cached pairs (rendering what is missing);
@@ -400,12 +391,78 @@ fn fit_run(s: &Setup) -> Result<Report> {
         report.interrupted = true;
         return Ok(report);
     };
-    let (mapper, varmap, fit) = super::fit::make_mapper(s.g, s.clip, &s.clip_model, cfg, &pairs)?;
+    let closed = super::fit::make_mapper(s.g, s.clip, &s.clip_model, cfg, &pairs)?;
+    let fit = &closed.fitted.report;
     metrics.write(&serde_json::json!({"event": "fit", "fit": fit}))?;
     if !s.quiet {
         tracing::info!("{}", fit.summary());
     }
-    mapper::save(&s.out, &varmap, mapper.w_avg(), &mapper.meta)?;
+    mapper::save(
+        &s.out,
+        &closed.varmap,
+        closed.mapper.w_avg(),
+        &closed.mapper.meta,
+    )?;
     report.mapper = Some(s.out.clone());
+    if cfg.refine.steps > 0 {
+        refine(s, &pairs, &closed, &mut metrics, &mut report)?;
+    }
     Ok(report)
+}
+
+/// `[train.refine]`: the MLP refined from the fit replaces it in `s.out`
+/// (Ctrl-C keeps the fit there).
+fn refine(
+    s: &Setup,
+    pairs: &cache::PairSet,
+    closed: &super::fit::Closed,
+    metrics: &mut progress::Metrics,
+    report: &mut Report,
+) -> Result<()> {
+    let mut r = super::refine::Refinement::new(
+        s.g,
+        s.clip,
+        &s.clip_model,
+        &s.config,
+        pairs,
+        &closed.fitted,
+        &closed.text_shift()?,
+    )?;
+    let (_, steps) = r.progress();
+    if !s.quiet {
+        tracing::info!(
+            "{} written; refining it into an MLP ({steps} steps, `train.refine.steps = 0` skips this)",
+            s.out.display()
+        );
+    }
+    let mut bar = progress::Progress::new("step", 0, steps, s.quiet);
+    while !r.done() {
+        if s.stop.load(Ordering::SeqCst) {
+            bar.finish();
+            report.interrupted = true;
+            if !s.quiet {
+                tracing::warn!(
+                    "interrupted: {} stays the closed-form mapper; run again to refine it",
+                    s.out.display()
+                );
+            }
+            return Ok(());
+        }
+        let loss = r.step(s.g, s.clip)?;
+        let (step, _) = r.progress();
+        metrics.write(&serde_json::json!({
+            "event": "refine_step", "step": step, "loss": loss, "elapsed_s": bar.elapsed_s(),
+        }))?;
+        report.losses.push((step, loss));
+        bar.update(step, &format!("| loss {loss:.5}"));
+    }
+    bar.finish();
+    report.step = steps;
+    report.steps_per_s = bar.rate(steps);
+    let (mapper, varmap) = r.finish(s.g)?;
+    mapper::save(&s.out, &varmap, mapper.w_avg(), &mapper.meta)?;
+    metrics.write(&serde_json::json!({
+        "event": "refined", "steps": steps, "steps_per_s": report.steps_per_s,
+    }))?;
+    Ok(())
 }

@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use super::cache::{Bank, CacheKey, Renderer};
 use super::data::{self, SampleSpec};
+use super::refine::Refinement;
 use super::{Setup, TrainConfig};
 use crate::clip::Clip;
 use crate::error::{Error, Result};
@@ -71,8 +72,13 @@ pub fn build_first(
     stop: &AtomicBool,
     quiet: bool,
 ) -> Result<()> {
+    // Serve early: the fit alone; refining waits for the full bank.
     let config = TrainConfig {
         pairs: plan.first_pairs,
+        refine: super::refine::RefineConfig {
+            steps: 0,
+            ..plan.train.refine.clone()
+        },
         ..plan.train.clone()
     };
     let report = super::train(&Setup {
@@ -122,6 +128,10 @@ pub struct Growth {
     began: Option<(Instant, usize)>,
     /// Whether a mapper exists (from this growth or from an earlier run).
     fitted: bool,
+    /// The MLP refined from the fit on the full bank is still to be made
+    /// (`[train.refine]`), and, once started, its steps.
+    refine_pending: bool,
+    refining: Option<Refinement>,
 }
 
 impl Growth {
@@ -138,6 +148,8 @@ impl Growth {
             true,
         )?;
         Ok(Self {
+            refine_pending: plan.train.refine.steps > 0,
+            refining: None,
             plan,
             key,
             spec,
@@ -147,9 +159,9 @@ impl Growth {
         })
     }
 
-    /// Whether the bank still has pairs to render.
+    /// Whether there is work left: pairs to render, or the MLP to refine.
     pub fn growing(&self) -> bool {
-        self.bank.len() < self.plan.pairs
+        self.bank.len() < self.plan.pairs || self.refine_pending
     }
 
     /// `Some` while there is no mapper yet.
@@ -170,15 +182,29 @@ impl Growth {
         })
     }
 
-    /// Render one generator batch of pairs; when the bank reaches the next
-    /// size to fit at (or already holds the first, e.g. after a restart with
-    /// no mapper), fit, write the mapper and return it.
+    /// Render one generator batch of pairs, or run one step of the
+    /// refinement; when the bank reaches the next size to fit at (or already
+    /// holds the first, e.g. after a restart with no mapper), fit, write the
+    /// mapper and return it, and the same when the refined MLP is done.
     pub fn step(&mut self, clip: &Clip, g: &dyn Generator) -> Result<Option<Mapper>> {
+        if let Some(r) = &mut self.refining {
+            r.step(g, clip)?;
+            return if r.done() {
+                self.refined(g).map(Some)
+            } else {
+                Ok(None)
+            };
+        }
         let n = self.bank.len();
         if !self.fitted && n >= self.plan.first_pairs {
             return self.fit(clip, g, n).map(Some);
         }
         let Some(limit) = self.plan.next_milestone(n) else {
+            // The bank is full but the MLP was never refined (a restart
+            // in between): fit again, which starts it.
+            if self.refine_pending {
+                return self.fit(clip, g, n).map(Some);
+            }
             return Ok(None);
         };
         if self.began.is_none() {
@@ -204,16 +230,45 @@ impl Growth {
             pairs: n,
             ..self.plan.train.clone()
         };
-        let (mapper, varmap, report) =
-            super::fit::make_mapper(g, clip, &self.plan.clip_model, &config, &pairs)?;
-        crate::mapper::save(&self.plan.out, &varmap, mapper.w_avg(), &mapper.meta)?;
+        let closed = super::fit::make_mapper(g, clip, &self.plan.clip_model, &config, &pairs)?;
+        crate::mapper::save(
+            &self.plan.out,
+            &closed.varmap,
+            closed.mapper.w_avg(),
+            &closed.mapper.meta,
+        )?;
         tracing::info!(
             pairs = n,
             file = %self.plan.out.display(),
             "{}",
-            report.summary()
+            closed.fitted.report.summary()
         );
         self.fitted = true;
+        if self.refine_pending && n >= self.plan.pairs {
+            self.refining = Some(Refinement::new(
+                g,
+                clip,
+                &self.plan.clip_model,
+                &config,
+                &pairs,
+                &closed.fitted,
+                &closed.text_shift()?,
+            )?);
+            tracing::info!(
+                steps = config.refine.steps,
+                "refining the fit into an MLP in idle time"
+            );
+        }
+        Ok(closed.mapper)
+    }
+
+    /// Write the refined MLP and return it; growth is done.
+    fn refined(&mut self, g: &dyn Generator) -> Result<Mapper> {
+        let r = self.refining.take().expect("called while refining");
+        let (mapper, varmap) = r.finish(g)?;
+        crate::mapper::save(&self.plan.out, &varmap, mapper.w_avg(), &mapper.meta)?;
+        tracing::info!(file = %self.plan.out.display(), "the MLP refined from the fit is in use");
+        self.refine_pending = false;
         Ok(mapper)
     }
 }
