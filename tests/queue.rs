@@ -2,8 +2,10 @@
 //! real serenity client against the fake Discord) publishes jobs with
 //! `QueueClient`, `queue::worker::run` serves them on an engine, and the
 //! results store is the shared one in Redis. The engines run an instant
-//! backend: what is tested is the queue, not the models.
+//! backend: what is tested is the queue, not the models; one test runs real
+//! `clip2gan worker` processes (real models) and kills one with SIGKILL.
 
+mod common;
 mod fake_discord;
 mod redis_server;
 
@@ -380,6 +382,137 @@ async fn a_job_of_a_killed_worker_is_finished_by_another_and_posted_once() {
         .unwrap_or_default();
     assert!(pending.starts_with("0"), "nothing left pending: {pending}");
     killed.front.stop().await;
+}
+
+/// A real `clip2gan worker` process on `cfg`'s Redis, with a small random
+/// CLIP and mapper over the real MobileStyleGAN from `models`; its log goes
+/// to `<models>/<name>.log`.
+struct WorkerProcess {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl WorkerProcess {
+    fn start(cfg: &QueueConfig, models: &std::path::Path, name: &str) -> WorkerProcess {
+        let _ = common::mobilestylegan(); // fetched once, before any worker needs it
+        let log = models.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let clip = models.join("clip");
+        let child = common::bin()
+            .args(["worker", "--queue", &cfg.url])
+            .current_dir(models)
+            .env("CLIP2GAN_MODELS_DIR", common::repo().join("models"))
+            .env("CLIP2GAN_CLIP__MODEL", clip.display().to_string())
+            .env("CLIP2GAN_MAPPER__PATH", models.join("mapper.safetensors"))
+            .env("CLIP2GAN_MAPPER__BUILD", "false")
+            .env("CLIP2GAN_ENGINE__OUTPUT_SIZE", "64")
+            .env("CLIP2GAN_QUEUE__PREFIX", &cfg.prefix)
+            .env(
+                "CLIP2GAN_QUEUE__CLAIM_IDLE_MS",
+                cfg.claim_idle_ms.to_string(),
+            )
+            .env("CLIP2GAN_QUEUE__BLOCK_MS", cfg.block_ms.to_string())
+            .env("CLIP2GAN_QUEUE__TIMEOUT_MS", cfg.timeout_ms.to_string())
+            .env("CLIP2GAN_METRICS__ENABLED", "false")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start clip2gan worker");
+        WorkerProcess { child, log }
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid, which it still is: the
+        // child is not waited for until it is dropped or killed.
+        let r = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        assert_eq!(r, 0, "kill({sig}) failed");
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Jobs read by a worker and not yet published (published = acknowledged,
+/// in one script).
+fn pending_jobs(redis: &Redis, cfg: &QueueConfig) -> usize {
+    redis
+        .cli(&["XPENDING", &format!("{}:jobs", cfg.prefix), "workers"])
+        .and_then(|o| o.lines().next().and_then(|l| l.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+/// `kill -9` of a real worker process while it runs a job: the job is
+/// finished by another worker process and posted exactly once.
+///
+/// "While it runs": the test waits until Redis shows the job taken, stops
+/// the worker (SIGSTOP) and checks the job is still pending, i.e. not yet
+/// published, which happens in one script with the acknowledgement; only
+/// then SIGKILL. Should the worker have finished in between (a render takes
+/// a few hundred ms, the check a few), the test goes on with the next
+/// /imagine, so the outcome does not depend on timing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_process_killed_with_sigkill_mid_job_is_replaced_and_posted_once() {
+    let redis = Redis::start();
+    let cfg = queue_config(&redis);
+    let models = common::tiny_pipeline_dir();
+    let fake = Fake::start().await;
+    let front = start_front_end(&fake, cfg.clone(), None).await;
+    let doomed = WorkerProcess::start(&cfg, models.path(), "doomed");
+    let mut taken = None;
+    for user in 100..110 {
+        let t = imagine(&fake, user, GUILD_0, "a face");
+        // Polled, not awaited on the fake: Redis does not tell it.
+        let deadline = std::time::Instant::now() + WAIT;
+        let seen = loop {
+            if pending_jobs(&redis, &cfg) > 0 {
+                break Some(true);
+            }
+            let answered = fake
+                .events(&t)
+                .iter()
+                .any(|e| fake_discord::is_answer(&e.event));
+            if answered {
+                break Some(false);
+            }
+            if std::time::Instant::now() > deadline {
+                break None;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        assert!(seen.is_some(), "no worker took the job:\n{}", doomed.log());
+        if seen == Some(true) {
+            doomed.signal(libc::SIGSTOP);
+            if pending_jobs(&redis, &cfg) > 0 {
+                doomed.signal(libc::SIGKILL);
+                eprintln!("the worker was killed mid-job at /imagine {}", user - 99);
+                taken = Some(t);
+                break;
+            }
+            doomed.signal(libc::SIGCONT);
+        }
+        image(&fake, &t).await;
+    }
+    let t = taken.expect("the worker was never caught mid-job in 10 tries");
+    let survivor = WorkerProcess::start(&cfg, models.path(), "survivor");
+    let answer = fake.wait_answer(&t, WAIT).await.map(|a| a.event);
+    assert!(
+        matches!(&answer, Some(Event::Edit { files, .. }) if files.len() == 1),
+        "expected the image: {answer:#?}\nsurvivor's log:\n{}",
+        survivor.log()
+    );
+    let again = imagine(&fake, 200, GUILD_0, "another face");
+    image(&fake, &again).await;
+    assert_eq!(posts(&fake, &t), 1, "{:#?}", fake.events(&t));
+    assert_eq!(pending_jobs(&redis, &cfg), 0, "nothing left pending");
+    front.stop().await;
 }
 
 /// The fake Discord, one worker and one front end on `cfg`.
