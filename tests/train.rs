@@ -250,9 +250,9 @@ fn mlp_can_start_from_the_fit() {
 }
 
 /// `mode = "fit"` with `[train.refine]`: the closed-form mapper is written
-/// first, then replaced by an MLP that starts as the fit (its first loss is
-/// the fit's), whose loss falls, and that keeps the fit's text shift, its
-/// residuals for variety and a clamp; on held-out pairs it beats the fit.
+/// first, then replaced by an MLP that starts as the fit, whose loss falls,
+/// and that keeps the fit's text shift, its residuals for variety and a
+/// clamp; on held-out pairs it beats the fit.
 #[test]
 fn fit_mode_refines_the_fit_into_an_mlp() {
     use clip2gan::mapper::MapperKind;

@@ -19,7 +19,7 @@ use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
 use super::cache::PairSet;
-use super::fit::Fitted;
+use super::fit::Closed;
 use super::source::{CacheSource, Source};
 use super::{losses, named_vars, optim, MapperInit, Mode, TrainConfig};
 use crate::clip::Clip;
@@ -97,10 +97,6 @@ impl RefineConfig {
                 activation: Activation::LeakyRelu,
                 bank: 0,
             },
-            refine: RefineConfig {
-                steps: 0,
-                ..self.clone()
-            },
             ..train.clone()
         }
     }
@@ -122,17 +118,16 @@ pub struct Refinement {
 }
 
 impl Refinement {
-    /// Start from `fitted` (the fit on `pairs`); `text_shift` is the fit's
-    /// (see [`super::fit::make_mapper`]).
+    /// Start from `closed`, the closed-form mapper of `pairs`.
     pub fn new(
         g: &dyn Generator,
         clip: &Clip,
         clip_model: &str,
         train: &TrainConfig,
         pairs: &PairSet,
-        fitted: &Fitted,
-        text_shift: &Tensor,
+        closed: &Closed,
     ) -> Result<Self> {
+        let fitted = &closed.fitted;
         train.refine.validate()?;
         let cfg = train.refine.run_config(train);
         cfg.validate()?;
@@ -153,7 +148,7 @@ impl Refinement {
             .to_scalar::<f32>()?
             * g.num_styles() as f32;
         let carried = vec![
-            ("text_shift", text_shift.to_device(dev)?),
+            ("text_shift", closed.text_shift()?.to_device(dev)?),
             ("residuals", fitted.residuals.to_device(dev)?),
             (
                 "max_residual",

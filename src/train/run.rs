@@ -419,15 +419,8 @@ fn refine(
     metrics: &mut progress::Metrics,
     report: &mut Report,
 ) -> Result<()> {
-    let mut r = super::refine::Refinement::new(
-        s.g,
-        s.clip,
-        &s.clip_model,
-        &s.config,
-        pairs,
-        &closed.fitted,
-        &closed.text_shift()?,
-    )?;
+    let mut r =
+        super::refine::Refinement::new(s.g, s.clip, &s.clip_model, &s.config, pairs, closed)?;
     let (_, steps) = r.progress();
     if !s.quiet {
         tracing::info!(

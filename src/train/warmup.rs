@@ -251,8 +251,7 @@ impl Growth {
                 &self.plan.clip_model,
                 &config,
                 &pairs,
-                &closed.fitted,
-                &closed.text_shift()?,
+                &closed,
             )?);
             tracing::info!(
                 steps = config.refine.steps,
