@@ -181,12 +181,16 @@ impl RedisResults {
         Ok(raw.iter().filter_map(|s| parse_entry(s)).collect())
     }
 
-    /// Whether the image still exists.
+    /// Whether the image still exists: its record's latent count, kept in
+    /// `result_sizes` by the same scripts that write and delete the record,
+    /// so the record itself need not be fetched and decoded.
     async fn stored(&self, r: Ref) -> Result<bool, BotError> {
-        Ok(self
-            .get(r.id)
-            .await?
-            .is_some_and(|rec| r.index < rec.latents.len()))
+        let n: Option<usize> = self
+            .link
+            .run(redis::cmd("HGET").arg(self.key("result_sizes")).arg(r.id))
+            .await
+            .map_err(down)?;
+        Ok(n.is_some_and(|n| r.index < n))
     }
 }
 
