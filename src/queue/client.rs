@@ -327,7 +327,9 @@ async fn listen(inner: Arc<Inner>, reader: Link) {
             }
         };
         pause = Duration::from_millis(50);
+        let mut handled = false;
         for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+            handled = true;
             last = entry.id.clone();
             match wire::decode_result(&entry.map) {
                 Ok((id, result)) => match inner.waiters.remove(&id) {
@@ -339,7 +341,10 @@ async fn listen(inner: Arc<Inner>, reader: Link) {
                 Err(e) => warn!(error = %e, entry = %entry.id, "an unreadable result was skipped"),
             }
         }
-        // Handled results are not needed again.
+        // Handled results are not needed again (an idle read handled none).
+        if !handled {
+            continue;
+        }
         let trim = redis::cmd("XTRIM")
             .arg(&key)
             .arg("MINID")
