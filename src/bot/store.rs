@@ -517,8 +517,7 @@ impl Store {
     /// [`QUOTA_WINDOW_S`]. `Ok(Err(usage))`: nothing left (nothing changed).
     pub fn charge(&self, member: (u64, u64), now: u64, quota: u32) -> Result<Charged, BotError> {
         let _order = self.lock();
-        let key = member;
-        let (start, used) = match self.quota.get(&key).map(|v| *v) {
+        let (start, used) = match self.quota.get(&member).map(|v| *v) {
             Some((start, used)) if now < start + QUOTA_WINDOW_S => (start, used),
             _ => (now, 0),
         };
@@ -528,7 +527,7 @@ impl Store {
                 window_start: start,
             }));
         }
-        self.save_quota(key, (start, used + 1))?;
+        self.save_quota(member, (start, used + 1))?;
         Ok(Ok(Usage {
             used: used + 1,
             window_start: start,
