@@ -367,13 +367,7 @@ pub fn random_pipeline(
             normal("bench-residuals", &[cfg.bank_pairs.max(1), w], 0.3)?,
         ),
     ];
-    let varmap = candle_nn::VarMap::new();
-    {
-        let mut data = varmap.data().lock().expect("not poisoned");
-        for (name, t) in vars {
-            data.insert(name.to_string(), candle_core::Var::from_tensor(&t)?);
-        }
-    }
+    let varmap = crate::mapper::varmap_of(vars, device)?;
     let mapper = crate::mapper::Mapper::init(&varmap, meta, generator.w_avg(), device)?;
     Ok(crate::pipeline::Pipeline {
         clip,

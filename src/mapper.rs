@@ -500,6 +500,23 @@ impl Mapper {
     }
 }
 
+/// A `VarMap` holding `vars` on `device`: the variables of a mapper made
+/// from known tensors (a fit, a refined MLP, a benchmark's random mapper)
+/// for [`Mapper::init`] and [`save`].
+pub fn varmap_of<N: Into<String>>(
+    vars: impl IntoIterator<Item = (N, Tensor)>,
+    device: &Device,
+) -> Result<VarMap> {
+    let varmap = VarMap::new();
+    {
+        let mut data = varmap.data().lock().expect("not poisoned");
+        for (name, t) in vars {
+            data.insert(name.into(), Var::from_tensor(&t.to_device(device)?)?);
+        }
+    }
+    Ok(varmap)
+}
+
 /// Rows of `x` `[n, k]` scaled down to an L2 norm of at most `max`.
 fn clamp_rows(x: &Tensor, max: f64) -> Result<Tensor> {
     let norm = x.sqr()?.sum_keepdim(1)?.sqrt()?;

@@ -486,16 +486,7 @@ pub fn make_mapper(
         ("text_shift", (mu_image - mu_text)?),
         ("residuals", f.residuals.clone()),
     ];
-    let varmap = candle_nn::VarMap::new();
-    {
-        let mut data = varmap.data().lock().expect("not poisoned");
-        for (name, t) in vars {
-            data.insert(
-                name.to_string(),
-                candle_core::Var::from_tensor(&t.to_device(dev)?)?,
-            );
-        }
-    }
+    let varmap = crate::mapper::varmap_of(vars, dev)?;
     let mut meta = super::mapper_meta(g, clip, clip_model, train);
     meta.config = MapperConfig {
         kind: MapperKind::Linear,

@@ -14,7 +14,7 @@
 //! A [`Refinement`] is stepped by its owner: the command line runs it to the
 //! end with a progress bar, the bot one step at a time between jobs.
 
-use candle_core::{Tensor, Var};
+use candle_core::Tensor;
 use candle_nn::VarMap;
 use serde::{Deserialize, Serialize};
 
@@ -220,16 +220,16 @@ impl Refinement {
                     .into(),
             ));
         }
-        let varmap = VarMap::new();
-        {
-            let mut data = varmap.data().lock().expect("not poisoned");
-            for (name, var) in self.varmap.data().lock().expect("not poisoned").iter() {
-                data.insert(name.clone(), Var::from_tensor(&var.as_tensor().detach())?);
-            }
-            for (name, t) in &self.carried {
-                data.insert(name.to_string(), Var::from_tensor(t)?);
-            }
-        }
+        let trained: Vec<(String, Tensor)> = self
+            .varmap
+            .data()
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+            .collect();
+        let carried = self.carried.iter().map(|(n, t)| (n.to_string(), t.clone()));
+        let varmap = crate::mapper::varmap_of(trained.into_iter().chain(carried), g.device())?;
         let mut meta = self.mapper.meta.clone();
         meta.config.bank = self.bank;
         meta.step = self.step;
