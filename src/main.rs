@@ -201,6 +201,18 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// The pair bank's rate (generator, then CLIP's image encoder, as first
+    /// use and `train` build it) against the limit of the two at their own
+    /// speed, measured in the same run (random ViT-B/32-shaped CLIP: the
+    /// same work as real weights).
+    Bank {
+        /// Pairs per round (the bank embeds 8 at a time; more per round
+        /// steadies the figures on a shared machine).
+        #[arg(long, default_value_t = 16)]
+        pairs: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// Time CLIP's text and image encoders at ViT-B/32 shapes (random
     /// weights) against an sgemm of the same run.
     Clip {
@@ -317,6 +329,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::EvalMapper(a) => {
             cli::eval::run(&cfg, &a)?;
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Bank { pairs, rounds }) => {
+            if pairs == 0 || rounds == 0 {
+                return Err(Error::invalid("--pairs and --rounds must be at least 1").into());
+            }
+            let dev = device::select(&cfg.device)?;
+            let g = generator::open(&cfg.generator, &cfg.models_dir, &dev, true)?;
+            let c = clip::Clip::with_random_weights(clip::config::vit_base_patch32(), &dev)?;
+            let spec = clip2gan::train::data::SampleSpec {
+                truncation: cfg.train.truncation,
+                style_mixing: 0.0,
+                image_size: clip2gan::train::data::effective_image_size(
+                    cfg.train.image_size,
+                    g.resolution(),
+                ),
+                gen_batch: cfg.train.gen_batch,
+            };
+            let name = "ViT-B/32 shapes, random weights";
+            let r = bench::bank(g.as_ref(), &c, name, &spec, pairs, rounds)?;
+            eprintln!("{}", r.summary());
+            println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
         Command::Bench(BenchCommand::Clip { iters, candle }) => {

@@ -35,6 +35,11 @@ pub const DOMAIN: &str = "pair";
 /// at batch 8 what it costs at batch 1 on a CPU).
 const EMBED_BATCH: usize = 8;
 
+/// Pairs one [`Bank::grow`] renders with these settings.
+pub fn grow_step(spec: &SampleSpec) -> usize {
+    EMBED_BATCH.max(spec.gen_batch)
+}
+
 /// What the pairs depend on. A cache is reused only under an equal key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CacheKey {
@@ -222,7 +227,7 @@ impl Bank {
     /// rendered.
     pub fn grow(&mut self, r: &Renderer, limit: usize) -> Result<usize> {
         let have = self.len();
-        let step = EMBED_BATCH.max(r.spec.gen_batch);
+        let step = grow_step(&r.spec);
         let n = step.min(limit.saturating_sub(have));
         if n == 0 {
             return Ok(0);
