@@ -274,6 +274,7 @@ fn fit_mode_refines_the_fit_into_an_mlp() {
         warmup_steps: 10,
         depth: 2,
         width: 256,
+        ema: 0.9,
     };
     // The same run directory: the pairs are reused, not rendered again.
     let mut again = setup(&t, cfg.clone(), "fit");
@@ -299,6 +300,18 @@ fn fit_mode_refines_the_fit_into_an_mlp() {
             names.contains(&name.to_string()),
             "{name} missing: {names:?}"
         );
+    }
+
+    // Trained as one style row (the pairs are unmixed), written out for
+    // every style: a full mapper file.
+    let out = candle_core::safetensors::load(&path, &Device::Cpu).unwrap()["out.weight"].clone();
+    let (styles, w_dim) = (m.meta.num_styles, m.meta.w_dim);
+    assert_eq!(out.dims(), [styles * w_dim, 256]);
+    let first = out.narrow(0, 0, w_dim).unwrap();
+    for s in 1..styles {
+        let row = out.narrow(0, s * w_dim, w_dim).unwrap();
+        let diff = (&row - &first).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "style {s}");
     }
 
     let (f, r) = (
