@@ -21,39 +21,12 @@ to a face out of the box").
 """
 
 import argparse
-import json
-import struct
 from pathlib import Path
 
 import numpy as np
+from pair_bank import lafite, read_bank, read_safetensors
 
-DTYPES = {"F32": np.float32, "U32": np.uint32}
 LEAKY_SLOPE = 0.2
-
-
-def read_safetensors(path):
-    raw = Path(path).read_bytes()
-    (header_len,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + header_len])
-    body = raw[8 + header_len :]
-    tensors = {}
-    for name, t in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = t["data_offsets"]
-        tensors[name] = np.frombuffer(body[start:end], dtype=DTYPES[t["dtype"]]).reshape(t["shape"])
-    return tensors
-
-
-def read_bank(pairs_dir):
-    """w (the first of each pair's two codes: the bank is unmixed) and e."""
-    manifest = json.loads((Path(pairs_dir) / "manifest.json").read_text())
-    ws, es = [], []
-    for chunk in manifest["chunks"]:
-        t = read_safetensors(Path(pairs_dir) / chunk["file"])
-        ws.append(t["w"][:, 0])
-        es.append(t["e"])
-    return np.concatenate(ws).astype(np.float64), np.concatenate(es).astype(np.float64)
 
 
 def clamp_rows(x, max_norm):
@@ -82,13 +55,6 @@ def forward(t, e):
     return residual.reshape(len(e), -1, w_avg.shape[-1]) + w_avg
 
 
-def perturb(e, xi, rng):
-    noise = rng.standard_normal(e.shape)
-    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
-    mixed = e * (1 - xi) + noise * xi
-    return mixed / np.linalg.norm(mixed, axis=1, keepdims=True)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("pairs", help="a pair cache directory (manifest.json + pairs-*.safetensors)")
@@ -96,8 +62,8 @@ def main():
     ap.add_argument("--xi", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=0, help="seed of the perturbation")
     a = ap.parse_args()
-    w, e = read_bank(a.pairs)
-    perturbed = perturb(e, a.xi, np.random.default_rng(a.seed))
+    e, w = read_bank(a.pairs)
+    perturbed = lafite(e, a.xi, np.random.default_rng(a.seed))
     for path in a.mappers:
         t = read_safetensors(path)
         baseline = ((w - t["w_avg"]) ** 2).mean()
