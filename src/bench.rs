@@ -832,7 +832,8 @@ pub struct BankRound {
     /// The generator alone (z -> W+ -> image reduced to CLIP's input side),
     /// in the bank's generator batches, per image.
     pub generator_ms: f64,
-    /// CLIP alone on those images (`encode_generated`, one batch), per image.
+    /// CLIP alone on those images (`encode_generated`, in the bank's
+    /// batches), per image.
     pub clip_ms: f64,
     /// The bank's own step (`data::render_samples`, what `Bank::grow` runs),
     /// per pair.
@@ -852,6 +853,7 @@ pub struct BankBench {
     pub threads: usize,
     pub gen_batch: usize,
     pub pairs_per_round: usize,
+    /// Every round, the warm-up first.
     pub rounds: Vec<BankRound>,
     /// Medians over the rounds after the warm-up.
     pub bank_pairs_per_s: f64,
