@@ -562,6 +562,21 @@ pub fn save(path: &Path, varmap: &VarMap, w_avg: &Tensor, meta: &MapperMeta) -> 
     save_with(path, varmap, w_avg, meta, Vec::new(), HashMap::new())
 }
 
+/// A VarMap's variables as plain tensors, sorted by name. They share the
+/// variables' storage: an optimiser step that sets a variable changes them
+/// too (`Tensor::copy` for a snapshot).
+pub fn tensors_of(varmap: &VarMap) -> Vec<(String, Tensor)> {
+    let mut t: Vec<(String, Tensor)> = varmap
+        .data()
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+        .collect();
+    t.sort_by(|a, b| a.0.cmp(&b.0));
+    t
+}
+
 /// [`save`] plus more tensors and metadata in the same file (training
 /// checkpoints: optimiser state). Tensor names are sorted, so equal
 /// contents give identical files.
@@ -573,13 +588,7 @@ pub fn save_with(
     extra: Vec<(String, Tensor)>,
     mut extra_meta: HashMap<String, String>,
 ) -> Result<()> {
-    let mut tensors: Vec<(String, Tensor)> = varmap
-        .data()
-        .lock()
-        .expect("not poisoned")
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-        .collect();
+    let mut tensors = tensors_of(varmap);
     tensors.push(("w_avg".into(), w_avg.clone()));
     tensors.extend(extra);
     tensors.sort_by(|a, b| a.0.cmp(&b.0));

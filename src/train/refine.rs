@@ -176,7 +176,7 @@ impl Refinement {
             ),
         ];
         let average = if train.refine.ema > 0.0 {
-            weights(&varmap)
+            crate::mapper::tensors_of(&varmap)
         } else {
             Vec::new()
         };
@@ -232,7 +232,7 @@ impl Refinement {
         self.opt.step(&l.total.backward()?, step, lr)?;
         let decay = cfg.refine.ema;
         if decay > 0.0 {
-            let now = weights(&self.varmap);
+            let now = crate::mapper::tensors_of(&self.varmap);
             for ((_, avg), (_, w)) in self.average.iter_mut().zip(now) {
                 *avg = ((&*avg * decay)? + (w * (1.0 - decay))?)?;
             }
@@ -256,7 +256,7 @@ impl Refinement {
         // The one trained style row, repeated for every style.
         let styles = g.num_styles();
         let chosen = if self.average.is_empty() {
-            weights(&self.varmap)
+            crate::mapper::tensors_of(&self.varmap)
         } else {
             self.average.clone()
         };
@@ -282,17 +282,4 @@ impl Refinement {
         let m = Mapper::init(&varmap, meta, g.w_avg(), g.device())?;
         Ok((m, varmap))
     }
-}
-
-/// The variables' current values, sorted by name.
-fn weights(varmap: &VarMap) -> Vec<(String, Tensor)> {
-    let mut w: Vec<(String, Tensor)> = varmap
-        .data()
-        .lock()
-        .expect("not poisoned")
-        .iter()
-        .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
-        .collect();
-    w.sort_by(|a, b| a.0.cmp(&b.0));
-    w
 }
