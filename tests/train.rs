@@ -330,6 +330,58 @@ fn fit_mode_refines_the_fit_into_an_mlp() {
     );
 }
 
+/// The refinement's weight average starts at the fit: with a decay close
+/// to 1 and a few large steps, the averaged MLP predicts almost what the fit
+/// does, while the last step's weights have moved away.
+#[test]
+fn refinement_average_starts_at_the_fit() {
+    use clip2gan::train::refine::RefineConfig;
+    let t = tiny();
+    let mut cfg = config();
+    cfg.mode = Mode::Fit;
+    cfg.style_mixing = 0.0;
+    let refine = |ema: f64| RefineConfig {
+        steps: 3,
+        lr: 5e-2,
+        warmup_steps: 0,
+        depth: 2,
+        width: 256,
+        ema,
+        ..Default::default()
+    };
+    let mut mapper = |name: &str, r: RefineConfig| {
+        cfg.refine = r;
+        let mut s = setup(&t, cfg.clone(), "fit");
+        s.out = t.dir.path().join(name);
+        let path = train::train(&s).unwrap().mapper.unwrap();
+        Mapper::load(&path, &compat(&t), &Device::Cpu).unwrap().0
+    };
+    let fit = mapper(
+        "fit.safetensors",
+        RefineConfig {
+            steps: 0,
+            ..refine(0.0)
+        },
+    );
+    let last = mapper("last.safetensors", refine(0.0));
+    let averaged = mapper("averaged.safetensors", refine(0.999));
+    let shape = [32, t.clip.embed_dim()];
+    let e = clip2gan::rng::normal_tensor(1, "refine-test", &shape, &Device::Cpu).unwrap();
+    let e = e
+        .broadcast_div(&e.sqr().unwrap().sum_keepdim(1).unwrap().sqrt().unwrap())
+        .unwrap();
+    let gap = |m: &Mapper| -> f32 {
+        let d = (m.forward(&e).unwrap() - fit.forward(&e).unwrap()).unwrap();
+        d.abs().unwrap().max_all().unwrap().to_scalar().unwrap()
+    };
+    let (moved, kept) = (gap(&last), gap(&averaged));
+    eprintln!("largest change from the fit: last weights {moved}, averaged {kept}");
+    assert!(
+        moved > 0.0 && kept < 0.05 * moved,
+        "last {moved}, averaged {kept}"
+    );
+}
+
 /// First use in the bot's idle time: [`warmup::Growth`] fits at
 /// `first_pairs`, refits on the full bank, then refines one step per call
 /// and puts the MLP in use; a restart with the fit on disk and the bank full

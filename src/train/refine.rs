@@ -175,8 +175,12 @@ impl Refinement {
                 Tensor::new(&[farthest.sqrt()], &candle_core::Device::Cpu)?.to_device(dev)?,
             ),
         ];
+        // A copy: the variables' own tensors change with every step.
         let average = if train.refine.ema > 0.0 {
             crate::mapper::tensors_of(&varmap)
+                .into_iter()
+                .map(|(name, t)| Ok((name, t.copy()?)))
+                .collect::<Result<Vec<_>>>()?
         } else {
             Vec::new()
         };
