@@ -5,6 +5,7 @@
 //!
 //! [`Config`]: clip2gan::config::Config
 
+pub mod adherence;
 pub mod bot;
 pub mod eval;
 pub mod train;
