@@ -29,6 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let out = out.ok_or("usage: toy_clip OUT_DIR [--small] [--seed N]")?;
+    clip2gan::runtime::tune_allocator();
     let cfg = clip2gan::config::Config::load(None)?;
     let dev = clip2gan::device::select(&cfg.device)?;
     let g = cfg.open_generator(&dev, true)?;
@@ -37,7 +38,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         ToyPlan::full()
     };
-    let report = toy::build(
+    let (report, _) = toy::build(
         g.as_ref(),
         cfg.generator.truncation,
         cfg.generator.max_batch,

@@ -188,7 +188,8 @@ pub fn heldout_prompts() -> Vec<(String, Vec<(Attribute, Bin)>)> {
     out
 }
 
-fn judge_prompt(
+/// The faces of one prompt for `seeds`, judged against the bins it asks.
+pub fn prompt_adherence(
     p: &mut Pipeline,
     m: &mut Method,
     stats: &AttributeStats,
@@ -228,12 +229,12 @@ pub fn text_adherence(
     let seeds: Vec<u64> = (0..faces as u64).collect();
     let single = single_prompts()
         .iter()
-        .map(|(t, asked)| judge_prompt(p, m, stats, t, asked, &seeds))
+        .map(|(t, asked)| prompt_adherence(p, m, stats, t, asked, &seeds))
         .collect::<Result<Vec<_>>>()?;
     let pair = if pairs {
         pair_prompts()
             .iter()
-            .map(|(t, asked)| judge_prompt(p, m, stats, t, asked, &seeds))
+            .map(|(t, asked)| prompt_adherence(p, m, stats, t, asked, &seeds))
             .collect::<Result<Vec<_>>>()?
     } else {
         Vec::new()
@@ -266,7 +267,7 @@ pub fn heldout_adherence(
     let mut sum = 0.0;
     let prompts = heldout_prompts();
     for (t, asked) in &prompts {
-        sum += judge_prompt(p, m, stats, t, asked, &seeds)?.adherence;
+        sum += prompt_adherence(p, m, stats, t, asked, &seeds)?.adherence;
     }
     Ok(sum / prompts.len() as f64)
 }

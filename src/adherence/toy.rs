@@ -60,9 +60,9 @@ impl ToyPlan {
     pub fn full() -> Self {
         Self {
             stats_faces: 1024,
-            extra_faces: 3072,
+            extra_faces: 1024,
             heldout_faces: 256,
-            steps: 3000,
+            steps: 1500,
             batch: 128,
             lr: 5e-4,
             caption_drop: 0.2,
@@ -118,6 +118,15 @@ struct Faces {
     judged: Vec<Judged>,
 }
 
+/// The toy's training faces, kept for building a mapper on them without
+/// rendering again (the tests do): each face's w and CLIP input.
+pub struct TrainingFaces {
+    /// `[n, w_dim]`
+    pub w: Tensor,
+    /// `[n, 3, S, S]`, CLIP-normalised.
+    pub pixels: Tensor,
+}
+
 /// Render `w` (`[n, w_dim]`) in batches: preprocessed pixels and judges.
 fn render(
     g: &dyn Generator,
@@ -159,7 +168,7 @@ pub fn build(
     plan: &ToyPlan,
     seed: u64,
     log: &mut dyn FnMut(&str),
-) -> Result<ToyReport> {
+) -> Result<(ToyReport, TrainingFaces)> {
     let spec = config::parse(CONFIG_JSON, "the toy CLIP's config")?;
     let pre = Preprocessor {
         resize: spec.image_size,
@@ -186,6 +195,7 @@ pub fn build(
     // More variety for training: other seeds, truncations 0.5 to 1.
     let mut train_pixels = vec![stats.pixels];
     let mut train_judged = stats.judged;
+    let mut train_w = vec![stats_w];
     if plan.extra_faces > 0 {
         let mut r = crate::rng::stream(seed, "toy-truncation");
         let psi: Vec<f32> = (0..plan.extra_faces)
@@ -200,6 +210,7 @@ pub fn build(
         let extra = render(g, &w, &pre, batch, &mut |d| tick(plan.stats_faces, d, log))?;
         train_pixels.push(extra.pixels);
         train_judged.extend(extra.judged);
+        train_w.push(w);
     }
     let held_w = seed_w(g, 2_000_000, plan.heldout_faces, truncation)?;
     let held = render(g, &held_w, &pre, batch, &mut |d| {
@@ -268,7 +279,11 @@ pub fn build(
     let text = serde_json::to_string_pretty(&report)
         .map_err(|e| crate::error::Error::invalid(e.to_string()))?;
     crate::fsutil::write_atomic(&out.join("toy_clip.json"), text.as_bytes())?;
-    Ok(report)
+    let faces = TrainingFaces {
+        w: Tensor::cat(&train_w, 0)?,
+        pixels,
+    };
+    Ok((report, faces))
 }
 
 /// Zero-shot accuracy per attribute: the nearest of its low prompt, the

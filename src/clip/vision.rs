@@ -92,10 +92,18 @@ impl VisionTower {
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
         let n = pixels.dim(0)?;
         let d = self.class.dim(0)?;
-        let patches = pixels
-            .conv2d(&self.patch, 0, self.patch_size, 1, 1)?
-            .flatten_from(2)?
-            .transpose(1, 2)?; // [n, T-1, D]
+        // The patch embedding as one matmul over flattened patches (the
+        // same sums as the stride-P convolution, whose backward is slow on
+        // the CPU).
+        let (c, s, p) = (pixels.dim(1)?, pixels.dim(2)?, self.patch_size);
+        let g = s / p;
+        let flat = pixels
+            .reshape((n, c, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .reshape((n * g * g, c * p * p))?;
+        let patches = flat
+            .matmul(&self.patch.reshape((d, c * p * p))?.t()?)?
+            .reshape((n, g * g, d))?; // [n, T-1, D]
         let class = self.class.reshape((1, 1, d))?.broadcast_as((n, 1, d))?;
         let x = Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&self.pos)?;
         let mut x = self.pre_ln.forward(&x)?;
@@ -105,6 +113,17 @@ impl VisionTower {
         let pooled = self.post_ln.forward(&x.i((.., 0, ..))?)?;
         Ok(self.projection.forward(&pooled)?)
     }
+}
+
+/// `l` over the last dimension of `x`, as one 2-D matmul: candle's linear
+/// on a 3-D input broadcasts the weight, and its backward then makes a
+/// weight gradient per batch item before summing them.
+pub(crate) fn apply(l: &Linear, x: &Tensor) -> Result<Tensor> {
+    let mut dims = x.dims().to_vec();
+    let last = dims.pop().expect("at least one dimension");
+    let y = l.forward(&x.reshape(((), last))?)?;
+    dims.push(y.dim(1)?);
+    Ok(y.reshape(dims)?)
 }
 
 impl Layer {
@@ -133,9 +152,9 @@ impl Layer {
     ) -> Result<Tensor> {
         let h = self.ln1.forward(x)?;
         let x = (x + self.attention(&h, heads, mask)?)?;
-        let h = self.fc1.forward(&self.ln2.forward(&x)?)?;
+        let h = apply(&self.fc1, &self.ln2.forward(&x)?)?;
         let h = (&h * candle_nn::ops::sigmoid(&(&h * 1.702)?)?)?; // quick GELU
-        Ok((&x + self.fc2.forward(&h)?)?)
+        Ok((&x + apply(&self.fc2, &h)?)?)
     }
 
     fn attention(&self, x: &Tensor, heads: usize, mask: Option<&Tensor>) -> Result<Tensor> {
@@ -146,9 +165,9 @@ impl Layer {
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let q = split((self.q.forward(x)? * (hd as f64).powf(-0.5))?)?;
-        let k = split(self.k.forward(x)?)?;
-        let v = split(self.v.forward(x)?)?;
+        let q = split((apply(&self.q, x)? * (hd as f64).powf(-0.5))?)?;
+        let k = split(apply(&self.k, x)?)?;
+        let v = split(apply(&self.v, x)?)?;
         let logits = q.matmul(&k.t()?)?;
         let logits = match mask {
             Some(m) => logits.broadcast_add(m)?,
@@ -156,6 +175,6 @@ impl Layer {
         };
         let att = candle_nn::ops::softmax(&logits, D::Minus1)?;
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((n, t, d))?;
-        Ok(self.out.forward(&y)?)
+        apply(&self.out, &y)
     }
 }
