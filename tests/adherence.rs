@@ -67,7 +67,7 @@ fn toy_clip_reads_its_attributes_and_text_steers_brightness() {
         settings: Settings::default(),
     };
     let seeds: Vec<u64> = (0..16).collect();
-    let mut brightness = |p: &mut Pipeline, m: &mut Method| {
+    let brightness = |p: &mut Pipeline, m: &mut Method| {
         let low = Attribute::Brightness.prompt(Bin::Low);
         let high = Attribute::Brightness.prompt(Bin::High);
         let a = measure::prompt_adherence(
