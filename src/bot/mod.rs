@@ -184,6 +184,9 @@ pub async fn run_with_clock(
     for w in &opened.warnings {
         warn!("{w}");
     }
+    for n in &opened.notes {
+        info!("{n}");
+    }
     info!(path = %cfg.store_path.display(), "results store open");
     let store = Arc::new(opened.store);
     let local: Arc<dyn ResultStore> = Arc::new(Local::new(store.clone()));
