@@ -277,6 +277,11 @@ async fn sigterm_stops_a_bot_that_never_reached_the_gateway() {
     let fake = Fake::start().await;
     fake.set_gateway_down(true);
     let closed = std::env::var("C2G_SIGTERM_API").is_ok_and(|v| v == "closed");
+    let how = if closed {
+        "api_base at a closed port"
+    } else {
+        "the gateway refusing connections"
+    };
     let mut times = Vec::new();
     for run in 1..=rounds("C2G_SIGTERM_ROUNDS") {
         let (_dir, store) = state();
@@ -294,7 +299,7 @@ async fn sigterm_stops_a_bot_that_never_reached_the_gateway() {
             bot
         };
         let took = tokio::task::block_in_place(|| {
-            bot.terminate_in_bound(&format!("run {run}, gateway never reached"))
+            bot.terminate_in_bound(&format!("run {run}, gateway never reached ({how})"))
         });
         assert!(
             bot.log()
@@ -304,7 +309,7 @@ async fn sigterm_stops_a_bot_that_never_reached_the_gateway() {
         );
         times.push(took);
     }
-    eprintln!("SIGTERM, gateway never reached: exit 0 after {times:.2?}");
+    eprintln!("SIGTERM, gateway never reached ({how}): exit 0 after {times:.2?}");
 }
 
 /// SIGTERM while serenity is reconnecting: connected, then the connection
