@@ -96,7 +96,8 @@
 //!   exporter (the `[metrics]` section).
 //! - [`error`]: typed errors that say what to do; [`fsutil`]: atomic writes;
 //!   [`tensorfile`]: safetensors files with metadata; [`rng`]: named,
-//!   seeded random streams; [`runtime`]: process start-up tuning (allocator).
+//!   seeded random streams; [`runtime`]: process start-up tuning (allocator);
+//!   [`shutdown`]: the bound on shutdown after a signal (its watchdog).
 //!
 //! The binary (`src/main.rs`, with `src/cli/` for `bot`, `train` and
 //! `eval-mapper`) is the clap front end over these modules. `tools/` holds
@@ -127,6 +128,7 @@ pub mod prompts;
 pub mod queue;
 pub mod rng;
 pub mod runtime;
+pub mod shutdown;
 pub mod tensorfile;
 pub mod train;
 pub mod variety;
