@@ -90,7 +90,7 @@ pub fn faces(p: &mut Pipeline, m: &mut Method, prompt: &str, seeds: &[u64]) -> R
                 order.len(),
                 w.device(),
             )?;
-            let near = w.index_select(&idx, 0)?; // [k, w_dim]
+            let near = w.contiguous()?.index_select(&idx, 0)?; // [k, w_dim]
             let mut rows = Vec::with_capacity(seeds.len());
             for &seed in seeds {
                 let mut r = crate::rng::stream(seed, "retrieval-mix");
