@@ -115,12 +115,10 @@ pub mod fsutil;
 pub mod generator;
 pub mod image_io;
 pub mod inference;
-pub mod latent;
 pub mod mapper;
 pub mod metrics;
 pub mod npy;
 pub mod ops;
-pub mod parity;
 pub mod pipeline;
 pub mod prompts;
 pub mod queue;
@@ -129,3 +127,7 @@ pub mod runtime;
 pub mod tensorfile;
 pub mod train;
 pub mod variety;
+
+/// The tests' path to [`generator::parity`] (the fixtures and tensor
+/// differences they share).
+pub use generator::parity;

@@ -650,7 +650,7 @@ mod tests {
         let (loaded, warnings) = Mapper::load(&p, &compat(&meta), &dev).unwrap();
         assert!(warnings.is_empty());
         let y2 = loaded.forward(&e).unwrap();
-        let d = crate::parity::max_abs_diff(&y, &y2).unwrap();
+        let d = crate::generator::parity::max_abs_diff(&y, &y2).unwrap();
         assert_eq!(d, 0.0);
 
         let mut other = meta.clone();

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use clap::Args;
 use clip2gan::config::Config;
 use clip2gan::error::Error;
+use clip2gan::generator::latent;
 use clip2gan::pipeline::{EditRequest, Layers};
-use clip2gan::{fsutil, image_io, latent};
+use clip2gan::{fsutil, image_io};
 
 use super::pipeline;
 

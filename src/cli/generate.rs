@@ -7,8 +7,8 @@ use anyhow::Context;
 use clap::Args;
 use clip2gan::config::Config;
 use clip2gan::error::Error;
-use clip2gan::generator::{self, check_finite, check_truncation, NoiseMode};
-use clip2gan::{device, fsutil, image_io, latent};
+use clip2gan::generator::{self, check_finite, check_truncation, latent, NoiseMode};
+use clip2gan::{device, fsutil, image_io};
 
 #[derive(Args)]
 pub struct GenerateArgs {

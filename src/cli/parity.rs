@@ -17,7 +17,7 @@ pub struct ParityArgs {
 pub fn run(cfg: &Config, a: ParityArgs) -> anyhow::Result<()> {
     let dev = device::select(&cfg.device)?;
     let g = cfg.open_generator(&dev, true)?;
-    let r = clip2gan::parity::generator_vs_fixtures(g.as_ref(), &a.fixtures)?;
+    let r = clip2gan::generator::parity::generator_vs_fixtures(g.as_ref(), &a.fixtures)?;
     println!("{}", serde_json::to_string(&r)?);
     if !r.pass {
         return Err(Error::invalid("the generator is outside the parity tolerances").into());

@@ -3,8 +3,9 @@
 //! and the images they write, each with its W+ latent beside it.
 
 use clip2gan::config::Config;
+use clip2gan::generator::latent;
 use clip2gan::pipeline::{Pipeline, Rendered};
-use clip2gan::{clip, device, image_io, latent};
+use clip2gan::{clip, device, image_io};
 
 pub fn load(cfg: &Config) -> anyhow::Result<Pipeline> {
     let dev = device::select(&cfg.device)?;

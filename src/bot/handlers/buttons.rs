@@ -20,6 +20,7 @@ use crate::bot::commands::{check_strength, check_text};
 use crate::bot::render::{self, Action};
 use crate::bot::respond::Responder;
 use crate::bot::store::Ref;
+use crate::bot::text;
 use crate::bot::{Bot, PendingPhoto};
 
 /// Modal custom ids of "Edit this face": `c2g:photo:<key>`.
@@ -212,7 +213,7 @@ impl Bot {
                     format!(
                         "`strength` must be a number from {}, not \"{}\".",
                         limits::strength_span(),
-                        render::escape(&render::clean_input(&raw))
+                        text::escape(&text::clean_input(&raw))
                     )
                 })
                 .and_then(check_strength)

@@ -5,8 +5,8 @@ use tracing::{error, info};
 
 use super::jobs::{stored, Ctx};
 use crate::bot::guild::{self, SettingsCmd};
-use crate::bot::render;
 use crate::bot::respond::Responder;
+use crate::bot::text;
 use crate::bot::Bot;
 
 impl Bot {
@@ -42,7 +42,7 @@ impl Bot {
             Ok(()) => {
                 info!(guild = g, user = ctx.user, ?cmd, "settings changed");
                 let text = format!("Saved. {said}\n\n{}", guild::show(Some(&new), &self.cfg));
-                self.say(&resp, &render::truncate(text)).await
+                self.say(&resp, &text::truncate(text)).await
             }
             Err(e) => {
                 error!(error = %e, "saving settings failed");
