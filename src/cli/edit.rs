@@ -8,7 +8,6 @@ use clip2gan::config::Config;
 use clip2gan::error::Error;
 use clip2gan::generator::latent;
 use clip2gan::pipeline::{EditRequest, Layers};
-use clip2gan::{fsutil, image_io};
 
 use super::pipeline;
 
@@ -33,9 +32,7 @@ pub struct EditArgs {
 }
 
 pub fn run(cfg: &Config, a: EditArgs) -> anyhow::Result<()> {
-    image_io::check_size(a.size, 1024)?;
-    fsutil::check_writable(&a.output)?;
-    let p = pipeline::load(cfg)?;
+    let p = pipeline::load_for(cfg, a.size, &a.output)?;
     let w = latent::load_wplus(p.generator.as_ref(), &a.latent, latent::Space::Wplus, 1.0)?;
     if w.dim(0)? != 1 {
         return Err(Error::invalid(format!(

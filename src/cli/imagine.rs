@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use clap::Args;
 use clip2gan::config::Config;
 use clip2gan::pipeline::ImagineRequest;
-use clip2gan::{fsutil, image_io};
 
 use super::pipeline;
 
@@ -34,9 +33,7 @@ pub struct ImagineArgs {
 }
 
 pub fn run(cfg: &Config, a: ImagineArgs) -> anyhow::Result<()> {
-    image_io::check_size(a.size, 1024)?;
-    fsutil::check_writable(&a.output)?;
-    let p = pipeline::load(cfg)?;
+    let p = pipeline::load_for(cfg, a.size, &a.output)?;
     let req = ImagineRequest {
         prompt: a.prompt,
         count: a.count,

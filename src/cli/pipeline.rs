@@ -5,9 +5,17 @@
 use clip2gan::config::Config;
 use clip2gan::generator::latent;
 use clip2gan::pipeline::{Pipeline, Rendered};
-use clip2gan::{clip, device, image_io};
+use clip2gan::{clip, device, fsutil, image_io};
 
-pub fn load(cfg: &Config) -> anyhow::Result<Pipeline> {
+/// [`load`], once the output side and path are known to be good (a bad
+/// flag should not cost a model load).
+pub fn load_for(cfg: &Config, size: usize, output: &std::path::Path) -> anyhow::Result<Pipeline> {
+    image_io::check_size(size, 1024)?;
+    fsutil::check_writable(output)?;
+    load(cfg)
+}
+
+fn load(cfg: &Config) -> anyhow::Result<Pipeline> {
     let dev = device::select(&cfg.device)?;
     let setup = cfg.pipeline_setup();
     let first_use = cfg.first_use().filter(|_| !setup.mapper_path().exists());
