@@ -37,27 +37,6 @@ struct PhotoJob {
 }
 
 impl Bot {
-    /// `/edit` without a photo: the user's current image, edited.
-    pub(super) async fn edit_current(
-        self: &Arc<Self>,
-        resp: Responder,
-        ctx: &Ctx,
-        instruction: String,
-        strength: f64,
-    ) {
-        match stored!(self, resp, self.store.current(ctx.user)) {
-            Some(r) => self.edit(resp, ctx, r, instruction, strength).await,
-            None => {
-                self.say(
-                    &resp,
-                    "You have no image to edit yet: make one with `/imagine` first, then \
-                     `/edit add smile` (or attach a photo: `/edit add smile image:`).",
-                )
-                .await
-            }
-        }
-    }
-
     pub(super) async fn edit(
         self: &Arc<Self>,
         resp: Responder,
@@ -87,25 +66,25 @@ impl Bot {
         self.start(resp, ctx, request, then).await
     }
 
-    /// A photo job: checks on what Discord says about the photo (answered
-    /// at once), then defer, download, decode, invert, maybe edit.
-    /// A photo with an edit to apply once it is inverted.
-    pub(super) async fn edit_photo(
+    /// `/edit` without a photo: the user's current image, edited.
+    pub(super) async fn edit_current(
         self: &Arc<Self>,
         resp: Responder,
         ctx: &Ctx,
-        photo: &Photo,
         instruction: String,
         strength: f64,
     ) {
-        self.photo(
-            resp,
-            ctx,
-            photo,
-            Some((instruction, strength)),
-            String::new(),
-        )
-        .await
+        match stored!(self, resp, self.store.current(ctx.user)) {
+            Some(r) => self.edit(resp, ctx, r, instruction, strength).await,
+            None => {
+                self.say(
+                    &resp,
+                    "You have no image to edit yet: make one with `/imagine` first, then \
+                     `/edit add smile` (or attach a photo: `/edit add smile image:`).",
+                )
+                .await
+            }
+        }
     }
 
     pub(super) async fn photo(
@@ -263,6 +242,27 @@ impl Bot {
             .await;
         self.deliver(resp, user, &reply, job_id, started).await;
         Ok(())
+    }
+
+    /// A photo job: checks on what Discord says about the photo (answered
+    /// at once), then defer, download, decode, invert, maybe edit.
+    /// A photo with an edit to apply once it is inverted.
+    pub(super) async fn edit_photo(
+        self: &Arc<Self>,
+        resp: Responder,
+        ctx: &Ctx,
+        photo: &Photo,
+        instruction: String,
+        strength: f64,
+    ) {
+        self.photo(
+            resp,
+            ctx,
+            photo,
+            Some((instruction, strength)),
+            String::new(),
+        )
+        .await
     }
 }
 

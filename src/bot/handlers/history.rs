@@ -15,31 +15,6 @@ use crate::bot::store::Ref;
 use crate::bot::Bot;
 
 impl Bot {
-    /// `/morph`: between the results named, or the user's last two.
-    pub(super) async fn morph_recent(
-        self: &Arc<Self>,
-        resp: Responder,
-        ctx: &Ctx,
-        from: Option<Ref>,
-        to: Option<Ref>,
-        frames: Option<usize>,
-    ) {
-        let recent = stored!(self, resp, self.store.recent(ctx.user, 2));
-        let to = to.or(recent.first().copied());
-        let from = from.or(recent.iter().copied().find(|r| Some(*r) != to));
-        match (from, to) {
-            (Some(a), Some(b)) => self.morph(resp, ctx, a, b, frames).await,
-            _ => {
-                self.say(
-                    &resp,
-                    "A morph needs two images: make another one with `/imagine`, or name \
-                     two results, e.g. `/morph from:12 to:15`.",
-                )
-                .await
-            }
-        }
-    }
-
     pub(super) async fn morph(
         self: &Arc<Self>,
         resp: Responder,
@@ -78,6 +53,31 @@ impl Bot {
         };
         self.start(resp, ctx, request, Then::Morph { a, b, frames })
             .await
+    }
+
+    /// `/morph`: between the results named, or the user's last two.
+    pub(super) async fn morph_recent(
+        self: &Arc<Self>,
+        resp: Responder,
+        ctx: &Ctx,
+        from: Option<Ref>,
+        to: Option<Ref>,
+        frames: Option<usize>,
+    ) {
+        let recent = stored!(self, resp, self.store.recent(ctx.user, 2));
+        let to = to.or(recent.first().copied());
+        let from = from.or(recent.iter().copied().find(|r| Some(*r) != to));
+        match (from, to) {
+            (Some(a), Some(b)) => self.morph(resp, ctx, a, b, frames).await,
+            _ => {
+                self.say(
+                    &resp,
+                    "A morph needs two images: make another one with `/imagine`, or name \
+                     two results, e.g. `/morph from:12 to:15`.",
+                )
+                .await
+            }
+        }
     }
 
     pub(super) async fn history(self: &Arc<Self>, resp: Responder, ctx: &Ctx) {
