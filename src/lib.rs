@@ -109,6 +109,7 @@
 //! reference scripts, `tests/` the integration tests (shared fixtures in
 //! `tests/common/`), `models/` the fetched weights (never committed).
 
+pub mod adherence;
 pub mod bench;
 pub mod bot;
 pub mod clip;

@@ -44,14 +44,27 @@ pub struct EvalArgs {
     /// Images per generator call.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
-    /// Where the JSON report goes (default: the mapper path + .eval.json).
+    /// Where the JSON report goes (default: the mapper path + .eval.json,
+    /// or + .adherence.json with --adherence).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Measure text and edit adherence with the pixel judges instead (needs
+    /// a CLIP whose text means something about them, e.g. the toy CLIP).
+    #[command(flatten)]
+    pub adherence: super::adherence::AdherenceArgs,
 }
 
 /// Run `clip2gan eval-mapper`.
-pub fn run(cfg: &Config, a: &EvalArgs) -> Result<EvalReport> {
+pub fn run(cfg: &Config, a: &EvalArgs) -> Result<()> {
     let path = a.mapper.clone().unwrap_or_else(|| cfg.mapper_path());
+    if a.adherence.adherence {
+        return super::adherence::run(cfg, &path, a.json.as_deref(), &a.adherence);
+    }
+    evaluate_latents(cfg, a, path).map(|_| ())
+}
+
+/// The latent, image and CLIP metrics of the mapper at `path`.
+fn evaluate_latents(cfg: &Config, a: &EvalArgs, path: PathBuf) -> Result<EvalReport> {
     let prompts = a
         .prompts
         .as_deref()

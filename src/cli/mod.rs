@@ -6,6 +6,7 @@
 //!
 //! [`Config`]: clip2gan::config::Config
 
+pub mod adherence;
 pub mod bench;
 pub mod bot;
 pub mod clip_score;

@@ -14,9 +14,11 @@
 //!   [`crate::ops::force_portable`]) uses candle-transformers' model.
 
 pub mod config;
+pub mod contrastive;
 pub mod fast;
 pub mod hub;
 pub mod preprocess;
+pub mod text;
 pub mod tokenizer;
 pub mod vision;
 
@@ -50,7 +52,7 @@ pub struct Clip {
 }
 
 /// Tensors candle's CLIP would silently invent if absent.
-const MUST_EXIST: [&str; 1] = ["vision_model.embeddings.class_embedding"];
+pub(crate) const MUST_EXIST: [&str; 1] = ["vision_model.embeddings.class_embedding"];
 
 impl Clip {
     /// Load from resolved checkpoint files.

@@ -19,14 +19,14 @@ use crate::error::Result;
 const LN_EPS: f32 = 1e-5;
 
 /// Layer norm from tensor ops (candle-nn's `layer_norm_slow`).
-struct Norm(LayerNorm);
+pub(crate) struct Norm(LayerNorm);
 
 impl Norm {
-    fn load(vb: VarBuilder, dim: usize) -> Result<Self> {
+    pub(crate) fn load(vb: VarBuilder, dim: usize) -> Result<Self> {
         Ok(Self(candle_nn::layer_norm(dim, 1e-5, vb)?))
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let bias = self.0.bias().expect("loaded with bias");
         Ok(candle_nn::ops::layer_norm_slow(
             x,
@@ -37,7 +37,8 @@ impl Norm {
     }
 }
 
-struct Layer {
+/// One pre-norm transformer layer (both towers have the same).
+pub(crate) struct Layer {
     ln1: Norm,
     q: Linear,
     k: Linear,
@@ -69,20 +70,7 @@ impl VisionTower {
         let d = c.embed_dim;
         let tokens = (c.image_size / c.patch_size).pow(2) + 1;
         let layers = (0..c.num_hidden_layers)
-            .map(|i| {
-                let l = v.pp(format!("encoder.layers.{i}"));
-                let a = l.pp("self_attn");
-                Ok(Layer {
-                    ln1: Norm::load(l.pp("layer_norm1"), d)?,
-                    q: candle_nn::linear(d, d, a.pp("q_proj"))?,
-                    k: candle_nn::linear(d, d, a.pp("k_proj"))?,
-                    v: candle_nn::linear(d, d, a.pp("v_proj"))?,
-                    out: candle_nn::linear(d, d, a.pp("out_proj"))?,
-                    ln2: Norm::load(l.pp("layer_norm2"), d)?,
-                    fc1: candle_nn::linear(d, c.intermediate_size, l.pp("mlp.fc1"))?,
-                    fc2: candle_nn::linear(c.intermediate_size, d, l.pp("mlp.fc2"))?,
-                })
-            })
+            .map(|i| Layer::load(v.pp(format!("encoder.layers.{i}")), d, c.intermediate_size))
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             patch: e.get(
@@ -104,38 +92,89 @@ impl VisionTower {
     pub fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
         let n = pixels.dim(0)?;
         let d = self.class.dim(0)?;
-        let patches = pixels
-            .conv2d(&self.patch, 0, self.patch_size, 1, 1)?
-            .flatten_from(2)?
-            .transpose(1, 2)?; // [n, T-1, D]
+        // The patch embedding as one matmul over flattened patches (the
+        // same sums as the stride-P convolution, whose backward is slow on
+        // the CPU).
+        let (c, s, p) = (pixels.dim(1)?, pixels.dim(2)?, self.patch_size);
+        let g = s / p;
+        let flat = pixels
+            .reshape((n, c, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .reshape((n * g * g, c * p * p))?;
+        let patches = flat
+            .matmul(&self.patch.reshape((d, c * p * p))?.t()?)?
+            .reshape((n, g * g, d))?; // [n, T-1, D]
         let class = self.class.reshape((1, 1, d))?.broadcast_as((n, 1, d))?;
         let x = Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&self.pos)?;
         let mut x = self.pre_ln.forward(&x)?;
         for l in &self.layers {
-            let h = l.ln1.forward(&x)?;
-            x = (&x + self.attention(l, &h)?)?;
-            let h = l.ln2.forward(&x)?;
-            let h = l.fc1.forward(&h)?;
-            let h = (&h * candle_nn::ops::sigmoid(&(&h * 1.702)?)?)?; // quick GELU
-            x = (&x + l.fc2.forward(&h)?)?;
+            x = l.forward(&x, self.heads, None)?;
         }
         let pooled = self.post_ln.forward(&x.i((.., 0, ..))?)?;
         Ok(self.projection.forward(&pooled)?)
     }
+}
 
-    fn attention(&self, l: &Layer, x: &Tensor) -> Result<Tensor> {
+/// `l` over the last dimension of `x`, as one 2-D matmul: candle's linear
+/// on a 3-D input broadcasts the weight, and its backward then makes a
+/// weight gradient per batch item before summing them.
+pub(crate) fn apply(l: &Linear, x: &Tensor) -> Result<Tensor> {
+    let mut dims = x.dims().to_vec();
+    let last = dims.pop().expect("at least one dimension");
+    let y = l.forward(&x.reshape(((), last))?)?;
+    dims.push(y.dim(1)?);
+    Ok(y.reshape(dims)?)
+}
+
+impl Layer {
+    /// Layer `vb` (`encoder.layers.i`) of width `d`.
+    pub(crate) fn load(l: VarBuilder, d: usize, intermediate: usize) -> Result<Self> {
+        let a = l.pp("self_attn");
+        Ok(Layer {
+            ln1: Norm::load(l.pp("layer_norm1"), d)?,
+            q: candle_nn::linear(d, d, a.pp("q_proj"))?,
+            k: candle_nn::linear(d, d, a.pp("k_proj"))?,
+            v: candle_nn::linear(d, d, a.pp("v_proj"))?,
+            out: candle_nn::linear(d, d, a.pp("out_proj"))?,
+            ln2: Norm::load(l.pp("layer_norm2"), d)?,
+            fc1: candle_nn::linear(d, intermediate, l.pp("mlp.fc1"))?,
+            fc2: candle_nn::linear(intermediate, d, l.pp("mlp.fc2"))?,
+        })
+    }
+
+    /// `x + attention(ln1 x)`, then `+ mlp(ln2 x)`; `mask` `[t, t]` is added
+    /// to the attention logits (the text tower's causal mask).
+    pub(crate) fn forward(
+        &self,
+        x: &Tensor,
+        heads: usize,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let h = self.ln1.forward(x)?;
+        let x = (x + self.attention(&h, heads, mask)?)?;
+        let h = apply(&self.fc1, &self.ln2.forward(&x)?)?;
+        let h = (&h * candle_nn::ops::sigmoid(&(&h * 1.702)?)?)?; // quick GELU
+        Ok((&x + apply(&self.fc2, &h)?)?)
+    }
+
+    fn attention(&self, x: &Tensor, heads: usize, mask: Option<&Tensor>) -> Result<Tensor> {
         let (n, t, d) = x.dims3()?;
-        let hd = d / self.heads;
+        let hd = d / heads;
         let split = |y: Tensor| -> Result<Tensor> {
-            Ok(y.reshape((n, t, self.heads, hd))?
+            Ok(y.reshape((n, t, heads, hd))?
                 .transpose(1, 2)?
                 .contiguous()?)
         };
-        let q = split((l.q.forward(x)? * (hd as f64).powf(-0.5))?)?;
-        let k = split(l.k.forward(x)?)?;
-        let v = split(l.v.forward(x)?)?;
-        let att = candle_nn::ops::softmax(&q.matmul(&k.t()?)?, D::Minus1)?;
+        let q = split((apply(&self.q, x)? * (hd as f64).powf(-0.5))?)?;
+        let k = split(apply(&self.k, x)?)?;
+        let v = split(apply(&self.v, x)?)?;
+        let logits = q.matmul(&k.t()?)?;
+        let logits = match mask {
+            Some(m) => logits.broadcast_add(m)?,
+            None => logits,
+        };
+        let att = candle_nn::ops::softmax(&logits, D::Minus1)?;
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((n, t, d))?;
-        Ok(l.out.forward(&y)?)
+        apply(&self.out, &y)
     }
 }

@@ -283,6 +283,30 @@ impl Bank {
     }
 }
 
+/// The first `limit` pairs of the cache in `dir` built under `key`, without
+/// changing it: a cache of other settings (or none) is an error here, not
+/// a reason to start anew as [`Bank::open`] does.
+pub fn read(dir: &Path, key: &CacheKey, limit: usize) -> Result<PairSet> {
+    match read_manifest(dir)? {
+        Some(m) if m.key == *key => {}
+        Some(m) => {
+            return Err(Error::invalid(format!(
+                "the pair bank in {} was built with other settings ({}); build this one with                  `clip2gan train --mode fit --pairs N`",
+                dir.display(),
+                key_changes(&m.key, key)
+            )))
+        }
+        None => {
+            return Err(Error::invalid(format!(
+                "there is no pair bank in {}; build one with `clip2gan train --mode fit --pairs N`",
+                dir.display()
+            )))
+        }
+    }
+    let bank = Bank::open(dir, key, limit, usize::MAX, true)?;
+    bank.pairs(limit)
+}
+
 /// The first `total` pairs, from `dir` where possible, rendering (and
 /// saving) what is missing. `None` if `stop` was raised: the complete chunks
 /// stay on disk for the next run.

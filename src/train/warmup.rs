@@ -52,6 +52,18 @@ impl Plan {
         }
     }
 
+    /// The first `limit` pairs of this plan's bank, read only (for
+    /// measurements: a bank of other settings is an error, never rebuilt).
+    pub fn read_bank(
+        &self,
+        clip: &Clip,
+        g: &dyn Generator,
+        limit: usize,
+    ) -> Result<super::cache::PairSet> {
+        let key = CacheKey::new(g, clip, &self.clip_model, self.train.seed, &self.spec(g));
+        super::cache::read(&self.bank_dir(), &key, limit)
+    }
+
     /// The next bank size to fit at after `n` pairs: `first_pairs`, then
     /// doublings, capped at `pairs`.
     fn next_milestone(&self, n: usize) -> Option<usize> {

@@ -1,0 +1,247 @@
+//! `clip2gan eval-mapper --adherence`: what text and edits do to faces,
+//! judged on pixels (`clip2gan::adherence`), for the mapper and, with
+//! `--compare`, beside the baselines and variants built from the pair
+//! bank: always-w_avg with residuals (chance), retrieval, the closed-form
+//! fit with and without the text shift, and the refined MLP at three
+//! LAFITE noise levels.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use clap::Args;
+use clip2gan::adherence::measure::{self, EditReport, Method, TextReport};
+use clip2gan::adherence::AttributeStats;
+use clip2gan::clip::Clip;
+use clip2gan::config::Config;
+use clip2gan::error::{Error, Result};
+use clip2gan::mapper::{Compat, Mapper};
+use clip2gan::pipeline::Pipeline;
+use clip2gan::train::fit::make_mapper;
+use clip2gan::train::refine::Refinement;
+use serde::Serialize;
+
+#[derive(Args, Debug, Clone)]
+pub struct AdherenceArgs {
+    /// Measure text and edit adherence (see `clip2gan::adherence`).
+    #[arg(long)]
+    pub adherence: bool,
+    /// The judges' tertiles (default: attributes.json in the [clip] model
+    /// directory, which the toy CLIP example writes).
+    #[arg(long)]
+    pub attributes: Option<PathBuf>,
+    /// Faces per prompt (seeds 0..N).
+    #[arg(long, default_value_t = 16)]
+    pub faces: usize,
+    /// Random starts per edit.
+    #[arg(long, default_value_t = 16)]
+    pub starts: usize,
+    /// Edit strength.
+    #[arg(long, default_value_t = 1.0)]
+    pub strength: f64,
+    /// Also the baselines and variants built from the first-use pair bank.
+    #[arg(long)]
+    pub compare: bool,
+    /// With --compare: pairs of the bank to build them from (default: all).
+    #[arg(long)]
+    pub bank: Option<usize>,
+    /// Skip the two-attribute prompts.
+    #[arg(long)]
+    pub no_pairs: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct AdherenceReport {
+    mapper: String,
+    clip_model: String,
+    attributes: AttributeStats,
+    bank: Option<usize>,
+    retrieval_k: Option<Vec<(usize, f64)>>,
+    text: Vec<TextReport>,
+    edits: EditReport,
+}
+
+/// Run the adherence measurements for the mapper at `path`.
+pub fn run(cfg: &Config, path: &Path, json: Option<&Path>, a: &AdherenceArgs) -> Result<()> {
+    let json = json.map(Path::to_path_buf).unwrap_or_else(|| {
+        let mut s = path.as_os_str().to_owned();
+        s.push(".adherence.json");
+        PathBuf::from(s)
+    });
+    clip2gan::fsutil::check_writable(&json)?;
+    let attributes_path = match &a.attributes {
+        Some(p) => p.clone(),
+        None => {
+            let dir = PathBuf::from(&cfg.clip.model);
+            if !dir.is_dir() {
+                return Err(Error::invalid(format!(
+                    "--adherence needs the judges' tertiles: pass --attributes FILE, or set [clip] model \
+                     to a toy CLIP directory (`cargo run --release --example toy_clip -- DIR`); {:?} is not a directory",
+                    cfg.clip.model
+                )));
+            }
+            dir.join("attributes.json")
+        }
+    };
+    let stats = AttributeStats::read(&attributes_path)?;
+    let dev = clip2gan::device::select(&cfg.device)?;
+    let g = cfg.open_generator(&dev, true)?;
+    if stats.generator != g.id() {
+        return Err(Error::invalid(format!(
+            "{} holds tertiles of generator {:?}, the configured one is {:?}",
+            attributes_path.display(),
+            stats.generator,
+            g.id()
+        )));
+    }
+    let clip = Clip::load(&cfg.clip_files()?, &dev)?;
+    let compat = Compat {
+        clip_model: &cfg.clip.model,
+        clip_dim: clip.embed_dim(),
+        generator: g.id(),
+        num_styles: g.num_styles(),
+        w_dim: g.w_dim(),
+    };
+    let (mapper, warnings) = Mapper::load(path, &compat, &dev)?;
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+    let mut methods = Vec::new();
+    let mut bank_size = None;
+    let mut retrieval_bank = None;
+    if a.compare {
+        let plan = cfg.first_use().ok_or_else(|| {
+            Error::invalid("--compare builds its variants from the first-use pair bank; set [mapper] build = true")
+        })?;
+        let pairs = plan.read_bank(&clip, g.as_ref(), a.bank.unwrap_or(usize::MAX))?;
+        bank_size = Some(pairs.len());
+        eprintln!("building the variants from {} pairs", pairs.len());
+        let train = &plan.train;
+        let closed = make_mapper(g.as_ref(), &clip, &plan.clip_model, train, &pairs)?;
+        let w = pairs.w.narrow(1, 0, 1)?.squeeze(1)?;
+        let spread = w.broadcast_sub(&g.w_avg().to_device(w.device())?)?;
+        methods.push(Method::Mapper {
+            name: "always w_avg (with residuals)".into(),
+            mapper: measure::always_w_avg(&closed.mapper, &spread, &dev)?,
+        });
+        retrieval_bank = Some((pairs.e.clone(), w));
+        methods.push(Method::Mapper {
+            name: "fit, no text shift".into(),
+            mapper: without_shift(&closed.varmap, &closed.mapper, g.w_avg(), &dev)?,
+        });
+        for xi in [0.0, 0.33, 0.5] {
+            let mut t = train.clone();
+            t.refine.lafite_xi = xi;
+            let mut r = Refinement::new(g.as_ref(), &clip, &plan.clip_model, &t, &pairs, &closed)?;
+            while !r.done() {
+                r.step(g.as_ref(), &clip)?;
+            }
+            let (mlp, _) = r.finish(g.as_ref())?;
+            eprintln!("refined MLP at xi {xi} built");
+            methods.push(Method::Mapper {
+                name: format!("refined MLP, xi {xi}"),
+                mapper: mlp,
+            });
+        }
+        methods.push(Method::Mapper {
+            name: "fit, text shift (first use)".into(),
+            mapper: closed.mapper,
+        });
+    }
+    // The pipeline holds the mapper being measured; it starts with a
+    // placeholder and takes each method's mapper in turn.
+    let placeholder = measure::always_w_avg(
+        &mapper,
+        &Tensor::zeros((1, g.w_dim()), DType::F32, &Device::Cpu)?,
+        &dev,
+    )?;
+    methods.push(Method::Mapper {
+        name: format!(
+            "this mapper ({:?}, {})",
+            mapper.meta.config.kind,
+            path.display()
+        ),
+        mapper,
+    });
+    let mut p = Pipeline {
+        clip,
+        mapper: placeholder,
+        generator: g,
+        settings: cfg.pipeline_setup().settings(),
+    };
+    // Retrieval's k, chosen on prompts in other words than the test's.
+    let mut retrieval_k = None;
+    if let Some((e, w)) = retrieval_bank {
+        let mut scores = Vec::new();
+        for k in [1, 8, 32, 128] {
+            let mut m = Method::Retrieval {
+                k,
+                e: e.clone(),
+                w: w.clone(),
+            };
+            let score = measure::heldout_adherence(&mut p, &mut m, &stats, 8)?;
+            eprintln!("retrieval k = {k}: held-out adherence {score:.3}");
+            scores.push((k, score));
+        }
+        let best = scores
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|s| s.0)
+            .unwrap_or(8);
+        methods.insert(1, Method::Retrieval { k: best, e, w });
+        retrieval_k = Some(scores);
+    }
+    let mut text = Vec::new();
+    for m in methods.iter_mut() {
+        text.push(measure::text_adherence(
+            &mut p,
+            m,
+            &stats,
+            a.faces,
+            !a.no_pairs,
+        )?);
+        eprintln!("measured {}", m.name());
+    }
+    // Edits with the mapper itself (the last method).
+    if let Some(Method::Mapper { mapper, .. }) = methods.last_mut() {
+        std::mem::swap(mapper, &mut p.mapper);
+    }
+    let edits =
+        measure::edit_adherence(&p, &stats, a.starts, cfg.generator.truncation, a.strength)?;
+    print!("{}", measure::text_table(&text));
+    print!("{}", measure::edit_table(&edits));
+    let report = AdherenceReport {
+        mapper: path.display().to_string(),
+        clip_model: cfg.clip.model.clone(),
+        attributes: stats,
+        bank: bank_size,
+        retrieval_k,
+        text,
+        edits,
+    };
+    let body = serde_json::to_string_pretty(&report).map_err(|e| Error::invalid(e.to_string()))?;
+    clip2gan::fsutil::write_atomic(&json, body.as_bytes())?;
+    eprintln!("report written to {}", json.display());
+    Ok(())
+}
+
+/// The closed-form mapper with its text shift set to zero (text embeddings
+/// mapped as they are).
+fn without_shift(
+    varmap: &candle_nn::VarMap,
+    like: &Mapper,
+    w_avg: &Tensor,
+    dev: &Device,
+) -> Result<Mapper> {
+    let vars: Vec<(String, Tensor)> = clip2gan::mapper::tensors_of(varmap)
+        .into_iter()
+        .map(|(name, t)| {
+            if name == "text_shift" {
+                Ok((name, t.zeros_like()?))
+            } else {
+                Ok((name, t))
+            }
+        })
+        .collect::<Result<_>>()?;
+    let varmap = clip2gan::mapper::varmap_of(vars, dev)?;
+    Mapper::init(&varmap, like.meta.clone(), w_avg, dev)
+}
