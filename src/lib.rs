@@ -102,7 +102,8 @@
 //!   exporter (the `[metrics]` section).
 //! - [`error`]: typed errors that say what to do; [`fsutil`]: atomic writes;
 //!   [`tensorfile`]: safetensors files with metadata; [`rng`]: named,
-//!   seeded random streams; [`runtime`]: process start-up tuning (allocator).
+//!   seeded random streams; [`runtime`]: process start-up tuning (allocator);
+//!   [`shutdown`]: the bound on shutdown after a signal (its watchdog).
 //!
 //! The binary is the clap front end over these modules: `src/main.rs` is
 //! the command tree and the dispatch, `src/cli/` one file per subcommand. `tools/` holds
@@ -131,6 +132,7 @@ pub mod prompts;
 pub mod queue;
 pub mod rng;
 pub mod runtime;
+pub mod shutdown;
 pub mod tensorfile;
 pub mod train;
 pub mod variety;

@@ -44,7 +44,7 @@ pub mod text;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -118,25 +118,30 @@ pub(crate) struct Bot {
     registered: AtomicBool,
 }
 
-struct Handler(Arc<Bot>);
+/// serenity's event handler. It holds the bot weakly: serenity's tasks
+/// keep the handler after `run_on` returns when the gateway had to be
+/// dropped (still connecting at shutdown), and they must not keep the bot,
+/// and with it the results store, open.
+struct Handler(Weak<Bot>);
 
 #[async_trait]
 impl EventHandler for Handler {
     async fn ready(&self, ctx: Context, ready: Ready) {
         info!(bot = %ready.user.name, "connected to the Discord gateway");
+        let Some(bot) = self.0.upgrade() else { return };
         // READY comes again after each re-identify; commands need
         // registering once per run.
-        if self.0.registered.swap(true, Ordering::SeqCst) {
+        if bot.registered.swap(true, Ordering::SeqCst) {
             return;
         }
-        let defs = commands::definitions(&self.0.cfg);
-        if self.0.discord.guilds.is_empty() {
+        let defs = commands::definitions(&bot.cfg);
+        if bot.discord.guilds.is_empty() {
             match DiscordCommand::set_global_commands(&ctx.http, defs).await {
                 Ok(c) => info!(commands = c.len(), "registered the commands globally"),
                 Err(e) => error!(error = %e, "registering the commands failed"),
             }
         } else {
-            for g in &self.0.discord.guilds {
+            for g in &bot.discord.guilds {
                 match GuildId::new(*g).set_commands(&ctx.http, defs.clone()).await {
                     Ok(c) => info!(guild = g, commands = c.len(), "registered the commands"),
                     Err(e) => error!(guild = g, error = %e, "registering the commands failed"),
@@ -150,7 +155,9 @@ impl EventHandler for Handler {
     }
 
     async fn interaction_create(&self, ctx: Context, interaction: Interaction) {
-        self.0.clone().handle(ctx.http.clone(), interaction).await;
+        if let Some(bot) = self.0.upgrade() {
+            bot.handle(ctx.http.clone(), interaction).await;
+        }
     }
 }
 
@@ -191,21 +198,26 @@ pub async fn run_with_clock(
     for w in &opened.warnings {
         warn!("{w}");
     }
+    for n in &opened.notes {
+        info!("{n}");
+    }
     info!(path = %cfg.store_path.display(), "results store open");
     let store = Arc::new(opened.store);
     let local: Arc<dyn ResultStore> = Arc::new(Local::new(store.clone()));
     let outcome = run_on(settings, token, engine, local, shutdown, clock).await;
     // Every store write is already committed (fsynced); the file closes when
-    // the last handler lets go of it. serenity's shard tasks drop the event
-    // handler (and with it the store) a moment after the gateway task ends:
-    // wait for that, so the file is closed when `run` returns and a restart
-    // in the same process can open it again.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // the last holder lets go of it: answers still finishing (their tasks
+    // end a moment after `run_on`, or were cut short at the grace period and
+    // are still winding down). Wait briefly, so that the file is closed when
+    // `run` returns and a restart in the same process can open it again, but
+    // no longer: shutdown is bounded.
+    crate::shutdown::stage("closing the results store");
+    let deadline = Instant::now() + STORE_RELEASE;
     while Arc::strong_count(&store) > 1 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     if Arc::strong_count(&store) > 1 {
-        warn!("the results store is still in use; it closes when the last handler ends");
+        warn!("the results store is still in use by answers cut short; it closes when they end");
     }
     drop(store);
     info!("stopped");
@@ -234,11 +246,6 @@ pub async fn run_on(
         },
     )
     .map_err(BotError::Config)?;
-    match store.count().await {
-        Ok(n) => info!(results = n, "results store ready"),
-        // A shared store may come back later; the handlers say so meanwhile.
-        Err(e) => warn!(error = %e, "the results store cannot be read yet"),
-    }
     let http = if discord.api_base.is_empty() {
         HttpBuilder::new(token.expose()).build()
     } else {
@@ -266,25 +273,58 @@ pub async fn run_on(
         inflight: TaskTracker::new(),
         registered: AtomicBool::new(false),
     });
-    // Interactions need no privileged intents (nor any other).
-    let mut client = ClientBuilder::new_with_http(http, GatewayIntents::empty())
-        .event_handler(Handler(bot.clone()))
-        .await
-        .map_err(|e| BotError::Discord(format!("cannot create the client: {e}")))?;
-    let shards = client.shard_manager.clone();
-    let (range, count) = (bot.discord.shards, bot.discord.shard_count);
-    let mut gateway = tokio::spawn(async move { connect(&mut client, range, count).await });
-
-    let ended_by_itself = tokio::select! {
-        r = &mut gateway => Some(r),
-        _ = shutdown => None,
+    // Start-up asks the store (Redis, for front ends) and Discord (the
+    // gateway's address), either of which may not answer: a signal
+    // meanwhile stops it.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let starting = async {
+        match bot.store.count().await {
+            Ok(n) => info!(results = n, "results store ready"),
+            // A shared store may come back later; the handlers say so meanwhile.
+            Err(e) => warn!(error = %e, "the results store cannot be read yet"),
+        }
+        // Interactions need no privileged intents (nor any other).
+        ClientBuilder::new_with_http(http, GatewayIntents::empty())
+            .event_handler(Handler(Arc::downgrade(&bot)))
+            .await
+            .map_err(|e| BotError::Discord(format!("cannot create the client: {e}")))
     };
+    let client = tokio::select! {
+        c = starting => Some(c?),
+        _ = &mut shutdown => None,
+    };
+    let mut gateway = client.map(|mut client| {
+        let shards = client.shard_manager.clone();
+        let (range, count) = (bot.discord.shards, bot.discord.shard_count);
+        let task = tokio::spawn(async move { connect(&mut client, range, count).await });
+        (task, shards)
+    });
+    // `None`: shut down by the signal (or before the gateway started).
+    let ended_by_itself = match gateway.as_mut() {
+        Some((task, _)) => tokio::select! {
+            r = task => Some(r),
+            _ = &mut shutdown => None,
+        },
+        None => None,
+    };
+
+    // Every step from here is bounded by the grace period, so that the bot
+    // stops in time whatever Redis, the engine or Discord are doing.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(bot.cfg.shutdown_grace_s);
     info!("shutting down: refusing new interactions, answering queued jobs");
     bot.closing.store(true, Ordering::SeqCst);
-    engine.clone().close().await;
-    let grace = Duration::from_secs(bot.cfg.shutdown_grace_s);
+    crate::shutdown::stage("telling queued jobs the bot is shutting down");
+    if tokio::time::timeout_at(deadline, engine.clone().close())
+        .await
+        .is_err()
+    {
+        warn!(
+            "telling queued jobs the bot is shutting down took the whole grace period; cut short"
+        );
+    }
+    crate::shutdown::stage("waiting for the answers in progress");
     bot.inflight.close();
-    if tokio::time::timeout(grace, bot.inflight.wait())
+    if tokio::time::timeout_at(deadline, bot.inflight.wait())
         .await
         .is_err()
     {
@@ -293,20 +333,98 @@ pub async fn run_on(
             "answers still in progress after the grace period were dropped"
         );
     }
-    shards.shutdown_all().await;
-    let outcome = match ended_by_itself {
-        Some(Ok(Ok(()))) | None => Ok(()),
-        Some(Ok(Err(e))) => Err(BotError::Discord(format!(
+    let outcome = match gateway {
+        Some((task, shards)) => close_gateway(task, &shards, ended_by_itself, deadline).await,
+        None => Ok(()),
+    };
+    drop(bot);
+    outcome
+}
+
+/// The least time the gateway gets to close cleanly, even when the answers
+/// in progress took the whole grace period.
+const GATEWAY_CLOSE_MIN: Duration = Duration::from_millis(500);
+
+/// How long `run` waits, after the gateway, for the last answers to let go
+/// of the results store.
+const STORE_RELEASE: Duration = Duration::from_millis(500);
+
+type GatewayTask = tokio::task::JoinHandle<serenity::Result<()>>;
+
+/// Close the gateway connection within what is left of `deadline` (at
+/// least [`GATEWAY_CLOSE_MIN`]); what has not closed by then is dropped,
+/// with a line saying what was cut short. `ended`: the gateway task's
+/// result if it ended by itself (then no signal came, and its error is the
+/// outcome).
+///
+/// serenity ends its client only once every shard it runs has closed, and
+/// never while it is still trying to start one: with Discord unreachable it
+/// retries every 5 s for ever, and `shutdown_all` returns at once, as it
+/// knows of no shard yet. Waiting for the client then would never end.
+async fn close_gateway(
+    mut task: GatewayTask,
+    shards: &serenity::gateway::ShardManager,
+    ended: Option<Result<serenity::Result<()>, tokio::task::JoinError>>,
+    deadline: tokio::time::Instant,
+) -> Result<(), BotError> {
+    crate::shutdown::stage("closing the gateway");
+    let until = deadline.max(tokio::time::Instant::now() + GATEWAY_CLOSE_MIN);
+    let Some(ended) = ended else {
+        let mut stages = Vec::new();
+        let closed = tokio::time::timeout_at(until, async {
+            stages = shards
+                .runners
+                .lock()
+                .await
+                .iter()
+                .map(|(id, r)| format!("shard {id} {}", r.stage))
+                .collect();
+            shards.shutdown_all().await;
+            if stages.is_empty() {
+                return false;
+            }
+            let _ = (&mut task).await;
+            true
+        })
+        .await;
+        match closed {
+            Ok(true) => {}
+            Ok(false) => {
+                task.abort();
+                warn!(
+                    cut_short = "connecting to the gateway",
+                    "no gateway connection had been made yet (is Discord reachable?); stopped \
+                     trying"
+                );
+            }
+            Err(_) => {
+                task.abort();
+                warn!(
+                    cut_short = "closing the gateway",
+                    shards = %stages.join(", "),
+                    "the gateway did not close in time; its connection was dropped"
+                );
+            }
+        }
+        return Ok(());
+    };
+    if tokio::time::timeout_at(until, shards.shutdown_all())
+        .await
+        .is_err()
+    {
+        warn!(
+            cut_short = "closing the gateway",
+            "the shards did not close in time"
+        );
+    }
+    match ended {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(BotError::Discord(format!(
             "the gateway connection ended: {e}. If it says the token is invalid, reset it on the \
              developer portal and set DISCORD_TOKEN again"
         ))),
-        Some(Err(e)) => Err(BotError::Discord(format!("the gateway task failed: {e}"))),
-    };
-    if !gateway.is_finished() {
-        let _ = gateway.await;
+        Err(e) => Err(BotError::Discord(format!("the gateway task failed: {e}"))),
     }
-    drop(bot);
-    outcome
 }
 
 /// Connect the configured shards (one, by default) and run until they end.

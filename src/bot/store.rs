@@ -183,36 +183,81 @@ fn db_err(path: &Path, e: impl std::fmt::Display) -> BotError {
     BotError::Store(format!("{}: {e}", path.display()))
 }
 
-/// What opening found: warnings for the log (a corrupt file set aside,
-/// unreadable records skipped).
+/// What opening found, for the log: warnings (a corrupt file set aside,
+/// unreadable records skipped) and notes (an interrupted creation cleared
+/// away, which loses nothing).
 pub struct Opened {
     pub store: Store,
     pub warnings: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// Test-only: the environment variable that makes [`Store::open`] stop for
+/// good at one step of creating a store (`created`: the temporary file
+/// exists, still empty; `initialised`: its tables are committed, it is not
+/// in place yet), after printing [`PAUSE_MARKER`] and the step to stderr. A
+/// test waits for that line and kills the process there, so a kill during
+/// creation is driven by an event, not by timing. Not for production: a
+/// process with it set never finishes starting.
+pub const TEST_PAUSE_ENV: &str = "C2G_TEST_STORE_PAUSE";
+/// What the paused process prints, followed by the step and the file.
+pub const PAUSE_MARKER: &str = "test hook: store creation paused at";
+
+fn test_pause(step: &str, file: &Path) {
+    if std::env::var(TEST_PAUSE_ENV).is_ok_and(|v| v == step) {
+        eprintln!("{PAUSE_MARKER} {step}: {}", file.display());
+        loop {
+            std::thread::park();
+        }
+    }
 }
 
 impl Store {
-    /// Open or create the store. A file that is not a readable database is
-    /// renamed to `<name>.corrupt-<unix time>` and a fresh store is started,
-    /// so one bad file never keeps the bot down.
+    /// Open the store, or create it if there is none.
+    ///
+    /// A new store is made under a temporary name (`.<name>.creating`) and
+    /// moved into place only once its tables are committed and fsynced, so
+    /// a process stopped while creating it (redb writes its header, with the
+    /// magic number, last) leaves no half-made file at `path`: the next
+    /// start finds the temporary file, removes it (nothing was ever stored
+    /// in it) and starts again. A file at `path` is therefore always one
+    /// that was complete once; if it is not a readable database it is
+    /// renamed to `<name>.corrupt-<unix time>` and a fresh store is
+    /// started, so one bad file never keeps the bot down.
     pub fn open(path: &Path, history_depth: usize, max_latents: usize) -> Result<Opened, BotError> {
         let mut warnings = Vec::new();
+        let mut notes = Vec::new();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| db_err(path, e))?;
         }
-        let opened = match Database::create(path) {
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(BotError::Store(format!(
-                    "{} is in use by another process (another clip2gan bot?); stop it or set \
-                     bot.store_path to another file",
+        let creating = creating_path(path);
+        if clear_interrupted(&creating, path)? {
+            notes.push(format!(
+                "an unfinished creation of the results store ({}, left by a process stopped \
+                 while creating it; nothing had been stored in it) was removed",
+                creating.display()
+            ));
+        }
+        let opened = match std::fs::metadata(path) {
+            // An empty file holds nothing: redb had not written a byte
+            // (say, one made by hand, or by a version that created the
+            // store in place). Create it properly.
+            Ok(m) if m.len() == 0 => {
+                std::fs::remove_file(path).map_err(|e| db_err(path, e))?;
+                notes.push(format!(
+                    "{} was empty and was created afresh",
                     path.display()
-                )))
+                ));
+                create(path, &creating)
             }
-            Err(e) => Err(e.to_string()),
-            Ok(db) => init_tables(db, path).map_err(|e| e.to_string()),
+            Ok(_) => open_existing(path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(path, &creating),
+            Err(e) => return Err(db_err(path, e)),
         };
         let db = match opened {
             Ok(db) => db,
-            Err(why) => {
+            Err(Unreadable::Fatal(e)) => return Err(e),
+            Err(Unreadable::Corrupt(why)) => {
                 let aside = set_aside(path)?;
                 warnings.push(format!(
                     "the results store {} could not be read ({why}); it was moved to {} and a \
@@ -220,8 +265,10 @@ impl Store {
                     path.display(),
                     aside.display()
                 ));
-                let db = Database::create(path).map_err(|e| db_err(path, e))?;
-                init_tables(db, path).map_err(|e| db_err(path, e))?
+                create(path, &creating).map_err(|e| match e {
+                    Unreadable::Fatal(e) => e,
+                    Unreadable::Corrupt(why) => db_err(path, why),
+                })?
             }
         };
         let store = Store {
@@ -236,7 +283,11 @@ impl Store {
             order: Mutex::new(Order::default()),
         };
         store.load(&mut warnings)?;
-        Ok(Opened { store, warnings })
+        Ok(Opened {
+            store,
+            warnings,
+            notes,
+        })
     }
 
     fn load(&self, warnings: &mut Vec<String>) -> Result<(), BotError> {
@@ -585,6 +636,163 @@ fn init_tables(db: Database, path: &Path) -> Result<Database, BotError> {
     Ok(db)
 }
 
+/// Why a store could not be opened: a file that is not a readable database
+/// (set aside, and a new store started), or anything else (stop, and say).
+enum Unreadable {
+    Corrupt(String),
+    Fatal(BotError),
+}
+
+fn in_use(path: &Path) -> BotError {
+    BotError::Store(format!(
+        "{} is in use by another process (another clip2gan bot?); stop it or set \
+         bot.store_path to another file",
+        path.display()
+    ))
+}
+
+/// Where a new store is made before it is moved to `path`: hidden, next to
+/// it (a rename within one directory is atomic), and always the same name,
+/// so that the next start finds one a stopped process left behind.
+fn creating_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "store".into());
+    path.with_file_name(format!(".{name}.creating"))
+}
+
+/// Remove what a process stopped while creating the store left behind.
+/// Returns whether there was such a file (not counting a second name of a
+/// store already in place, see [`publish`]). A process creating the store
+/// at this moment holds redb's lock on the file: then the store is in use.
+fn clear_interrupted(creating: &Path, path: &Path) -> Result<bool, BotError> {
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(creating)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(db_err(creating, e)),
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: flock(2) on the descriptor `file` owns, open until the
+        // end of this function (which also releases the lock).
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                return Err(in_use(path));
+            }
+            return Err(db_err(creating, e));
+        }
+    }
+    #[cfg(unix)]
+    let second_name = {
+        use std::os::unix::fs::MetadataExt;
+        file.metadata().map_err(|e| db_err(creating, e))?.nlink() > 1
+    };
+    #[cfg(not(unix))]
+    let second_name = false;
+    std::fs::remove_file(creating).map_err(|e| db_err(creating, e))?;
+    drop(file);
+    Ok(!second_name)
+}
+
+/// A readable store at `path` (made complete once, see [`Store::open`]).
+fn open_existing(path: &Path) -> Result<Database, Unreadable> {
+    match Database::open(path) {
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(Unreadable::Fatal(in_use(path))),
+        Err(e) => Err(Unreadable::Corrupt(e.to_string())),
+        // A store from an older version may lack a table added since.
+        Ok(db) => init_tables(db, path).map_err(|e| Unreadable::Corrupt(e.to_string())),
+    }
+}
+
+/// A new, empty store at `path`, made at `creating` and moved into place
+/// once its tables are committed (redb fsyncs each commit), then the
+/// directory fsynced: nothing is stored in it before its name is durable,
+/// so a crash loses nothing that was ever acknowledged.
+fn create(path: &Path, creating: &Path) -> Result<Database, Unreadable> {
+    let fatal = |e: &dyn std::fmt::Display| Unreadable::Fatal(db_err(creating, e));
+    // create_new: never take over a file another process is making now
+    // (any left by a stopped one was cleared first).
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(creating)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(Unreadable::Fatal(in_use(path)))
+        }
+        Err(e) => return Err(fatal(&e)),
+    };
+    test_pause("created", creating);
+    let made = Database::builder()
+        .create_file(file)
+        .map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Unreadable::Fatal(in_use(path)),
+            e => fatal(&e),
+        })
+        .and_then(|db| init_tables(db, creating).map_err(Unreadable::Fatal));
+    let db = match made {
+        Ok(db) => db,
+        Err(e) => {
+            let _ = std::fs::remove_file(creating);
+            return Err(e);
+        }
+    };
+    test_pause("initialised", creating);
+    match publish(creating, path) {
+        Ok(true) => Ok(db),
+        // Another process put a store in place meanwhile: use that one.
+        Ok(false) => {
+            drop(db);
+            open_existing(path)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(creating);
+            Err(Unreadable::Fatal(db_err(
+                path,
+                format!("cannot put the new store in place: {e}"),
+            )))
+        }
+    }
+}
+
+/// Give the store made at `creating` its name `path`, durably. `false`:
+/// there is a store at `path` already (another process made one in the
+/// meantime), left as it is.
+///
+/// A hard link, unlike a rename, never replaces a file already there. A
+/// stop between the link and the removal leaves the store under both names;
+/// the next start removes the second one.
+fn publish(creating: &Path, path: &Path) -> std::io::Result<bool> {
+    match std::fs::hard_link(creating, path) {
+        Ok(()) => std::fs::remove_file(creating)?,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(creating)?;
+            return Ok(false);
+        }
+        // A file system without hard links: a rename. It would replace a
+        // store another process put in place in the instant since `open`
+        // found none: only two bots started at once on one new store could
+        // meet that.
+        Err(_) => std::fs::rename(creating, path)?,
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(true)
+}
+
 fn set_aside(path: &Path) -> Result<PathBuf, BotError> {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -737,6 +945,80 @@ mod tests {
         assert_eq!((next.used, next.window_start), (1, t0 + QUOTA_WINDOW_S));
     }
 
+    /// Names in `dir` containing `part`.
+    fn files_with(dir: &Path, part: &str) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(part))
+            .collect()
+    }
+
+    /// What a kill during redb's first write left before stores were made
+    /// under a temporary name (the issue's 1.5 MB of zeros where the magic
+    /// goes), now under that name: cleared with a note, no warning.
+    #[test]
+    fn an_interrupted_creation_is_cleared_without_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        std::fs::write(creating_path(&path), vec![0u8; 1_572_864]).unwrap();
+        let o = Store::open(&path, 3, 5).unwrap();
+        assert!(o.warnings.is_empty(), "{:?}", o.warnings);
+        assert_eq!(o.notes.len(), 1, "{:?}", o.notes);
+        assert!(o.notes[0].contains("unfinished creation"), "{:?}", o.notes);
+        let a = o.store.insert(rec(1, 1, 0.0), 1, 0).unwrap();
+        drop(o);
+        assert!(files_with(dir.path(), "corrupt").is_empty());
+        assert!(files_with(dir.path(), "creating").is_empty());
+        let o = Store::open(&path, 3, 5).unwrap();
+        assert!(o.warnings.is_empty() && o.notes.is_empty());
+        assert_eq!(o.store.get(a.id).unwrap().latents, a.latents);
+    }
+
+    /// A stop between the hard link and the removal of the temporary name
+    /// leaves the store under both: the second name goes quietly.
+    #[test]
+    fn a_second_name_of_a_store_in_place_is_removed_quietly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let a = Store::open(&path, 3, 5)
+            .unwrap()
+            .store
+            .insert(rec(1, 1, 0.0), 1, 0)
+            .unwrap();
+        std::fs::hard_link(&path, creating_path(&path)).unwrap();
+        let o = Store::open(&path, 3, 5).unwrap();
+        assert!(o.warnings.is_empty() && o.notes.is_empty());
+        assert!(o.store.get(a.id).is_some());
+        assert!(files_with(dir.path(), "creating").is_empty());
+    }
+
+    /// A store another process is creating (it holds redb's lock on the
+    /// temporary file) is in use, not an interrupted creation to remove.
+    #[test]
+    fn a_store_being_created_elsewhere_is_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let held = Database::create(creating_path(&path)).unwrap();
+        let e = Store::open(&path, 3, 5).err().expect("in use");
+        assert!(e.to_string().contains("in use by another process"), "{e}");
+        assert!(creating_path(&path).exists() && !path.exists());
+        drop(held);
+    }
+
+    #[test]
+    fn an_empty_file_is_created_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        std::fs::write(&path, b"").unwrap();
+        let o = Store::open(&path, 3, 5).unwrap();
+        assert!(o.warnings.is_empty(), "{:?}", o.warnings);
+        assert_eq!(o.notes.len(), 1, "{:?}", o.notes);
+        drop(o);
+        assert!(std::fs::metadata(&path).unwrap().len() > 0);
+        assert!(files_with(dir.path(), "corrupt").is_empty());
+    }
+
     #[test]
     fn a_corrupt_file_is_set_aside() {
         let dir = tempfile::tempdir().unwrap();
@@ -746,16 +1028,7 @@ mod tests {
         assert_eq!(o.warnings.len(), 1, "{:?}", o.warnings);
         assert!(o.warnings[0].contains(".corrupt-"));
         assert!(o.store.is_empty());
-        let kept = std::fs::read_dir(dir.path())
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .contains(".corrupt-")
-            })
-            .count();
-        assert_eq!(kept, 1);
+        assert_eq!(files_with(dir.path(), ".corrupt-").len(), 1);
+        assert!(files_with(dir.path(), "creating").is_empty());
     }
 }

@@ -7,6 +7,7 @@
 //! sections and something that makes images.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
@@ -38,9 +39,23 @@ pub fn run(mut cfg: Config, args: BotArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(serve(cfg, token))?;
+    let served = rt.block_on(serve(cfg, token));
+    stop_runtime(rt);
+    served?;
     Ok(())
 }
+
+/// Stop the runtime without its drop, which waits for every blocking task
+/// without limit; one may be a DNS lookup of a gateway that does not
+/// resolve, or a model load a signal interrupted. The async tasks are
+/// dropped (closing what they hold); blocking ones get
+/// [`RUNTIME_STOP`] and are then left to the process's exit.
+pub(crate) fn stop_runtime(rt: tokio::runtime::Runtime) {
+    clip2gan::shutdown::stage("stopping the async runtime");
+    rt.shutdown_timeout(RUNTIME_STOP);
+}
+
+const RUNTIME_STOP: Duration = Duration::from_millis(500);
 
 /// Load the models into the engine, then run until SIGINT or SIGTERM.
 async fn serve(cfg: Config, token: Token) -> Result<(), BotError> {
@@ -50,6 +65,7 @@ async fn serve(cfg: Config, token: Token) -> Result<(), BotError> {
     };
     // Settings first: a typo should not cost a model load.
     settings.bot.validate()?;
+    let signal = Signal::install(Duration::from_secs(settings.bot.shutdown_grace_s));
     if let Some(addr) =
         clip2gan::metrics::install(&cfg.metrics).map_err(|e| BotError::Config(e.to_string()))?
     {
@@ -60,18 +76,25 @@ async fn serve(cfg: Config, token: Token) -> Result<(), BotError> {
     clip2gan::image_io::check_size(output_size, 1024)
         .map_err(|e| BotError::Config(e.to_string()))?;
     if !cfg.queue.url.is_empty() {
-        return serve_front_end(cfg, settings, token).await;
+        return serve_front_end(cfg, settings, token, signal).await;
     }
     let engine_cfg = cfg.engine.clone();
     info!("loading the models");
-    let engine = tokio::task::spawn_blocking(move || {
+    let loading = tokio::task::spawn_blocking(move || {
         Engine::start(engine_cfg, move || open_backend(&cfg, output_size))
-    })
-    .await
-    .map_err(|e| BotError::Engine(e.to_string()))?
-    .map_err(|e| BotError::Engine(e.to_string()))?;
+    });
+    let engine = tokio::select! {
+        e = loading => e
+            .map_err(|e| BotError::Engine(e.to_string()))?
+            .map_err(|e| BotError::Engine(e.to_string()))?,
+        // Nothing is open yet; the load is left to the process's exit.
+        _ = signal.wait() => {
+            info!("stopped before the models had loaded");
+            return Ok(());
+        }
+    };
     info!("models loaded");
-    bot::run(settings, token, Arc::new(engine), signal()).await
+    bot::run(settings, token, Arc::new(engine), signal.wait()).await
 }
 
 /// A front end: jobs go to the workers over Redis. Redis need not be up
@@ -80,9 +103,11 @@ async fn serve_front_end(
     cfg: Config,
     settings: bot::Settings,
     token: Token,
+    signal: Signal,
 ) -> Result<(), BotError> {
     let queue =
         QueueClient::start(cfg.queue.clone()).map_err(|e| BotError::Config(e.to_string()))?;
+    // Bounded by queue.timeout_ms; a signal meanwhile is acted on next.
     if let Err(e) = queue.ping().await {
         tracing::error!("{e}");
     }
@@ -97,7 +122,7 @@ async fn serve_front_end(
         token,
         Arc::new(queue),
         Arc::new(store),
-        signal(),
+        signal.wait(),
         Arc::new(bot::SystemClock),
     )
     .await
@@ -155,26 +180,58 @@ pub(crate) fn open_backend(
     )
 }
 
-/// SIGINT (Ctrl-C) or SIGTERM (docker stop, systemd).
-pub(crate) async fn signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {},
-                    _ = term.recv() => {},
+/// SIGINT (Ctrl-C) or SIGTERM (docker stop, systemd), watched from the
+/// moment it is installed, on a task of its own: a signal is seen at once
+/// whatever start-up is doing (loading models, waiting for Redis or
+/// Discord). It starts the shutdown watchdog (the process ends the grace
+/// period plus [`clip2gan::shutdown::WATCHDOG_MARGIN`] later, whatever is
+/// still running) and completes every [`Signal::wait`].
+#[derive(Clone)]
+pub(crate) struct Signal(tokio::sync::watch::Receiver<bool>);
+
+impl Signal {
+    /// Install the handlers now (in the runtime). From here on SIGINT and
+    /// SIGTERM no longer end the process at once: they start the shutdown.
+    pub(crate) fn install(grace: Duration) -> Signal {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        #[cfg(unix)]
+        let streams = {
+            use tokio::signal::unix::{signal, SignalKind};
+            (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            )
+        };
+        tokio::spawn(async move {
+            #[cfg(unix)]
+            match streams {
+                (Ok(mut int), Ok(mut term)) => {
+                    tokio::select! {
+                        _ = int.recv() => {},
+                        _ = term.recv() => {},
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
                 }
             }
-            Err(_) => {
+            #[cfg(not(unix))]
+            {
                 let _ = tokio::signal::ctrl_c().await;
             }
+            info!("signal received");
+            clip2gan::shutdown::watchdog(grace + clip2gan::shutdown::WATCHDOG_MARGIN);
+            let _ = tx.send(true);
+        });
+        Signal(rx)
+    }
+
+    /// Completes once a signal came (at once if one already did).
+    pub(crate) fn wait(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.clone();
+        async move {
+            // An error: the watching task is gone (the runtime is stopping).
+            let _ = rx.wait_for(|came| *came).await;
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    info!("signal received");
 }

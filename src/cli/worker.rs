@@ -38,25 +38,48 @@ pub fn run(mut cfg: Config, args: WorkerArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(async move {
+    let served = rt.block_on(async move {
+        let grace = Duration::from_secs(cfg.bot.shutdown_grace_s);
+        let signal = super::bot::Signal::install(grace);
         if let Some(addr) = clip2gan::metrics::install(&cfg.metrics)? {
             info!(%addr, "serving Prometheus metrics at /metrics");
         }
         let engine_cfg = cfg.engine.clone();
         let queue = cfg.queue.clone();
-        let grace = Duration::from_secs(cfg.bot.shutdown_grace_s);
         info!("loading the models");
-        let engine = tokio::task::spawn_blocking(move || {
+        let loading = tokio::task::spawn_blocking(move || {
             Engine::start(engine_cfg, move || {
                 super::bot::open_backend(&cfg, output_size)
             })
-        })
-        .await
-        .context("the model loading task failed")??;
+        });
+        let engine = tokio::select! {
+            e = loading => e.context("the model loading task failed")??,
+            // Nothing taken from the queue yet; the load is left to the
+            // process's exit.
+            _ = signal.wait() => {
+                info!("stopped before the models had loaded");
+                return anyhow::Ok(());
+            }
+        };
         info!("models loaded");
         let engine = Arc::new(engine);
-        clip2gan::queue::worker::run(queue, engine.clone(), super::bot::signal(), grace).await?;
-        let _ = tokio::task::spawn_blocking(move || engine.shutdown(true)).await;
+        clip2gan::queue::worker::run(queue, engine.clone(), signal.wait(), grace).await?;
+        // The jobs in hand have had the grace period; a batch the engine
+        // is still running belongs to jobs that stay pending for another
+        // worker, so it gets a moment, not another grace period.
+        clip2gan::shutdown::stage("stopping the engine");
+        let stopping = tokio::task::spawn_blocking(move || engine.shutdown(true));
+        if tokio::time::timeout(ENGINE_STOP, stopping).await.is_err() {
+            tracing::warn!(
+                cut_short = "stopping the engine",
+                "the engine was still running a batch; left unfinished (its jobs stay pending \
+                 for another worker)"
+            );
+        }
         anyhow::Ok(())
-    })
+    });
+    super::bot::stop_runtime(rt);
+    served
 }
+
+const ENGINE_STOP: Duration = Duration::from_millis(500);

@@ -121,9 +121,13 @@ pub async fn run(
         }
     }
     info!(in_hand = jobs.len(), "stopping: finishing the jobs in hand");
+    crate::shutdown::stage("finishing the jobs in hand");
     let finish = async { while jobs.join_next().await.is_some() {} };
     if tokio::time::timeout(grace, finish).await.is_err() {
-        warn!("jobs unfinished after the grace period stay pending for another worker");
+        warn!(
+            cut_short = "finishing the jobs in hand",
+            "jobs unfinished after the grace period stay pending for another worker"
+        );
     }
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! routes the bot uses (under `/api/v10`) and a gateway websocket that
 //! speaks Hello / Identify / READY / Resume / heartbeats and dispatches
 //! interactions. It records every call, and can be told to fail edits
-//! (5xx, 429) or to drop the gateway connection. Every request body is
+//! (5xx, 429), to drop the gateway connection or to refuse new ones (an
+//! unreachable gateway). Every request body is
 //! checked against Discord's OpenAPI schema ([`schema`]); what fails is
 //! kept in [`Fake::violations`].
 //!
@@ -104,6 +105,10 @@ enum GwCmd {
 #[derive(Default)]
 struct Inner {
     connections: usize,
+    /// While set, gateway connections are refused (503 to the upgrade).
+    gateway_down: bool,
+    /// Gateway connections refused so far.
+    refused: usize,
     identifies: usize,
     resumes: usize,
     heartbeats: usize,
@@ -292,6 +297,17 @@ impl Fake {
             .entry(token.to_string())
             .or_default()
             .extend(failures.iter().copied());
+    }
+
+    /// Refuse new gateway connections (`true`) or take them again: a
+    /// gateway that cannot be reached, as far as serenity can tell.
+    pub fn set_gateway_down(&self, down: bool) {
+        self.lock().gateway_down = down;
+    }
+
+    /// Gateway connections refused while it was down.
+    pub fn refused(&self) -> usize {
+        self.lock().refused
     }
 
     /// Close the gateway connection abruptly (no close frame).
@@ -733,6 +749,15 @@ async fn unhandled(State(f): St, method: Method, uri: Uri) -> Response {
 }
 
 async fn ws(State(f): St, up: WebSocketUpgrade) -> Response {
+    {
+        let mut i = f.lock();
+        if i.gateway_down {
+            i.refused += 1;
+            drop(i);
+            f.changed.notify_waiters();
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        }
+    }
     up.on_upgrade(move |socket| gateway(socket, f))
 }
 
