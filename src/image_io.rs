@@ -1,14 +1,73 @@
 //! From generator output tensors to images on disk: resizing with an area
-//! filter, RGB8 conversion, grids, and atomic PNG writes.
+//! filter, RGB8 conversion, grids, and atomic PNG writes; and decoded
+//! images (user photos, files) to RGB8 the way PIL converts them.
 
 use std::path::{Path, PathBuf};
 
 use candle_core::{CpuStorage, DType, Storage, Tensor};
-use image::RgbImage;
+use image::{DynamicImage, RgbImage};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
+
+/// RGB the way transformers' `convert_rgb` + PIL do it (CLIP's
+/// preprocessing, and the photos the bot and training read): images with alpha
+/// are composited onto white (PIL's integer `alpha_composite`), 16-bit
+/// colour keeps the high byte (PIL reads 16-bit RGB PNGs so). One deliberate
+/// difference: PIL clamps 16-bit grey to 0..255 (almost all white); we keep
+/// its high byte like colour, which preserves the picture.
+pub fn convert_rgb(img: &DynamicImage) -> RgbImage {
+    let rgba: image::RgbaImage = match img {
+        DynamicImage::ImageRgb8(x) => return x.clone(),
+        DynamicImage::ImageLuma8(_) => return img.to_rgb8(),
+        DynamicImage::ImageRgb16(x) => {
+            return RgbImage::from_fn(x.width(), x.height(), |i, j| {
+                let p = x.get_pixel(i, j).0;
+                image::Rgb([(p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8])
+            })
+        }
+        DynamicImage::ImageLuma16(x) => {
+            return RgbImage::from_fn(x.width(), x.height(), |i, j| {
+                let v = (x.get_pixel(i, j).0[0] >> 8) as u8;
+                image::Rgb([v, v, v])
+            })
+        }
+        DynamicImage::ImageRgba16(x) => image::RgbaImage::from_fn(x.width(), x.height(), |i, j| {
+            let p = x.get_pixel(i, j).0;
+            image::Rgba(p.map(|v| (v >> 8) as u8))
+        }),
+        DynamicImage::ImageLumaA16(x) => {
+            image::RgbaImage::from_fn(x.width(), x.height(), |i, j| {
+                let [v, a] = x.get_pixel(i, j).0.map(|v| (v >> 8) as u8);
+                image::Rgba([v, v, v, a])
+            })
+        }
+        other => other.to_rgba8(),
+    };
+    RgbImage::from_fn(rgba.width(), rgba.height(), |i, j| {
+        let p = rgba.get_pixel(i, j).0;
+        image::Rgb(composite_on_white(p))
+    })
+}
+
+/// PIL's `ImagingAlphaComposite` of `src` over opaque white.
+fn composite_on_white([r, g, b, a]: [u8; 4]) -> [u8; 3] {
+    const BITS: u32 = 7;
+    if a == 0 {
+        return [255; 3];
+    }
+    let a = a as u32;
+    let blend = 255 * (255 - a);
+    let outa255 = a * 255 + blend;
+    let coef1 = a * 255 * 255 * (1 << BITS) / outa255;
+    let coef2 = 255 * (1 << BITS) - coef1;
+    let mix = |c: u8| {
+        let t = c as u32 * coef1 + 255 * coef2 + (0x80 << BITS);
+        ((((t >> 8) + t) >> 8) >> BITS) as u8
+    };
+    [mix(r), mix(g), mix(b)]
+}
 
 /// Output sizes a 1024 px generator can be reduced to exactly with an area
 /// (box) filter.

@@ -50,11 +50,15 @@
 //!   weight sets for tests. [`generator::stylegan2`] runs StyleGAN2
 //!   checkpoints users bring (`load`: rosinality `.pt` / safetensors in
 //!   either naming, split into formats, naming, architecture and random weights; `model`).
+//!   `latent`: latent files (z, w, W+) in NumPy format, read into W+;
+//!   `parity`: a generator against the reference fixtures, and tensor
+//!   differences for the tests (also at [`parity`]).
 //! - [`clip`]: CLIP text and image encoders: `tokenizer` (offline, with the
 //!   original clean-up), `preprocess` (PIL-exact resize + crop, and a
 //!   differentiable path for training), `config` (transformers
 //!   `config.json`), `hub` (the `[clip]` section; local dir or hub
-//!   download), `fast` (the CPU fast path), `vision` (the differentiable
+//!   download; `hub/env`: the hub settings from the environment), `fast`
+//!   (the CPU encoders on [`ops`]' kernels), `vision` (the differentiable
 //!   image tower).
 //! - [`mapper`]: the CLIP2GAN mapping network (CLIP embedding -> W+ residual
 //!   over `w_avg`): an MLP or the closed-form linear map, with the text
@@ -81,15 +85,17 @@
 //!   its map is in `train/mod.rs`.
 //!   [`eval`]: measuring a mapper against baselines, with [`variety`] (range
 //!   and variety of imagine's latents); [`prompts`]: prompt files.
-//! - [`ops`]: the kernel layer of both generators (depthwise 3x3, inverse
-//!   Haar DWT, FIR resampling, dense conv on gemm, the fused conv epilogue),
-//!   each with a fast CPU path and a portable, differentiable tensor-op path,
-//!   and the one switch between them.
-//! - [`latent`] and [`npy`]: latent files (z, w, W+) in NumPy format.
-//! - [`image_io`]: area resizing, RGB8 conversion, grids, atomic PNG writes.
-//! - [`parity`]: a generator against the reference fixtures, and tensor
-//!   differences for the tests.
-//! - [`bench`]: the `clip2gan bench` measurements (printed as JSON).
+//! - [`ops`]: the one kernel layer, of both generators (depthwise 3x3,
+//!   inverse Haar DWT, FIR resampling, dense conv on gemm, the fused conv
+//!   epilogue) and of CLIP (linear layers with fused epilogues, attention,
+//!   row kernels, the area resize of generator output), each with a fast
+//!   CPU path and a portable, differentiable tensor-op path, and the one
+//!   switch between them.
+//! - [`npy`]: NumPy `.npy` files.
+//! - [`image_io`]: area resizing, RGB8 conversion (of generator output, and
+//!   of decoded photos as PIL does it), grids, atomic PNG writes.
+//! - [`bench`]: the `clip2gan bench` measurements (printed as JSON), one
+//!   file per benchmark.
 //! - [`config`]: `config.toml` + environment + flags, the whole file (for
 //!   the command layer only); [`device`]: CPU/CUDA choice.
 //! - [`metrics`]: the Prometheus metrics' names and buckets, and the
@@ -99,8 +105,8 @@
 //!   seeded random streams; [`runtime`]: process start-up tuning (allocator);
 //!   [`shutdown`]: the bound on shutdown after a signal (its watchdog).
 //!
-//! The binary (`src/main.rs`, with `src/cli/` for `bot`, `train` and
-//! `eval-mapper`) is the clap front end over these modules. `tools/` holds
+//! The binary is the clap front end over these modules: `src/main.rs` is
+//! the command tree and the dispatch, `src/cli/` one file per subcommand. `tools/` holds
 //! reference scripts, `tests/` the integration tests (shared fixtures in
 //! `tests/common/`), `models/` the fetched weights (never committed).
 
@@ -117,12 +123,10 @@ pub mod fsutil;
 pub mod generator;
 pub mod image_io;
 pub mod inference;
-pub mod latent;
 pub mod mapper;
 pub mod metrics;
 pub mod npy;
 pub mod ops;
-pub mod parity;
 pub mod pipeline;
 pub mod prompts;
 pub mod queue;
@@ -132,3 +136,7 @@ pub mod shutdown;
 pub mod tensorfile;
 pub mod train;
 pub mod variety;
+
+/// The tests' path to [`generator::parity`] (the fixtures and tensor
+/// differences they share).
+pub use generator::parity;

@@ -7,7 +7,7 @@ held-out set. This scores mapper files (the closed-form fit or an MLP, as
 `clip2gan train` writes them) on a pair bank rendered once with another
 seed, clean and with the embeddings perturbed by LAFITE noise at xi 0.5
 (`eval-mapper --xi 0.5`'s stand-in for text). The forward pass is written
-from `src/mapper.rs` (leaky ReLU 0.2, the clamps); on the same faces its
+from `src/mapper/mod.rs` (leaky ReLU 0.2, the clamps); on the same faces its
 figures agree with `eval-mapper`'s.
 
     pip install numpy==2.4.6

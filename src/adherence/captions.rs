@@ -12,8 +12,9 @@ use rand::Rng;
 
 use super::judges::{Attribute, Bin};
 
-/// The caption of a face with nothing to say.
-pub const NEUTRAL: &str = "a photo of a face";
+/// The caption of a face with nothing to say: the edit grammar's neutral
+/// phrase.
+pub use crate::pipeline::instruction::NEUTRAL;
 
 /// Words for a bin: the canonical one first.
 fn words(a: Attribute, bin: Bin) -> &'static [&'static str] {

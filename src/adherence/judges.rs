@@ -63,7 +63,7 @@ impl Attribute {
             (Attribute::Warmth, Bin::High) => "a face in front of a warm background",
             (Attribute::Colourfulness, Bin::Low) => "a pale face",
             (Attribute::Colourfulness, Bin::High) => "a colourful face",
-            (_, Bin::Middle) => super::captions::NEUTRAL,
+            (_, Bin::Middle) => crate::pipeline::instruction::NEUTRAL,
         }
     }
 }

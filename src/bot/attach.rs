@@ -207,7 +207,7 @@ impl Fetcher {
     /// What Discord says about the file, checked before downloading it; the
     /// error is the reply to send.
     pub fn precheck(&self, p: &Photo) -> Result<Url, String> {
-        let name = super::render::escape(&super::render::clean_input(&p.filename));
+        let name = super::text::escape(&super::text::clean_input(&p.filename));
         let url = Url::parse(&p.url).map_err(|_| {
             "The attachment has no usable address; upload the photo again.".to_string()
         })?;
@@ -215,21 +215,21 @@ impl Fetcher {
             return Err(format!(
                 "I only download photos from Discord's own attachment hosts, and this one is on \
                  `{}`. Upload the photo to Discord itself (attach the file) instead of linking it.",
-                super::render::escape(url.host_str().unwrap_or("?"))
+                super::text::escape(url.host_str().unwrap_or("?"))
             ));
         }
         if let Some(ct) = p.content_type.as_deref().map(mime) {
             if !ct.starts_with("image/") {
                 return Err(format!(
                     "`{name}` is not an image ({}); attach a photo as {FORMATS}.",
-                    super::render::escape(&ct)
+                    super::text::escape(&ct)
                 ));
             }
             if !supported_type(&ct) {
                 return Err(format!(
                     "`{name}` is a {} image, which I cannot read; convert it to {FORMATS} (a \
                      screenshot of it works too).",
-                    super::render::escape(&ct)
+                    super::text::escape(&ct)
                 ));
             }
         }
@@ -297,7 +297,7 @@ impl Fetcher {
                 if !ct.starts_with("image/") && ct != "application/octet-stream" {
                     return Err(format!(
                         "That file is not an image (it is {}); attach a photo as {FORMATS}.",
-                        super::render::escape(&ct)
+                        super::text::escape(&ct)
                     ));
                 }
             }
@@ -447,7 +447,7 @@ pub fn prepare(bytes: &[u8], max_pixels: u64) -> Result<Prepared, String> {
     }
     // Exactly the conversion CLIP's preprocessing applies (16-bit to 8,
     // transparency over white), so the engine sees what CLIP would.
-    let mut rgb = crate::clip::preprocess::to_rgb8(&img);
+    let mut rgb = crate::image_io::convert_rgb(&img);
     drop(img);
     let short = rgb.width().min(rgb.height());
     if short > MAX_SHORT_SIDE {

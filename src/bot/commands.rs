@@ -8,10 +8,10 @@ use serenity::all::{
 };
 
 use super::attach::Photo;
-use super::config::BotConfig;
+use super::config::{BotConfig, MAX_IMAGES, MAX_MORPH_FRAMES};
 use super::guild::SettingsCmd;
-use super::render::{blocked, clean_input, MAX_IMAGES, MAX_MORPH_FRAMES};
 use super::store::Ref;
+use super::text::{blocked, clean_input, escape};
 use crate::engine::limits::{strength_ok, strength_span, STRENGTH_RANGE};
 
 /// The message command (right click on a message -> Apps). Message
@@ -288,7 +288,7 @@ pub fn parse(data: &CommandData, cfg: &BotConfig) -> Result<Command, String> {
                         format!(
                             "`{name}` must be a result number as shown under an image, e.g. `12`, \
                          or `12.2` for image 2 of result #12 (it was \"{}\").",
-                            super::render::escape(&clean_input(s))
+                            escape(&clean_input(s))
                         )
                     })
                 }
@@ -334,7 +334,7 @@ pub fn parse(data: &CommandData, cfg: &BotConfig) -> Result<Command, String> {
         other => Err(format!(
             "Unknown command `/{}`. This bot has `/imagine`, `/edit`, `/undo`, `/morph`, \
              `/history` and `/settings`.",
-            super::render::escape(other)
+            escape(other)
         )),
     }
 }

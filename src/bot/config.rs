@@ -10,6 +10,16 @@ use serde::Deserialize;
 
 use super::BotError;
 
+/// Most images in one message (`/imagine count`, variations): one row of
+/// pick buttons.
+pub const MAX_IMAGES: usize = 4;
+/// Most frames of a morph (`/morph frames`, `bot.morph_frames`).
+pub const MAX_MORPH_FRAMES: usize = 32;
+/// Largest daily quota (0 is no limit).
+pub const MAX_QUOTA: u32 = 10_000;
+/// Longest cooldown (the config's, or one an admin sets).
+pub const MAX_COOLDOWN_S: u64 = 3600;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DiscordConfig {
@@ -156,7 +166,7 @@ impl BotConfig {
         if self.history_depth == 0 || self.max_latents == 0 {
             return bad("bot.history_depth and bot.max_latents must be at least 1");
         }
-        if !(1..=super::render::MAX_IMAGES).contains(&self.variations_count) {
+        if !(1..=MAX_IMAGES).contains(&self.variations_count) {
             return bad("bot.variations_count must be 1 to 4");
         }
         if !(0.0..=1.0).contains(&self.variation_amount) {
@@ -177,13 +187,13 @@ impl BotConfig {
         if self.max_image_pixels == 0 {
             return bad("bot.max_image_pixels must be at least 1");
         }
-        if !(2..=super::render::MAX_MORPH_FRAMES).contains(&self.morph_frames) {
+        if !(2..=MAX_MORPH_FRAMES).contains(&self.morph_frames) {
             return bad("bot.morph_frames must be 2 to 32");
         }
-        if self.daily_quota > super::guild::MAX_QUOTA {
+        if self.daily_quota > MAX_QUOTA {
             return bad("bot.daily_quota must be 0 (no limit) to 10000");
         }
-        if self.cooldown_ms > super::guild::MAX_COOLDOWN_S * 1000 {
+        if self.cooldown_ms > MAX_COOLDOWN_S * 1000 {
             return bad("bot.cooldown_ms must be at most 3600000 (an hour)");
         }
         Ok(())

@@ -16,13 +16,9 @@ use serenity::all::{
     CreateCommandOption, InteractionContext, Permissions,
 };
 
-use super::config::BotConfig;
-use super::render::{clean_input, escape};
+use super::config::{BotConfig, MAX_COOLDOWN_S, MAX_QUOTA};
+use super::text::{clean_input, escape};
 
-/// Largest daily quota (0 is no limit).
-pub const MAX_QUOTA: u32 = 10_000;
-/// Longest cooldown an admin may set.
-pub const MAX_COOLDOWN_S: u64 = 3600;
 /// Channels in a server's list, words in its blocklist, and their length.
 pub const MAX_CHANNELS: usize = 25;
 pub const MAX_WORDS: usize = 100;
@@ -426,7 +422,7 @@ pub fn show(g: Option<&GuildSettings>, cfg: &BotConfig) -> String {
         ));
     }
     out.push_str("\nChange them with `/settings …`; `/settings reset` restores the defaults.");
-    super::render::truncate(out)
+    super::text::truncate(out)
 }
 
 #[cfg(test)]

@@ -4,11 +4,17 @@
 //! inference engine. It knows the engine's plain types only (prompts,
 //! latents as numbers, PNG bytes), never tensors.
 //!
-//! - [`config`]: the `[discord]` and `[bot]` settings and the token.
+//! - [`config`]: the `[discord]` and `[bot]` settings, the limits they and
+//!   the commands share, and the token.
 //! - [`commands`]: registration payloads; options parsed and checked.
-//! - [`handlers`]: what each interaction does, queue feedback, delivery.
+//! - [`handlers`]: what each interaction does, one module per command
+//!   family (imagine, edit and photos, morph and history, settings, buttons
+//!   and dialogs) behind a dispatcher, and the job flow they share (quota
+//!   charges, deferring, queue feedback, delivery).
 //! - [`respond`]: answering one interaction, with retries.
-//! - [`render`]: message text (escaped echoes), buttons, the attached image.
+//! - [`render`]: message text, buttons, the attached image.
+//! - [`text`]: user text cleaned, matched against the blocklist, escaped
+//!   in echoes, and cut to Discord's limit.
 //! - [`results`]: what the handlers need of a results store
 //!   ([`results::ResultStore`]), and [`results::Local`], the one-process
 //!   store.
@@ -34,6 +40,7 @@ pub mod respond;
 pub mod results;
 pub mod shared;
 pub mod store;
+pub mod text;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};

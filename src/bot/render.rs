@@ -1,82 +1,16 @@
-//! What the bot's messages look like: cleaned input, escaped echoes of it,
-//! the text and buttons of a result, and its attached image (a grid for
+//! What the bot's messages look like: the text and buttons of a result
+//! (user text in it cleaned and escaped by [`super::text`]), and its attached image (a grid for
 //! several images, shrunk until it fits the interaction's size limit); the
 //! `/history` grid and the morph animation likewise.
 
 use serenity::all::{ButtonStyle, CreateActionRow, CreateButton};
 
+use super::config::MAX_IMAGES;
 use super::store::{Origin, Record, Ref, ResultId};
+use super::text::{clean_input, escape, truncate};
 
-/// Most images in one message (`/imagine count`, variations): one row of
-/// pick buttons.
-pub const MAX_IMAGES: usize = 4;
-/// Discord's limit on a message's text.
-const MAX_CONTENT: usize = 2000;
-/// Most frames of a morph (`/morph frames`, `bot.morph_frames`).
-pub const MAX_MORPH_FRAMES: usize = 32;
 /// Images in the `/history` grid: two rows of "Use N" buttons.
 pub const HISTORY_SHOWN: usize = 8;
-
-/// Prompt text as the model should see it: control and invisible
-/// (zero-width, bidi, soft hyphen) characters removed, whitespace runs
-/// collapsed to one space. Invisible characters would otherwise let a
-/// blocked word through (`n\u{200B}ame`) and make echoes misleading.
-pub fn clean_input(s: &str) -> String {
-    let kept: String = s
-        .chars()
-        .map(|c| if c.is_whitespace() { ' ' } else { c })
-        .filter(|&c| !c.is_control() && !is_invisible(c))
-        .collect();
-    kept.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-fn is_invisible(c: char) -> bool {
-    matches!(c,
-        '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
-        | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
-        | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}'
-        | '\u{FFA0}' | '\u{FFF0}'..='\u{FFF8}' | '\u{E0000}'..='\u{E007F}')
-}
-
-/// User text made inert in a Discord message: markdown, mentions
-/// (`<@id>`, `@everyone`), masked links and emoji codes are shown as typed.
-/// (Every message also carries empty `allowed_mentions`, so nothing pings
-/// even if an escape were missed.)
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if matches!(
-            c,
-            '\\' | '*'
-                | '_'
-                | '~'
-                | '`'
-                | '|'
-                | '<'
-                | '>'
-                | '['
-                | ']'
-                | '('
-                | ')'
-                | '@'
-                | ':'
-                | '#'
-        ) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// A case-insensitive match of any blocklist entry in the cleaned text.
-pub fn blocked<'a>(text: &str, blocklist: &'a [String]) -> Option<&'a str> {
-    let lower = text.to_lowercase();
-    blocklist
-        .iter()
-        .map(|w| w.trim())
-        .find(|w| !w.is_empty() && lower.contains(&w.to_lowercase()))
-}
 
 /// The text of a message showing a result (or one image of it).
 pub fn result_content(rec: &Record, shown: Option<usize>, note: Option<&str>) -> String {
@@ -129,20 +63,6 @@ fn parent_text(p: Option<Ref>) -> String {
         Some(r) => format!("#{} image {}", r.id, r.index + 1),
         None => "an earlier image".into(),
     }
-}
-
-/// Cut to Discord's limit on a character boundary (an escape is never split
-/// from its character, so nothing unescaped can appear at the cut).
-pub fn truncate(s: String) -> String {
-    if s.chars().count() <= MAX_CONTENT {
-        return s;
-    }
-    let mut out: String = s.chars().take(MAX_CONTENT - 1).collect();
-    if out.ends_with('\\') {
-        out.pop();
-    }
-    out.push('…');
-    out
 }
 
 /// Button actions; the custom id carries the image it acts on, so a button
@@ -477,17 +397,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cleaning_and_escaping() {
-        assert_eq!(clean_input("  a\u{200B}b\tc\n\u{0007}d\u{FEFF} "), "ab c d");
-        assert_eq!(clean_input("\u{200B}\u{200D} \u{0000}"), "");
-        let e = escape("@everyone <@123> **bold** [x](http://y) `c` :smile:");
-        assert!(!e.contains("<@"), "{e}");
-        assert!(e.contains("\\@everyone") && e.contains("\\*\\*bold") && e.contains("\\[x\\]"));
-        assert_eq!(blocked("A Bad Word", &["bad".into()]), Some("bad"));
-        assert_eq!(blocked("fine", &["bad".into(), " ".into()]), None);
-    }
-
-    #[test]
     fn custom_ids_round_trip_and_reject_junk() {
         let r = Ref { id: 42, index: 3 };
         for a in [
@@ -552,6 +461,6 @@ mod tests {
             latents: Vec::new(),
         };
         let c = result_content(&rec, None, None);
-        assert!(c.chars().count() <= MAX_CONTENT);
+        assert!(c.chars().count() <= super::super::text::MAX_CONTENT);
     }
 }

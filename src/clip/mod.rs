@@ -6,7 +6,8 @@
 //!
 //! Three implementations of the encoders over the same weights:
 //! - on the CPU, inference goes through [`fast::FastClip`], our own
-//!   forward pass with fused kernels (about twice as fast as candle's);
+//!   forward pass on the fused kernels of [`crate::ops`] (about twice as
+//!   fast as candle's);
 //! - pixels that carry a gradient (training) go through
 //!   [`vision::VisionTower`], a differentiable copy of the vision encoder;
 //! - everything else (other devices, and the CPU under

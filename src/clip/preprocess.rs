@@ -12,13 +12,15 @@
 //!   bicubic), which is the point: gradients flow through it. Without a
 //!   gradient on the CPU the same weights are applied as sparse taps, fused
 //!   with the crop and normalisation (the dense products cost ~2.5 ms per
-//!   image, a sizeable part of a ~50 ms budget per CLIP image).
+//!   image, a sizeable part of a ~50 ms budget per CLIP image); both are
+//!   [`crate::ops::resize`]'s.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use image::{DynamicImage, RgbImage};
-use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::image_io::convert_rgb;
+use crate::ops::resize::{area_crop_affine, area_matrix};
 
 /// Resampling constants of PIL's `Resample.c` for 8-bit images.
 const PRECISION_BITS: u32 = 32 - 8 - 2;
@@ -48,7 +50,7 @@ impl Default for Preprocessor {
 impl Preprocessor {
     /// Resize and centre-crop to an RGB8 image of `crop` x `crop`.
     pub fn resize_and_crop(&self, img: &DynamicImage) -> Result<RgbImage> {
-        let rgb = to_rgb8(img);
+        let rgb = convert_rgb(img);
         let (w, h) = (rgb.width() as usize, rgb.height() as usize);
         if w == 0 || h == 0 {
             return Err(Error::invalid("the image is empty (0 pixels)"));
@@ -110,7 +112,11 @@ impl Preprocessor {
             (self.resize, self.resize * w / h)
         };
         if crate::ops::fast_path(&[images]) {
-            return self.generator_cpu(images, nh, nw);
+            // `((v + 1) / 2 - mean) / std` after the taps.
+            let affine: Vec<(f32, f32)> = (0..3)
+                .map(|ch| (0.5 / self.std[ch], (0.5 - self.mean[ch]) / self.std[ch]))
+                .collect();
+            return area_crop_affine(images, nh, nw, self.crop, &affine);
         }
         let dev = images.device();
         let rows = area_matrix(h, nh, dev)?; // [nh, h]
@@ -123,157 +129,6 @@ impl Preprocessor {
         let std = Tensor::new(&self.std, dev)?.reshape((1, 3, 1, 1))?;
         Ok(x.broadcast_sub(&mean)?.broadcast_div(&std)?)
     }
-
-    /// [`Self::from_generator`] without autograd on the CPU: only the taps
-    /// of the cropped outputs, one plane per task, then the affine
-    /// `((v + 1) / 2 - mean) / std` (the area weights sum to 1, so it
-    /// commutes with the resampling).
-    fn generator_cpu(&self, images: &Tensor, nh: usize, nw: usize) -> Result<Tensor> {
-        let (n, c, h, w) = images.dims4()?;
-        let crop = self.crop;
-        let (top, left) = ((nh - crop) / 2, (nw - crop) / 2);
-        let rows = &area_taps(h, nh)[top..top + crop];
-        let cols = &area_taps(w, nw)[left..left + crop];
-        // The input rows the cropped outputs read.
-        let r0 = rows[0].0;
-        let r1 = rows.iter().map(|(f, t)| f + t.len()).max().unwrap_or(r0);
-        let src = images.flatten_all()?.to_vec1::<f32>()?;
-        let mut out = vec![0f32; n * c * crop * crop];
-        out.par_chunks_mut(crop * crop)
-            .enumerate()
-            .for_each(|(p, dst)| {
-                let ch = p % c;
-                let (a, b) = (0.5 / self.std[ch], (0.5 - self.mean[ch]) / self.std[ch]);
-                let plane = &src[p * h * w..(p + 1) * h * w];
-                resample_plane(plane, w, rows, cols, r0, r1, a, b, dst);
-            });
-        Ok(Tensor::from_vec(out, (n, c, crop, crop), images.device())?)
-    }
-}
-
-super::fast::simd_dispatch! {
-    /// One plane through the separable taps: rows r0..r1 horizontally, then
-    /// vertically, then `a * v + b`.
-    #[allow(clippy::too_many_arguments)]
-    fn resample_plane(
-        plane: &[f32],
-        w: usize,
-        rows: &[(usize, Vec<f32>)],
-        cols: &[(usize, Vec<f32>)],
-        r0: usize,
-        r1: usize,
-        a: f32,
-        b: f32,
-        dst: &mut [f32],
-    ) {
-        let crop = cols.len();
-        let mut tmp = vec![0f32; (r1 - r0) * crop];
-        for (y, t) in (r0..r1).zip(tmp.chunks_exact_mut(crop)) {
-            let line = &plane[y * w..(y + 1) * w];
-            for (o, (first, taps)) in t.iter_mut().zip(cols) {
-                *o = taps.iter().zip(&line[*first..]).map(|(k, v)| k * v).sum();
-            }
-        }
-        for (o, (first, taps)) in dst.chunks_exact_mut(crop).zip(rows) {
-            o.fill(0.0);
-            for (i, &k) in taps.iter().enumerate() {
-                let t = &tmp[(first + i - r0) * crop..(first + i - r0 + 1) * crop];
-                for (v, x) in o.iter_mut().zip(t) {
-                    *v += k * x;
-                }
-            }
-            for v in o.iter_mut() {
-                *v = *v * a + b;
-            }
-        }
-    }
-}
-
-/// RGB the way transformers' `convert_rgb` + PIL do it: images with alpha
-/// are composited onto white (PIL's integer `alpha_composite`), 16-bit
-/// colour keeps the high byte (PIL reads 16-bit RGB PNGs so). One deliberate
-/// difference: PIL clamps 16-bit grey to 0..255 (almost all white); we keep
-/// its high byte like colour, which preserves the picture.
-pub fn to_rgb8(img: &DynamicImage) -> RgbImage {
-    let rgba: image::RgbaImage = match img {
-        DynamicImage::ImageRgb8(x) => return x.clone(),
-        DynamicImage::ImageLuma8(_) => return img.to_rgb8(),
-        DynamicImage::ImageRgb16(x) => {
-            return RgbImage::from_fn(x.width(), x.height(), |i, j| {
-                let p = x.get_pixel(i, j).0;
-                image::Rgb([(p[0] >> 8) as u8, (p[1] >> 8) as u8, (p[2] >> 8) as u8])
-            })
-        }
-        DynamicImage::ImageLuma16(x) => {
-            return RgbImage::from_fn(x.width(), x.height(), |i, j| {
-                let v = (x.get_pixel(i, j).0[0] >> 8) as u8;
-                image::Rgb([v, v, v])
-            })
-        }
-        DynamicImage::ImageRgba16(x) => image::RgbaImage::from_fn(x.width(), x.height(), |i, j| {
-            let p = x.get_pixel(i, j).0;
-            image::Rgba(p.map(|v| (v >> 8) as u8))
-        }),
-        DynamicImage::ImageLumaA16(x) => {
-            image::RgbaImage::from_fn(x.width(), x.height(), |i, j| {
-                let [v, a] = x.get_pixel(i, j).0.map(|v| (v >> 8) as u8);
-                image::Rgba([v, v, v, a])
-            })
-        }
-        other => other.to_rgba8(),
-    };
-    RgbImage::from_fn(rgba.width(), rgba.height(), |i, j| {
-        let p = rgba.get_pixel(i, j).0;
-        image::Rgb(composite_on_white(p))
-    })
-}
-
-/// PIL's `ImagingAlphaComposite` of `src` over opaque white.
-fn composite_on_white([r, g, b, a]: [u8; 4]) -> [u8; 3] {
-    const BITS: u32 = 7;
-    if a == 0 {
-        return [255; 3];
-    }
-    let a = a as u32;
-    let blend = 255 * (255 - a);
-    let outa255 = a * 255 + blend;
-    let coef1 = a * 255 * 255 * (1 << BITS) / outa255;
-    let coef2 = 255 * (1 << BITS) - coef1;
-    let mix = |c: u8| {
-        let t = c as u32 * coef1 + 255 * coef2 + (0x80 << BITS);
-        ((((t >> 8) + t) >> 8) >> BITS) as u8
-    };
-    [mix(r), mix(g), mix(b)]
-}
-
-/// Weights of area (box) resampling from `n` to `m` samples: row i averages
-/// the input interval [i*n/m, (i+1)*n/m) with fractional overlaps.
-fn area_matrix(n: usize, m: usize, dev: &Device) -> Result<Tensor> {
-    let mut a = vec![0f32; m * n];
-    for (i, (first, taps)) in area_taps(n, m).iter().enumerate() {
-        a[i * n + first..i * n + first + taps.len()].copy_from_slice(taps);
-    }
-    Ok(Tensor::from_vec(a, (m, n), dev)?.to_dtype(DType::F32)?)
-}
-
-/// The non-zero entries of [`area_matrix`]'s rows: for each output, the
-/// first input it reads and the weights from there on.
-fn area_taps(n: usize, m: usize) -> Vec<(usize, Vec<f32>)> {
-    let scale = n as f64 / m as f64;
-    (0..m)
-        .map(|i| {
-            let (lo, hi) = (i as f64 * scale, (i + 1) as f64 * scale);
-            let first = lo.floor() as usize;
-            let mut taps = Vec::new();
-            let mut j = first;
-            while (j as f64) < hi && j < n {
-                let overlap = (hi.min(j as f64 + 1.0) - lo.max(j as f64)).max(0.0);
-                taps.push((overlap / scale) as f32);
-                j += 1;
-            }
-            (first, taps)
-        })
-        .collect()
 }
 
 /// transformers' `center_crop`: top/left = (size - crop) // 2.
@@ -406,13 +261,6 @@ pub fn resize_bicubic_pil(img: &RgbImage, out_w: usize, out_h: usize) -> RgbImag
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn area_matrix_rows_sum_to_one() {
-        let a = area_matrix(1024, 224, &Device::Cpu).unwrap();
-        let sums = a.sum(1).unwrap().to_vec1::<f32>().unwrap();
-        assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5));
-    }
 
     #[test]
     fn generator_path_matches_reference_on_a_flat_image() {

@@ -4,9 +4,17 @@
 //! Latent spaces: `z` (Gaussian input of the mapping network), `w` (one style
 //! vector) and `W+` (one style vector per style input of the synthesis
 //! network, `[n, num_styles, w_dim]`).
+//!
+//! - [`config`]: the `[generator]` section and `open`.
+//! - [`mobilestylegan`], [`stylegan2`]: the two architectures.
+//! - [`latent`]: latent files (z, w, W+) and turning any of them into W+.
+//! - [`parity`]: a generator against the reference fixtures, and the tensor
+//!   differences the tests measure with.
 
 pub mod config;
+pub mod latent;
 pub mod mobilestylegan;
+pub mod parity;
 pub mod stylegan2;
 
 pub use config::GeneratorConfig;

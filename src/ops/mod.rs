@@ -1,6 +1,8 @@
-//! The kernel layer both generators run on: the ops candle lacks or runs
-//! slowly on the CPU, each with a fast CPU kernel and a portable version
-//! built from candle tensor ops, and the one switch between the two.
+//! The kernel layer the generators and CLIP run on: the ops candle lacks or
+//! runs slowly on the CPU, each with a fast CPU kernel and a portable
+//! version built from candle tensor ops, and the one switch between the two.
+//!
+//! The generators':
 //!
 //! - [`mobile`]: MobileStyleGAN's depthwise 3x3, fused styled
 //!   depthwise-separable conv and inverse Haar DWT.
@@ -8,6 +10,19 @@
 //! - [`conv`]: dense k x k convolution on gemm (StyleGAN2's convs).
 //! - [`epilogue`]: scale, noise, bias, leaky ReLU and clamp in one pass
 //!   (the tail of every styled conv of both generators).
+//!
+//! CLIP's (its CPU encoders, `clip::fast`, are built from them; the
+//! portable path is candle-transformers' model):
+//!
+//! - [`linear`]: linear layers on gemm with the bias and quick GELU fused
+//!   in, residual adds folded into the gemm, Q, K and V stacked into one.
+//! - [`attention`]: multi-head attention read in place from the fused QKV
+//!   rows, causal or not, for every row or only the pooled ones.
+//! - [`rows`]: layer norm, softmax and quick GELU on rows.
+//! - [`resize`]: area resampling with a centre crop (generator output to
+//!   CLIP's input), sparse taps on the CPU, matrix products elsewhere.
+//! - [`simd`]: kernels compiled for AVX2 + FMA and picked at run time, and
+//!   the polynomial `exp` they share.
 //!
 //! Which path runs: the fast kernels are CPU-only (plain loops over
 //! contiguous planes, parallel with rayon) and have no backward pass, so a
@@ -20,10 +35,15 @@
 //! is what keeps a training step from silently losing its gradient in a
 //! kernel that cannot carry one. Tests check the two paths agree.
 
+pub mod attention;
 pub mod conv;
 pub mod epilogue;
 pub mod fir;
+pub mod linear;
 pub mod mobile;
+pub mod resize;
+pub mod rows;
+pub mod simd;
 
 pub use mobile::{
     depthwise3x3, depthwise3x3_portable, idwt_haar, idwt_haar_portable, noise_bias_lrelu,
@@ -33,6 +53,7 @@ pub use mobile::{
 use std::cell::Cell;
 
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Shape, Tensor};
+use candle_nn::VarBuilder;
 
 use crate::error::Result;
 
@@ -123,6 +144,16 @@ fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a 
 /// fast kernel captures.
 pub(crate) fn values(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// The f32 values of checkpoint tensor `name` of `shape` (a missing or
+/// misshapen tensor is an error), as the CLIP kernels keep their weights.
+pub(crate) fn checkpoint_values(
+    vb: &VarBuilder,
+    shape: impl Into<Shape>,
+    name: &str,
+) -> Result<Vec<f32>> {
+    Ok(vb.get(shape, name)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
 /// A raw pointer that may cross threads: tasks write disjoint regions.

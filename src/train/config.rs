@@ -1,4 +1,5 @@
-//! The `[train]` section of `config.toml`: every setting of a training run,
+//! The `[train]` section of `config.toml` (with `[train.refine]`, the MLP
+//! refined from the fit): every setting of a training run,
 //! with the defaults documented there. The whole section is stored in each
 //! checkpoint (and in the mapper file), so a resumed run can check that it
 //! continues the same experiment.
@@ -8,7 +9,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::mapper::MapperConfig;
+use crate::mapper::{Activation, MapperConfig, MapperKind};
 
 /// Where training pairs come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -129,7 +130,7 @@ pub struct TrainConfig {
     /// The closed-form fit (`mode = "fit"`).
     pub fit: super::fit::FitConfig,
     /// The MLP refined from the fit (`mode = "fit"` and first use's full bank).
-    pub refine: super::refine::RefineConfig,
+    pub refine: RefineConfig,
 }
 
 impl Default for TrainConfig {
@@ -162,7 +163,7 @@ impl Default for TrainConfig {
             mapper: MapperConfig::default(),
             init: MapperInit::Random,
             fit: super::fit::FitConfig::default(),
-            refine: super::refine::RefineConfig::default(),
+            refine: RefineConfig::default(),
         }
     }
 }
@@ -324,6 +325,88 @@ fn diff_json(prefix: &str, a: &serde_json::Value, b: &serde_json::Value, out: &m
         }
         _ if a != b => out.push(format!("{prefix}: {a} -> {b}")),
         _ => {}
+    }
+}
+
+/// `[train.refine]`: the MLP refined from the fit on the full bank.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RefineConfig {
+    /// Optimisation steps; 0: the fit is the final mapper.
+    pub steps: u64,
+    /// LAFITE noise level of the MLP's inputs during these steps.
+    pub lafite_xi: f64,
+    /// Peak learning rate (linear warm-up, then cosine decay as in `[train]`).
+    pub lr: f64,
+    pub warmup_steps: u64,
+    /// Hidden layers and their width (at least twice CLIP's embedding, so
+    /// the fit can be written into the first layer).
+    pub depth: usize,
+    pub width: usize,
+    /// Decay of an exponential moving average of the weights, which the
+    /// finished MLP takes instead of the last step's (0: no average).
+    pub ema: f64,
+}
+
+impl Default for RefineConfig {
+    fn default() -> Self {
+        Self {
+            steps: 450,
+            lafite_xi: 0.33,
+            lr: 1e-3,
+            warmup_steps: 50,
+            depth: 4,
+            width: 1024,
+            ema: 0.995,
+        }
+    }
+}
+
+impl RefineConfig {
+    pub fn validate(&self) -> Result<()> {
+        if !(0.0..1.0).contains(&self.lafite_xi) {
+            return Err(Error::Config(
+                "train.refine.lafite_xi must be in [0, 1)".into(),
+            ));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::Config(format!(
+                "train.refine.lr = {} must be a positive number",
+                self.lr
+            )));
+        }
+        if !(0.0..1.0).contains(&self.ema) {
+            return Err(Error::Config("train.refine.ema must be in [0, 1)".into()));
+        }
+        if self.depth == 0 || self.width == 0 {
+            return Err(Error::Config(
+                "train.refine.depth and width must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The cache-mode training settings these steps run with: `train`'s
+    /// optimiser, batch, losses and seed, an MLP started from the fit.
+    pub fn run_config(&self, train: &TrainConfig) -> TrainConfig {
+        TrainConfig {
+            mode: Mode::Cache,
+            init: MapperInit::Fit,
+            steps: self.steps.max(1),
+            lr: self.lr,
+            warmup_steps: self.warmup_steps.min(self.steps),
+            lafite_xi: self.lafite_xi,
+            style_mixing: 0.0,
+            mapper: MapperConfig {
+                kind: MapperKind::Mlp,
+                depth: self.depth,
+                width: self.width,
+                layer_norm: false,
+                activation: Activation::LeakyRelu,
+                bank: 0,
+            },
+            ..train.clone()
+        }
     }
 }
 

@@ -73,7 +73,7 @@ pub fn load(dir: &Path, clip: &Clip, recon_size: usize, device: &Device) -> Resu
 
 /// Centre square, resized to `size`, as `[3, size, size]` in [-1, 1].
 fn target(img: &image::DynamicImage, size: usize, device: &Device) -> Result<Tensor> {
-    let rgb = crate::clip::preprocess::to_rgb8(img);
+    let rgb = crate::image_io::convert_rgb(img);
     let (w, h) = rgb.dimensions();
     let side = w.min(h);
     let square =

@@ -8,7 +8,8 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the `[train]` settings and the resume compatibility check.
+//! - [`config`]: the `[train]` settings (with `[train.refine]`) and the
+//!   resume compatibility check.
 //! - [`data`]: samples from the generator (codes per index, W+, images,
 //!   embeddings); [`images`]: the user's own images.
 //! - [`cache`]: the pair cache (chunked, manifest, resumable).

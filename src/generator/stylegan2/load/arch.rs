@@ -64,7 +64,7 @@ impl Arch {
     /// Resolution of conv layer `j` (0 = the 4 px conv, then conv0 / conv1
     /// of each block).
     pub fn conv_resolution(j: usize) -> usize {
-        4 << j.div_ceil(2)
+        super::naming::conv_resolution(j)
     }
 }
 

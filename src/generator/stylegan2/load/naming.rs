@@ -5,7 +5,6 @@ use std::collections::{BTreeSet, HashMap};
 
 use candle_core::Tensor;
 
-use super::arch::Arch;
 use super::CONVERT_HINT;
 
 /// Which tensor names a checkpoint uses.
@@ -103,7 +102,7 @@ impl Names {
                 let p = if j == 0 {
                     "synthesis.b4.conv1".to_string()
                 } else {
-                    format!("synthesis.b{}.conv{}", Arch::conv_resolution(j), 1 - j % 2)
+                    format!("synthesis.b{}.conv{}", conv_resolution(j), 1 - j % 2)
                 };
                 let noise_const = format!("{p}.noise_const");
                 let suffixes = [
@@ -161,4 +160,9 @@ impl Names {
             bias: format!("{p}.bias"),
         }
     }
+}
+/// Resolution of conv layer `j` (0 = the 4 px conv, then conv0 / conv1
+/// of each block): the block its names carry.
+pub(super) fn conv_resolution(j: usize) -> usize {
+    4 << j.div_ceil(2)
 }

@@ -19,11 +19,10 @@
 //! a mapper file with more tensors and metadata (see `train::checkpoint`),
 //! so it loads as a mapper too.
 //!
+//! `file`: the file format, reading and saving, and the `[mapper]` section.
+//!
 //! The layer norm is computed with plain tensor ops: candle-nn's fused
 //! LayerNorm has no backward pass and would stop gradients silently.
-
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Init, LayerNorm, Linear, Module, VarBuilder, VarMap};
@@ -31,7 +30,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-pub const META_KEY: &str = "clip2gan.mapper";
+mod file;
+
+pub use file::{read_meta, save, save_with, tensors_of, varmap_of, MapperFileConfig, META_KEY};
+
 const LN_EPS: f32 = 1e-5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -108,52 +110,6 @@ pub struct MapperMeta {
 }
 
 /// The CLIP and generator a mapper is about to be used with.
-/// The `[mapper]` section: the mapper file the pipeline serves, and how
-/// first use builds one when it is missing.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MapperFileConfig {
-    /// The trained mapper `imagine` and `edit` use, relative to `models_dir`
-    /// unless absolute.
-    pub path: PathBuf,
-    /// No mapper at `path`: build one on first use (a pair bank of
-    /// generated faces and the closed-form fit, see `train --mode fit`).
-    pub build: bool,
-    /// Pairs of the first fit (serving starts after it).
-    pub first_pairs: usize,
-    /// The bank grows to this many pairs while the bot is idle, and the
-    /// mapper is refitted at each doubling.
-    pub pairs: usize,
-}
-
-impl Default for MapperFileConfig {
-    fn default() -> Self {
-        Self {
-            path: PathBuf::from("mapper.safetensors"),
-            build: true,
-            first_pairs: 512,
-            pairs: 2048,
-        }
-    }
-}
-
-impl MapperFileConfig {
-    pub fn validate(&self) -> Result<()> {
-        if self.first_pairs < 32 || self.pairs < self.first_pairs {
-            return Err(Error::Config(format!(
-                "mapper.first_pairs = {} must be at least 32 and mapper.pairs = {} at least that",
-                self.first_pairs, self.pairs
-            )));
-        }
-        Ok(())
-    }
-
-    /// The mapper file, resolved against `models_dir`.
-    pub fn path_in(&self, models_dir: &Path) -> PathBuf {
-        models_dir.join(&self.path)
-    }
-}
-
 #[derive(Debug, Clone)]
 pub struct Compat<'a> {
     pub clip_model: &'a str,
@@ -478,43 +434,6 @@ impl Mapper {
             .broadcast_as((n, styles, w_dim))?;
         Ok(Some((mean + drawn)?))
     }
-
-    /// Load a mapper file and check it against the CLIP and generator in use.
-    /// Returns the mapper and any warnings for the caller to show.
-    pub fn load(path: &Path, compat: &Compat, device: &Device) -> Result<(Self, Vec<String>)> {
-        let meta = read_meta(path)?;
-        let warnings = meta.check(compat)?;
-        let bad = |detail: String| Error::BadWeights {
-            file: path.display().to_string(),
-            detail,
-        };
-        // SAFETY: read-only memory map of a file we do not modify while loaded.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, device) }
-            .map_err(|e| bad(format!("cannot read: {e}")))?;
-        if !vb.contains_tensor("w_avg") {
-            return Err(bad("tensor `w_avg` is missing".into()));
-        }
-        let m =
-            Self::new(vb, meta).map_err(|e| bad(format!("does not match its metadata: {e}")))?;
-        Ok((m, warnings))
-    }
-}
-
-/// A `VarMap` holding `vars` on `device`: the variables of a mapper made
-/// from known tensors (a fit, a refined MLP, a benchmark's random mapper)
-/// for [`Mapper::init`] and [`save`].
-pub fn varmap_of<N: Into<String>>(
-    vars: impl IntoIterator<Item = (N, Tensor)>,
-    device: &Device,
-) -> Result<VarMap> {
-    let varmap = VarMap::new();
-    {
-        let mut data = varmap.data().lock().expect("not poisoned");
-        for (name, t) in vars {
-            data.insert(name.into(), Var::from_tensor(&t.to_device(device)?)?);
-        }
-    }
-    Ok(varmap)
 }
 
 /// Rows of `x` `[n, k]` scaled down to an L2 norm of at most `max`.
@@ -522,83 +441,6 @@ fn clamp_rows(x: &Tensor, max: f64) -> Result<Tensor> {
     let norm = x.sqr()?.sum_keepdim(1)?.sqrt()?;
     let scale = norm.clamp(max, f64::MAX)?.recip()?.affine(max, 0.0)?;
     Ok(x.broadcast_mul(&scale)?)
-}
-
-/// The metadata of a mapper file, without loading its weights.
-pub fn read_meta(path: &Path) -> Result<MapperMeta> {
-    if !path.exists() {
-        return Err(Error::MissingWeights {
-            path: path.to_path_buf(),
-            hint: "Build one with `clip2gan train --mode fit` (seconds after its pairs are rendered; \
-                   `[mapper] build = true` does it on first use) or train one with `clip2gan train` \
-                   (see README.md), or set mapper.path in config.toml."
-                .into(),
-        });
-    }
-    let bad = |detail: String| Error::BadWeights {
-        file: path.display().to_string(),
-        detail,
-    };
-    let bytes = std::fs::read(path).map_err(|err| Error::Read {
-        path: path.to_path_buf(),
-        err,
-    })?;
-    let (_, st_meta) = safetensors::SafeTensors::read_metadata(&bytes)
-        .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
-    let json = st_meta
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(META_KEY))
-        .ok_or_else(|| {
-            bad(format!(
-                "no `{META_KEY}` metadata: not a clip2gan mapper file"
-            ))
-        })?;
-    serde_json::from_str(json).map_err(|e| bad(format!("bad mapper metadata: {e}")))
-}
-
-/// Save the variables of `varmap` plus `w_avg` with metadata, atomically.
-pub fn save(path: &Path, varmap: &VarMap, w_avg: &Tensor, meta: &MapperMeta) -> Result<()> {
-    save_with(path, varmap, w_avg, meta, Vec::new(), HashMap::new())
-}
-
-/// A VarMap's variables as plain tensors, sorted by name. They share the
-/// variables' storage: an optimiser step that sets a variable changes them
-/// too (`Tensor::copy` for a snapshot).
-pub fn tensors_of(varmap: &VarMap) -> Vec<(String, Tensor)> {
-    let mut t: Vec<(String, Tensor)> = varmap
-        .data()
-        .lock()
-        .expect("not poisoned")
-        .iter()
-        .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
-        .collect();
-    t.sort_by(|a, b| a.0.cmp(&b.0));
-    t
-}
-
-/// [`save`] plus more tensors and metadata in the same file (training
-/// checkpoints: optimiser state). Tensor names are sorted, so equal
-/// contents give identical files.
-pub fn save_with(
-    path: &Path,
-    varmap: &VarMap,
-    w_avg: &Tensor,
-    meta: &MapperMeta,
-    extra: Vec<(String, Tensor)>,
-    mut extra_meta: HashMap<String, String>,
-) -> Result<()> {
-    let mut tensors = tensors_of(varmap);
-    tensors.push(("w_avg".into(), w_avg.clone()));
-    tensors.extend(extra);
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    let tensors = tensors
-        .into_iter()
-        .map(|(k, t)| Ok((k, t.to_dtype(DType::F32)?)))
-        .collect::<Result<Vec<_>>>()?;
-    let meta_json = serde_json::to_string(meta).map_err(|e| Error::invalid(e.to_string()))?;
-    extra_meta.insert(META_KEY.to_string(), meta_json);
-    crate::tensorfile::write(path, &tensors, extra_meta)
 }
 
 #[cfg(test)]
@@ -650,7 +492,7 @@ mod tests {
         let (loaded, warnings) = Mapper::load(&p, &compat(&meta), &dev).unwrap();
         assert!(warnings.is_empty());
         let y2 = loaded.forward(&e).unwrap();
-        let d = crate::parity::max_abs_diff(&y, &y2).unwrap();
+        let d = crate::generator::parity::max_abs_diff(&y, &y2).unwrap();
         assert_eq!(d, 0.0);
 
         let mut other = meta.clone();

@@ -14,6 +14,10 @@
 //! written to disk first and then applied in memory, so memory never holds
 //! anything a restart would lose. The store is bounded by the number of
 //! latents it holds; the oldest results go first.
+//!
+//! `record`: what is stored and its bytes; `db`: the file (tables, redb's
+//! errors, creating, clearing and setting aside files); this file: the
+//! [`Store`] itself, its memory copy and each change.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,107 +25,23 @@ use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 use redb::{Database, ReadableTable, TableDefinition};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::engine::Latent;
 
 use super::guild::{GuildSettings, QUOTA_WINDOW_S};
 use super::BotError;
 
-/// A result: the images one job produced (their latents), numbered.
-pub type ResultId = u64;
+mod db;
+mod record;
 
-/// One image of a result: what buttons, `/edit` and `/undo` act on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Ref {
-    pub id: ResultId,
-    pub index: usize,
-}
-
-/// How a result was made; enough to show it and to reproduce it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Origin {
-    Imagine {
-        seed: u64,
-        count: usize,
-    },
-    Edit {
-        instruction: String,
-        strength: f64,
-    },
-    Variations {
-        seed: u64,
-    },
-    /// A photo the user sent, turned into a latent (CLIP image feature ->
-    /// mapper).
-    Photo {
-        filename: String,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Record {
-    pub id: ResultId,
-    /// The user who made it (and who alone may delete it).
-    pub owner: u64,
-    pub created_unix: u64,
-    /// The `/imagine` prompt this line of images started from.
-    pub prompt: String,
-    pub origin: Origin,
-    /// The image this one was made from (edits, variations).
-    pub parent: Option<Ref>,
-    #[serde(skip)]
-    pub latents: Vec<Latent>,
-}
-
-impl Record {
-    /// An `/imagine` of "a face" by `owner` with `n` latents filled with
-    /// `v`, `v + 1`, ...: what the stores' tests insert.
-    #[doc(hidden)]
-    pub fn example(owner: u64, n: usize, v: f32) -> Record {
-        Record {
-            id: 0,
-            owner,
-            created_unix: 1,
-            prompt: "a face".into(),
-            origin: Origin::Imagine { seed: 3, count: n },
-            parent: None,
-            latents: (0..n)
-                .map(|k| Latent {
-                    styles: 2,
-                    dim: 3,
-                    data: vec![v + k as f32; 6],
-                })
-                .collect(),
-        }
-    }
-}
-
-const RESULTS: TableDefinition<u64, &[u8]> = TableDefinition::new("results");
-const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// Guild id -> its [`GuildSettings`] as JSON.
-const GUILDS: TableDefinition<u64, &[u8]> = TableDefinition::new("guild_settings");
-/// (guild id or 0 for DMs, user) -> (start of the quota window in unix
-/// seconds, jobs charged in it).
-const QUOTA: TableDefinition<(u64, u64), (u64, u32)> = TableDefinition::new("quota");
-
-/// A charge taken (`Ok`) or refused (`Err`), with the window either way.
-pub type Charged = Result<Usage, Usage>;
-
-/// A member's quota window after a charge (or a refusal).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Usage {
-    pub used: u32,
-    pub window_start: u64,
-}
-
-impl Usage {
-    /// When the window ends and the quota is whole again.
-    pub fn resets_at(&self) -> u64 {
-        self.window_start + QUOTA_WINDOW_S
-    }
-}
+use db::{
+    clear_interrupted, create, creating_path, db_err, open_existing, put_history, set_aside,
+    DbError, Unreadable, GUILDS, HISTORY, META, QUOTA, RESULTS,
+};
+pub use db::{PAUSE_MARKER, TEST_PAUSE_ENV};
+pub(crate) use record::{decode_record, encode_record};
+pub use record::{Charged, Origin, Record, Ref, ResultId, Usage};
 
 pub struct Store {
     db: Database,
@@ -144,45 +64,6 @@ struct Order {
     next_id: ResultId,
 }
 
-/// redb's error, boxed: the unboxed one is large, and every store call
-/// returns it.
-#[derive(Debug)]
-struct DbError(Box<redb::Error>);
-
-impl std::fmt::Display for DbError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for DbError {
-            fn from(e: $t) -> Self {
-                DbError(Box::new(e.into()))
-            }
-        }
-    )*};
-}
-from_redb!(
-    redb::Error,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
-
-/// A user's undo history, written inside a larger transaction.
-fn put_history(t: &redb::WriteTransaction, user: u64, hist: &[Ref]) -> Result<(), DbError> {
-    let bytes = serde_json::to_vec(hist).expect("refs serialise");
-    t.open_table(HISTORY)?.insert(user, bytes.as_slice())?;
-    Ok(())
-}
-
-fn db_err(path: &Path, e: impl std::fmt::Display) -> BotError {
-    BotError::Store(format!("{}: {e}", path.display()))
-}
-
 /// What opening found, for the log: warnings (a corrupt file set aside,
 /// unreadable records skipped) and notes (an interrupted creation cleared
 /// away, which loses nothing).
@@ -190,26 +71,6 @@ pub struct Opened {
     pub store: Store,
     pub warnings: Vec<String>,
     pub notes: Vec<String>,
-}
-
-/// Test-only: the environment variable that makes [`Store::open`] stop for
-/// good at one step of creating a store (`created`: the temporary file
-/// exists, still empty; `initialised`: its tables are committed, it is not
-/// in place yet), after printing [`PAUSE_MARKER`] and the step to stderr. A
-/// test waits for that line and kills the process there, so a kill during
-/// creation is driven by an event, not by timing. Not for production: a
-/// process with it set never finishes starting.
-pub const TEST_PAUSE_ENV: &str = "C2G_TEST_STORE_PAUSE";
-/// What the paused process prints, followed by the step and the file.
-pub const PAUSE_MARKER: &str = "test hook: store creation paused at";
-
-fn test_pause(step: &str, file: &Path) {
-    if std::env::var(TEST_PAUSE_ENV).is_ok_and(|v| v == step) {
-        eprintln!("{PAUSE_MARKER} {step}: {}", file.display());
-        loop {
-            std::thread::park();
-        }
-    }
 }
 
 impl Store {
@@ -619,257 +480,6 @@ impl Store {
         };
         run().map_err(|e| db_err(&self.path, e))
     }
-}
-
-fn init_tables(db: Database, path: &Path) -> Result<Database, BotError> {
-    let run = || -> Result<(), DbError> {
-        let txn = db.begin_write()?;
-        txn.open_table(RESULTS)?;
-        txn.open_table(HISTORY)?;
-        txn.open_table(META)?;
-        txn.open_table(GUILDS)?;
-        txn.open_table(QUOTA)?;
-        txn.commit()?;
-        Ok(())
-    };
-    run().map_err(|e| db_err(path, e))?;
-    Ok(db)
-}
-
-/// Why a store could not be opened: a file that is not a readable database
-/// (set aside, and a new store started), or anything else (stop, and say).
-enum Unreadable {
-    Corrupt(String),
-    Fatal(BotError),
-}
-
-fn in_use(path: &Path) -> BotError {
-    BotError::Store(format!(
-        "{} is in use by another process (another clip2gan bot?); stop it or set \
-         bot.store_path to another file",
-        path.display()
-    ))
-}
-
-/// Where a new store is made before it is moved to `path`: hidden, next to
-/// it (a rename within one directory is atomic), and always the same name,
-/// so that the next start finds one a stopped process left behind.
-fn creating_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "store".into());
-    path.with_file_name(format!(".{name}.creating"))
-}
-
-/// Remove what a process stopped while creating the store left behind.
-/// Returns whether there was such a file (not counting a second name of a
-/// store already in place, see [`publish`]). A process creating the store
-/// at this moment holds redb's lock on the file: then the store is in use.
-fn clear_interrupted(creating: &Path, path: &Path) -> Result<bool, BotError> {
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(creating)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(db_err(creating, e)),
-    };
-    #[cfg(unix)]
-    {
-        use std::os::unix::io::AsRawFd;
-        // SAFETY: flock(2) on the descriptor `file` owns, open until the
-        // end of this function (which also releases the lock).
-        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if r != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::WouldBlock {
-                return Err(in_use(path));
-            }
-            return Err(db_err(creating, e));
-        }
-    }
-    #[cfg(unix)]
-    let second_name = {
-        use std::os::unix::fs::MetadataExt;
-        file.metadata().map_err(|e| db_err(creating, e))?.nlink() > 1
-    };
-    #[cfg(not(unix))]
-    let second_name = false;
-    std::fs::remove_file(creating).map_err(|e| db_err(creating, e))?;
-    drop(file);
-    Ok(!second_name)
-}
-
-/// A readable store at `path` (made complete once, see [`Store::open`]).
-fn open_existing(path: &Path) -> Result<Database, Unreadable> {
-    match Database::open(path) {
-        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(Unreadable::Fatal(in_use(path))),
-        Err(e) => Err(Unreadable::Corrupt(e.to_string())),
-        // A store from an older version may lack a table added since.
-        Ok(db) => init_tables(db, path).map_err(|e| Unreadable::Corrupt(e.to_string())),
-    }
-}
-
-/// A new, empty store at `path`, made at `creating` and moved into place
-/// once its tables are committed (redb fsyncs each commit), then the
-/// directory fsynced: nothing is stored in it before its name is durable,
-/// so a crash loses nothing that was ever acknowledged.
-fn create(path: &Path, creating: &Path) -> Result<Database, Unreadable> {
-    let fatal = |e: &dyn std::fmt::Display| Unreadable::Fatal(db_err(creating, e));
-    // create_new: never take over a file another process is making now
-    // (any left by a stopped one was cleared first).
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(creating)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Err(Unreadable::Fatal(in_use(path)))
-        }
-        Err(e) => return Err(fatal(&e)),
-    };
-    test_pause("created", creating);
-    let made = Database::builder()
-        .create_file(file)
-        .map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => Unreadable::Fatal(in_use(path)),
-            e => fatal(&e),
-        })
-        .and_then(|db| init_tables(db, creating).map_err(Unreadable::Fatal));
-    let db = match made {
-        Ok(db) => db,
-        Err(e) => {
-            let _ = std::fs::remove_file(creating);
-            return Err(e);
-        }
-    };
-    test_pause("initialised", creating);
-    match publish(creating, path) {
-        Ok(true) => Ok(db),
-        // Another process put a store in place meanwhile: use that one.
-        Ok(false) => {
-            drop(db);
-            open_existing(path)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_file(creating);
-            Err(Unreadable::Fatal(db_err(
-                path,
-                format!("cannot put the new store in place: {e}"),
-            )))
-        }
-    }
-}
-
-/// Give the store made at `creating` its name `path`, durably. `false`:
-/// there is a store at `path` already (another process made one in the
-/// meantime), left as it is.
-///
-/// A hard link, unlike a rename, never replaces a file already there. A
-/// stop between the link and the removal leaves the store under both names;
-/// the next start removes the second one.
-fn publish(creating: &Path, path: &Path) -> std::io::Result<bool> {
-    match std::fs::hard_link(creating, path) {
-        Ok(()) => std::fs::remove_file(creating)?,
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            std::fs::remove_file(creating)?;
-            return Ok(false);
-        }
-        // A file system without hard links: a rename. It would replace a
-        // store another process put in place in the instant since `open`
-        // found none: only two bots started at once on one new store could
-        // meet that.
-        Err(_) => std::fs::rename(creating, path)?,
-    }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(true)
-}
-
-fn set_aside(path: &Path) -> Result<PathBuf, BotError> {
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "store".into());
-    let aside = path.with_file_name(format!("{name}.corrupt-{stamp}"));
-    std::fs::rename(path, &aside).map_err(|e| {
-        BotError::Store(format!(
-            "{} is unreadable and could not be moved aside ({e}); move or delete it",
-            path.display()
-        ))
-    })?;
-    Ok(aside)
-}
-
-/// On disk: `u32` length of a JSON header (the record without latents, plus
-/// their shape), the header, then the latents as little-endian f32.
-#[derive(Serialize, Deserialize)]
-struct Header {
-    record: Record,
-    styles: usize,
-    dim: usize,
-    count: usize,
-}
-
-pub(crate) fn encode_record(r: &Record) -> Vec<u8> {
-    let (styles, dim) = r.latents.first().map_or((0, 0), |l| (l.styles, l.dim));
-    let header = serde_json::to_vec(&Header {
-        record: r.clone(),
-        styles,
-        dim,
-        count: r.latents.len(),
-    })
-    .expect("records serialise");
-    let mut out = Vec::with_capacity(4 + header.len() + 4 * styles * dim * r.latents.len());
-    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
-    out.extend_from_slice(&header);
-    for l in &r.latents {
-        for v in &l.data {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-    out
-}
-
-pub(crate) fn decode_record(bytes: &[u8]) -> Result<Record, String> {
-    let n = u32::from_le_bytes(
-        bytes
-            .get(..4)
-            .ok_or("short record")?
-            .try_into()
-            .map_err(|_| "short record")?,
-    ) as usize;
-    let header: Header = serde_json::from_slice(bytes.get(4..4 + n).ok_or("short header")?)
-        .map_err(|e| e.to_string())?;
-    let body = &bytes[4 + n..];
-    let per = header.styles * header.dim;
-    if body.len() != 4 * per * header.count {
-        return Err("latent data has the wrong length".into());
-    }
-    let mut rec = header.record;
-    rec.latents = body
-        .chunks_exact(4 * per.max(1))
-        .take(header.count)
-        .map(|c| Latent {
-            styles: header.styles,
-            dim: header.dim,
-            data: c
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
-                .collect(),
-        })
-        .collect();
-    Ok(rec)
 }
 
 #[cfg(test)]

@@ -1,0 +1,36 @@
+//! `clip2gan bench ...`: throughput measurements printed as one JSON line, so
+//! scripts (tools/bench_generator.py) can compare against a reference runtime
+//! in the same run. Benchmarks never assert: timing belongs here, not in tests.
+//!
+//! One file a benchmark: `generator` (z -> image), `clip` (CLIP's encoders
+//! against an sgemm), `engine` (concurrent clients against the inference
+//! engine, with the engine the other benchmarks under `benches/` share),
+//! `bank` (the pair bank against its limit); here the process CPU clock and
+//! the median they all use.
+
+mod bank;
+mod clip;
+mod engine;
+mod generator;
+
+pub use self::bank::{bank, BankBench, BankRound};
+pub use self::clip::{clip, ClipBench, ClipCase};
+pub use self::engine::{
+    bench_request, engine, engine_clients, random_pipeline, warm_engine, BenchConfig, EngineBench,
+    EngineCase, EngineRound, EngineRun, EngineSummary, StageTable,
+};
+pub use self::generator::{generator, GeneratorBench};
+
+/// CPU time used by this process so far (user + system, all threads), s.
+pub(crate) fn process_cpu_s() -> f64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut r) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    tv(r.ru_utime) + tv(r.ru_stime)
+}
+
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}

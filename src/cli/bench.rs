@@ -1,0 +1,161 @@
+//! `clip2gan bench`: the speed measurements' flags and set-up (the
+//! generator, the engine under concurrent clients, the pair bank, CLIP);
+//! the measuring is `clip2gan::bench`. Each prints one JSON line.
+
+use clap::Subcommand;
+use clip2gan::config::Config;
+use clip2gan::error::Error;
+use clip2gan::generator::{self, stylegan2::StyleGan2};
+use clip2gan::{bench, clip, device, image_io};
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Time the image generator (z -> image).
+    Generator {
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
+        /// Output side (default: the generator's resolution).
+        #[arg(long)]
+        size: Option<usize>,
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        /// mobilestylegan (the fetched weights) or stylegan2 (random
+        /// config-f weights at --resolution: no checkpoint needed).
+        #[arg(long, default_value = "mobilestylegan")]
+        kind: String,
+        /// Resolution of the random StyleGAN2 (--kind stylegan2).
+        #[arg(long, default_value_t = 1024)]
+        resolution: usize,
+    },
+    /// Concurrent clients against the inference engine, batching on and
+    /// off, with where the time goes per image and the generator's own best
+    /// rate from the same run (a table on stderr, JSON on stdout).
+    Engine {
+        /// Clients at once; several (e.g. 1,16) run one after the other.
+        #[arg(long, value_delimiter = ',', default_value = "1,16")]
+        concurrency: Vec<usize>,
+        #[arg(long, default_value_t = 2)]
+        jobs_per_client: usize,
+        #[arg(long, default_value_t = 8)]
+        max_batch: usize,
+        /// Repeat the generator sweep and every case this many times and
+        /// quote the median ratios (a few-second run drifts by several
+        /// percent on a shared CPU).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// The pair bank's rate (generator, then CLIP's image encoder, as first
+    /// use and `train` build it) against the limit of the two at their own
+    /// speed, measured in the same run (random ViT-B/32-shaped CLIP: the
+    /// same work as real weights).
+    Bank {
+        /// Pairs per round (the bank embeds 8 at a time; more per round
+        /// steadies the figures on a shared machine).
+        #[arg(long, default_value_t = 16)]
+        pairs: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+    /// Time CLIP's text and image encoders at ViT-B/32 shapes (random
+    /// weights) against an sgemm of the same run.
+    Clip {
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        /// Also time the portable path (candle-transformers' model), interleaved.
+        #[arg(long)]
+        candle: bool,
+    },
+}
+
+pub fn run(cfg: &Config, command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Generator {
+            batch,
+            size,
+            iters,
+            kind,
+            resolution,
+        } => {
+            if batch == 0 {
+                return Err(Error::invalid("--batch must be at least 1").into());
+            }
+            let dev = device::select(&cfg.device)?;
+            let g: Box<dyn generator::Generator> = match kind.as_str() {
+                "mobilestylegan" => {
+                    let g = generator::GeneratorConfig {
+                        kind,
+                        ..cfg.generator.clone()
+                    };
+                    generator::open(&g, &cfg.models_dir, &dev, true)?
+                }
+                "stylegan2" => Box::new(StyleGan2::random_config_f(resolution, 0, &dev)?),
+                _ => {
+                    return Err(Error::invalid(format!(
+                    "generator kind {kind:?} is not in this build: use mobilestylegan or stylegan2"
+                ))
+                    .into())
+                }
+            };
+            let size = size.unwrap_or(g.resolution());
+            image_io::check_size(size, g.resolution())?;
+            let r = bench::generator(g.as_ref(), batch, size, iters)?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        BenchCommand::Engine {
+            concurrency,
+            jobs_per_client,
+            max_batch,
+            rounds,
+        } => {
+            if concurrency.contains(&0) || jobs_per_client == 0 || max_batch == 0 || rounds == 0 {
+                return Err(Error::invalid(
+                    "--concurrency, --jobs-per-client, --max-batch and --rounds must be at least 1",
+                )
+                .into());
+            }
+            let dev = device::select(&cfg.device)?;
+            let setup = cfg.bench_setup();
+            let r = bench::engine(
+                &setup,
+                &dev,
+                &concurrency,
+                jobs_per_client,
+                max_batch,
+                rounds,
+            )?;
+            eprint!("{}", r.table());
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        BenchCommand::Bank { pairs, rounds } => {
+            if pairs == 0 || rounds == 0 {
+                return Err(Error::invalid("--pairs and --rounds must be at least 1").into());
+            }
+            let dev = device::select(&cfg.device)?;
+            let g = generator::open(&cfg.generator, &cfg.models_dir, &dev, true)?;
+            let c = clip::Clip::with_random_weights(clip::config::vit_base_patch32(), &dev)?;
+            let spec = clip2gan::train::data::SampleSpec {
+                truncation: cfg.train.truncation,
+                style_mixing: 0.0,
+                image_size: clip2gan::train::data::effective_image_size(
+                    cfg.train.image_size,
+                    g.resolution(),
+                ),
+                gen_batch: cfg.train.gen_batch,
+            };
+            let name = "ViT-B/32 shapes, random weights";
+            let r = bench::bank(g.as_ref(), &c, name, &spec, pairs, rounds)?;
+            eprintln!("{}", r.summary());
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        BenchCommand::Clip { iters, candle } => {
+            let dev = device::select(&cfg.device)?;
+            let c = clip::Clip::with_random_weights(clip::config::vit_base_patch32(), &dev)?;
+            let r = bench::clip(&c, "ViT-B/32 shapes, random weights", iters, candle)?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,53 @@
+//! `clip2gan edit`: a saved W+ latent edited with an instruction ("add
+//! smile", "make older", ...), written as an image and its new latent.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use clip2gan::config::Config;
+use clip2gan::error::Error;
+use clip2gan::generator::latent;
+use clip2gan::pipeline::{EditRequest, Layers};
+
+use super::pipeline;
+
+#[derive(Args)]
+pub struct EditArgs {
+    /// What to change: "add smile", "remove beard", "make older", "more happy", ...
+    instruction: String,
+    /// The latent to edit (.npy W+ [23,512] or [1,23,512], e.g. from imagine).
+    #[arg(long)]
+    latent: PathBuf,
+    // The help names the pipeline's range, so that it is written once.
+    #[arg(long, default_value_t = 1.0,
+          help = format!("{}; negative reverses the edit.", clip2gan::pipeline::limits::strength_span()))]
+    strength: f64,
+    /// Restrict the edit to coarse, middle or fine layers.
+    #[arg(long, value_enum, default_value = "all")]
+    layers: Layers,
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    #[arg(long, short = 'o', default_value = "edited.png")]
+    output: PathBuf,
+}
+
+pub fn run(cfg: &Config, a: EditArgs) -> anyhow::Result<()> {
+    let p = pipeline::load_for(cfg, a.size, &a.output)?;
+    let w = latent::load_wplus(p.generator.as_ref(), &a.latent, latent::Space::Wplus, 1.0)?;
+    if w.dim(0)? != 1 {
+        return Err(Error::invalid(format!(
+            "{} holds {} latents; edit takes one ([23, 512] or [1, 23, 512])",
+            a.latent.display(),
+            w.dim(0)?
+        ))
+        .into());
+    }
+    let req = EditRequest {
+        latent: w.squeeze(0)?,
+        instruction: a.instruction,
+        strength: a.strength,
+        layers: a.layers,
+    };
+    let r = p.edit(std::slice::from_ref(&req))?.remove(0);
+    pipeline::write_results(&a.output, false, a.size, &r)
+}
