@@ -58,8 +58,9 @@
 //!   differentiable path for training), `config` (transformers
 //!   `config.json`), `hub` (the `[clip]` section; local dir or hub
 //!   download; `hub/env`: the hub settings from the environment), `fast`
-//!   (the CPU encoders on [`ops`]' kernels), `vision` (the differentiable
-//!   image tower).
+//!   (the CPU encoders on [`ops`]' kernels), `vision` and `text` (the
+//!   differentiable towers), `contrastive` (training a CLIP from random
+//!   weights, for the toy CLIP).
 //! - [`mapper`]: the CLIP2GAN mapping network (CLIP embedding -> W+ residual
 //!   over `w_avg`): an MLP or the closed-form linear map, with the text
 //!   shift and residual sampling; its file format, compatibility checks and
@@ -83,6 +84,8 @@
 //! - [`train`]: making a mapper from generated faces (pair cache,
 //!   closed-form fit and the MLP refined from it, first use, MLP training);
 //!   its map is in `train/mod.rs`.
+//!   [`adherence`]: what text and edits do to a face, judged on pixels
+//!   (`judges`, `captions`, the toy CLIP in `toy`, `measure`);
 //!   [`eval`]: measuring a mapper against baselines, with [`variety`] (range
 //!   and variety of imagine's latents); [`prompts`]: prompt files.
 //! - [`ops`]: the one kernel layer, of both generators (depthwise 3x3,

@@ -68,35 +68,27 @@ fn toy_clip_reads_its_attributes_and_text_steers_brightness() {
     };
     let seeds: Vec<u64> = (0..16).collect();
     let brightness = |p: &mut Pipeline, m: &mut Method| {
-        let low = Attribute::Brightness.prompt(Bin::Low);
-        let high = Attribute::Brightness.prompt(Bin::High);
-        let a = measure::prompt_adherence(
-            p,
-            m,
-            &stats,
-            low,
-            &[(Attribute::Brightness, Bin::Low)],
-            &seeds,
-        )
-        .unwrap();
-        let b = measure::prompt_adherence(
-            p,
-            m,
-            &stats,
-            high,
-            &[(Attribute::Brightness, Bin::High)],
-            &seeds,
-        )
-        .unwrap();
+        let [low, high] = [Bin::Low, Bin::High].map(|bin| {
+            let prompt = Attribute::Brightness.prompt(bin);
+            measure::prompt_adherence(
+                p,
+                m,
+                &stats,
+                prompt,
+                &[(Attribute::Brightness, bin)],
+                &seeds,
+            )
+            .unwrap()
+        });
         let sd = stats.tertiles[0].sd as f64;
         (
-            (a.adherence + b.adherence) / 2.0,
-            (b.mean[0] - a.mean[0]) / sd,
+            (low.adherence + high.adherence) / 2.0,
+            (high.mean[0] - low.mean[0]) / sd,
         )
     };
     let mut fitted = Method::Mapper {
         name: "fit".into(),
-        mapper: closed.mapper,
+        mapper: Box::new(closed.mapper),
     };
     let (adherence, separation) = brightness(&mut p, &mut fitted);
     eprintln!("fit: adherence {adherence:.3}, separation {separation:.2}");
@@ -118,7 +110,7 @@ fn toy_clip_reads_its_attributes_and_text_steers_brightness() {
     .unwrap();
     let mut untrained = Method::Mapper {
         name: "always w_avg".into(),
-        mapper: spread_only,
+        mapper: Box::new(spread_only),
     };
     let (adherence, separation) = brightness(&mut p, &mut untrained);
     eprintln!("always w_avg: adherence {adherence:.3}, separation {separation:.2}");

@@ -21,8 +21,9 @@ use crate::pipeline::{EditRequest, ImagineRequest, Layers, Pipeline};
 
 /// How a prompt becomes latents.
 pub enum Method {
-    /// `imagine` with this mapper in the pipeline.
-    Mapper { name: String, mapper: Mapper },
+    /// `imagine` with this mapper in the pipeline (boxed: a mapper is large
+    /// beside the other variant).
+    Mapper { name: String, mapper: Box<Mapper> },
     /// The mean of `k` nearest bank latents, mixed with Dirichlet(1)
     /// weights drawn by each seed.
     Retrieval {
@@ -127,9 +128,6 @@ pub struct PromptResult {
 #[derive(Debug, Clone, Serialize)]
 pub struct TextReport {
     pub method: String,
-    pub faces_per_prompt: usize,
-    pub single: Vec<PromptResult>,
-    pub pairs: Vec<PromptResult>,
     /// Mean adherence of the six single-attribute prompts (chance 1/3).
     pub single_adherence: f64,
     /// `(mean of the high prompt - mean of the low one) / sd over random
@@ -137,6 +135,10 @@ pub struct TextReport {
     pub separation: [f64; 3],
     /// Mean adherence of the two-attribute prompts (chance 1/9).
     pub pair_adherence: f64,
+    /// Seeds `0..faces_per_prompt` for every prompt.
+    pub faces_per_prompt: usize,
+    pub single: Vec<PromptResult>,
+    pub pairs: Vec<PromptResult>,
 }
 
 /// The single-attribute prompts: each attribute's low and high canonical phrase.
@@ -381,7 +383,9 @@ pub fn always_w_avg(like: &Mapper, spread: &Tensor, dev: &Device) -> Result<Mapp
             "linear.bias",
             Tensor::zeros(w_dim, DType::F32, &Device::Cpu)?,
         ),
-        ("max_shift", Tensor::new(&[0f32], &Device::Cpu)?),
+        // The weight is zero, so every shift is; a zero clamp would divide
+        // by zero.
+        ("max_shift", Tensor::new(&[1f32], &Device::Cpu)?),
         ("text_shift", Tensor::zeros(d, DType::F32, &Device::Cpu)?),
         ("residuals", spread.to_device(&Device::Cpu)?),
     ];

@@ -121,12 +121,17 @@ pub fn run(cfg: &Config, path: &Path, json: Option<&Path>, a: &AdherenceArgs) ->
         let spread = w.broadcast_sub(&g.w_avg().to_device(w.device())?)?;
         methods.push(Method::Mapper {
             name: "always w_avg (with residuals)".into(),
-            mapper: measure::always_w_avg(&closed.mapper, &spread, &dev)?,
+            mapper: Box::new(measure::always_w_avg(&closed.mapper, &spread, &dev)?),
         });
         retrieval_bank = Some((pairs.e.clone(), w));
         methods.push(Method::Mapper {
             name: "fit, no text shift".into(),
-            mapper: without_shift(&closed.varmap, &closed.mapper, g.w_avg(), &dev)?,
+            mapper: Box::new(without_shift(
+                &closed.varmap,
+                &closed.mapper,
+                g.w_avg(),
+                &dev,
+            )?),
         });
         for xi in [0.0, 0.33, 0.5] {
             let mut t = train.clone();
@@ -139,12 +144,12 @@ pub fn run(cfg: &Config, path: &Path, json: Option<&Path>, a: &AdherenceArgs) ->
             eprintln!("refined MLP at xi {xi} built");
             methods.push(Method::Mapper {
                 name: format!("refined MLP, xi {xi}"),
-                mapper: mlp,
+                mapper: Box::new(mlp),
             });
         }
         methods.push(Method::Mapper {
             name: "fit, text shift (first use)".into(),
-            mapper: closed.mapper,
+            mapper: Box::new(closed.mapper),
         });
     }
     // The pipeline holds the mapper being measured; it starts with a
@@ -160,7 +165,7 @@ pub fn run(cfg: &Config, path: &Path, json: Option<&Path>, a: &AdherenceArgs) ->
             mapper.meta.config.kind,
             path.display()
         ),
-        mapper,
+        mapper: Box::new(mapper),
     });
     let mut p = Pipeline {
         clip,
@@ -203,7 +208,7 @@ pub fn run(cfg: &Config, path: &Path, json: Option<&Path>, a: &AdherenceArgs) ->
     }
     // Edits with the mapper itself (the last method).
     if let Some(Method::Mapper { mapper, .. }) = methods.last_mut() {
-        std::mem::swap(mapper, &mut p.mapper);
+        std::mem::swap(mapper.as_mut(), &mut p.mapper);
     }
     let edits =
         measure::edit_adherence(&p, &stats, a.starts, cfg.generator.truncation, a.strength)?;
