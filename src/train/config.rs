@@ -352,7 +352,7 @@ impl Default for RefineConfig {
     fn default() -> Self {
         Self {
             steps: 450,
-            lafite_xi: 0.33,
+            lafite_xi: 0.5,
             lr: 1e-3,
             warmup_steps: 50,
             depth: 4,
