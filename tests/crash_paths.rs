@@ -55,6 +55,8 @@ struct Proc {
     child: Child,
     lines: mpsc::Receiver<String>,
     log: Arc<Mutex<String>>,
+    /// The stderr reader; it ends when the pipe closes with the process.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -68,13 +70,18 @@ impl Proc {
         let (tx, lines) = mpsc::channel();
         let log = Arc::new(Mutex::new(String::new()));
         let keep = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 keep.lock().unwrap().push_str(&format!("{line}\n"));
                 let _ = tx.send(line);
             }
         });
-        Proc { child, lines, log }
+        Proc {
+            child,
+            lines,
+            log,
+            reader: Some(reader),
+        }
     }
 
     /// Wait for a line of stderr containing `needle` (the process is not
@@ -116,6 +123,8 @@ impl Proc {
                 let _ = self.child.wait();
                 return (None, sent.elapsed());
             }
+            // Polling the exit (std has no wait with a timeout): the
+            // figure it gives is at most 5 ms late against a 4 s bound.
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -123,8 +132,11 @@ impl Proc {
     /// SIGTERM; the process must exit 0 within [`BOUND`].
     fn terminate_in_bound(&mut self, what: &str) -> Duration {
         let (status, took) = self.terminate();
-        // Whatever is still printed (the reader thread ends with the pipe).
-        std::thread::sleep(Duration::from_millis(50));
+        // Everything it printed: the reader ends when the pipe closes, which
+        // the exit (or the kill in `terminate`) does.
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
         let said = status.map_or("still running".to_string(), |s| s.to_string());
         eprintln!("{what}: SIGTERM -> {said} after {took:.2?}");
         if std::env::var_os("C2G_SHOW_LOGS").is_some() {

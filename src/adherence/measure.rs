@@ -44,35 +44,39 @@ impl Method {
     }
 }
 
-/// Faces of `prompt` for `seeds` (`imagine --seed s` for each s), `[n, 3, R, R]`.
-pub fn faces(p: &mut Pipeline, m: &mut Method, prompt: &str, seeds: &[u64]) -> Result<Tensor> {
+/// Faces of `prompt` for seeds `first..first + n` (`imagine --seed s` for
+/// each s), `[n, 3, R, R]`.
+pub fn faces(
+    p: &mut Pipeline,
+    m: &mut Method,
+    prompt: &str,
+    first: u64,
+    n: usize,
+) -> Result<Tensor> {
     match m {
         Method::Mapper { mapper, .. } => {
-            // Seeds run in blocks of consecutive ones: image k of `imagine
-            // --seed s -n n` is the image of seed s + k alone.
+            // Image k of `imagine --seed s -n n` is the image of seed s + k
+            // alone, so a block of seeds is one request.
             std::mem::swap(&mut p.mapper, mapper);
             let mut out = Vec::new();
             let mut result = Ok(());
-            for block in seeds.chunks(crate::pipeline::MAX_COUNT) {
-                let consecutive = block.windows(2).all(|w| w[1] == w[0] + 1);
-                let asks: Vec<(u64, usize)> = if consecutive {
-                    vec![(block[0], block.len())]
-                } else {
-                    block.iter().map(|&s| (s, 1)).collect()
-                };
-                for (seed, count) in asks {
-                    match p.imagine(&[ImagineRequest {
-                        prompt: prompt.to_string(),
-                        count,
-                        seed,
-                        truncation: None,
-                        candidates: count,
-                    }]) {
-                        Ok(mut r) => out.push(r.remove(0).images),
-                        Err(e) => result = Err(e),
+            for start in (0..n).step_by(crate::pipeline::MAX_COUNT) {
+                let count = crate::pipeline::MAX_COUNT.min(n - start);
+                match p.imagine(&[ImagineRequest {
+                    prompt: prompt.to_string(),
+                    count,
+                    seed: first + start as u64,
+                    truncation: None,
+                    candidates: count,
+                }]) {
+                    Ok(mut r) => out.push(r.remove(0).images),
+                    Err(e) => {
+                        result = Err(e);
+                        break;
                     }
                 }
             }
+            // The mapper goes back whatever happened.
             std::mem::swap(&mut p.mapper, mapper);
             result?;
             Ok(Tensor::cat(&out, 0)?)
@@ -92,8 +96,8 @@ pub fn faces(p: &mut Pipeline, m: &mut Method, prompt: &str, seeds: &[u64]) -> R
                 w.device(),
             )?;
             let near = w.contiguous()?.index_select(&idx, 0)?; // [k, w_dim]
-            let mut rows = Vec::with_capacity(seeds.len());
-            for &seed in seeds {
+            let mut rows = Vec::with_capacity(n);
+            for seed in first..first + n as u64 {
                 let mut r = crate::rng::stream(seed, "retrieval-mix");
                 let g: Vec<f32> = (0..order.len())
                     .map(|_| rand_distr::Exp1.sample(&mut r))
@@ -190,16 +194,18 @@ pub fn heldout_prompts() -> Vec<(String, Vec<(Attribute, Bin)>)> {
     out
 }
 
-/// The faces of one prompt for `seeds`, judged against the bins it asks.
+/// The faces of one prompt for seeds `first..first + n`, judged against
+/// the bins it asks.
 pub fn prompt_adherence(
     p: &mut Pipeline,
     m: &mut Method,
     stats: &AttributeStats,
     prompt: &str,
     asked: &[(Attribute, Bin)],
-    seeds: &[u64],
+    first: u64,
+    n: usize,
 ) -> Result<PromptResult> {
-    let judged = judge(&faces(p, m, prompt, seeds)?)?;
+    let judged = judge(&faces(p, m, prompt, first, n)?)?;
     let hits = judged
         .iter()
         .filter(|j| {
@@ -228,15 +234,14 @@ pub fn text_adherence(
     faces: usize,
     pairs: bool,
 ) -> Result<TextReport> {
-    let seeds: Vec<u64> = (0..faces as u64).collect();
     let single = single_prompts()
         .iter()
-        .map(|(t, asked)| prompt_adherence(p, m, stats, t, asked, &seeds))
+        .map(|(t, asked)| prompt_adherence(p, m, stats, t, asked, 0, faces))
         .collect::<Result<Vec<_>>>()?;
     let pair = if pairs {
         pair_prompts()
             .iter()
-            .map(|(t, asked)| prompt_adherence(p, m, stats, t, asked, &seeds))
+            .map(|(t, asked)| prompt_adherence(p, m, stats, t, asked, 0, faces))
             .collect::<Result<Vec<_>>>()?
     } else {
         Vec::new()
@@ -265,11 +270,10 @@ pub fn heldout_adherence(
     stats: &AttributeStats,
     faces: usize,
 ) -> Result<f64> {
-    let seeds: Vec<u64> = (1000..1000 + faces as u64).collect();
     let mut sum = 0.0;
     let prompts = heldout_prompts();
     for (t, asked) in &prompts {
-        sum += prompt_adherence(p, m, stats, t, asked, &seeds)?.adherence;
+        sum += prompt_adherence(p, m, stats, t, asked, 1000, faces)?.adherence;
     }
     Ok(sum / prompts.len() as f64)
 }

@@ -22,7 +22,7 @@ use rand::Rng;
 use super::config::ClipSpec;
 use super::text::TextTower;
 use super::vision::VisionTower;
-use super::{l2_normalize, Tokenizer, MUST_EXIST};
+use super::{l2_normalize, padded_ids, Tokenizer, MUST_EXIST};
 use crate::error::{Error, Result};
 
 /// How the towers are trained.
@@ -185,7 +185,8 @@ pub fn train(
         let flip = Tensor::from_vec(flip, (c.batch, 1, 1, 1), &dev)?.broadcast_as(x.shape())?;
         let x = flip.where_cond(&x.index_select(&mirror, 3)?, &x)?;
         let texts: Vec<String> = picked.iter().map(|&i| caption(i, step)).collect();
-        let ids = ids_tensor(&tokenizer, &texts, &dev)?;
+        let tokens: Vec<_> = texts.iter().map(|t| tokenizer.encode(t)).collect();
+        let ids = padded_ids(&tokens, spec, &dev)?;
         let img = l2_normalize(&model.vision.forward(&x)?)?;
         let txt = l2_normalize(&model.text.forward(&ids)?)?;
         let logits = txt
@@ -211,19 +212,6 @@ pub fn train(
         progress(step, value);
     }
     Ok((varmap, losses))
-}
-
-/// Token ids `[n, len]`, padded with 0 (smaller than the end token, which
-/// pooling looks for) to the longest text.
-fn ids_tensor(tokenizer: &Tokenizer, texts: &[String], dev: &Device) -> Result<Tensor> {
-    let tokens: Vec<Vec<u32>> = texts.iter().map(|t| tokenizer.encode(t).ids).collect();
-    let len = tokens.iter().map(Vec::len).max().unwrap_or(0);
-    let mut data = Vec::with_capacity(tokens.len() * len);
-    for t in &tokens {
-        data.extend_from_slice(t);
-        data.extend(std::iter::repeat_n(0u32, len - t.len()));
-    }
-    Ok(Tensor::from_vec(data, (tokens.len(), len), dev)?)
 }
 
 /// Row-normalised `[n, n]`: pair `(i, j)` is a positive when caption `i` and
@@ -320,8 +308,7 @@ mod tests {
         let pixels = crate::rng::normal_tensor(1, "px", &[3, 3, 32, 32], &Device::Cpu)?;
         let texts = ["a dark photo of a face", "a pale face", ""];
         let tokens: Vec<_> = texts.iter().map(|t| clip.tokenizer().encode(t)).collect();
-        let strings: Vec<String> = texts.iter().map(|t| t.to_string()).collect();
-        let ids = ids_tensor(clip.tokenizer(), &strings, &Device::Cpu)?;
+        let ids = padded_ids(&tokens, &spec, &Device::Cpu)?;
         let diff = |a: &Tensor, b: &Tensor| -> Result<f32> {
             Ok((a - b)?.abs()?.max_all()?.to_scalar::<f32>()?)
         };

@@ -168,26 +168,6 @@ impl Clip {
             .filter(|_| !crate::ops::portable_forced())
     }
 
-    /// Token ids, padded with 0 to the longest text: `[n, len]` u32.
-    ///
-    /// Pooling takes the position of the largest id (the end token), so
-    /// padding must be smaller than it; the causal mask means padding after
-    /// the end token changes nothing, so batches need not be padded to 77.
-    fn ids_tensor(&self, tokens: &[Tokens]) -> Result<Tensor> {
-        let len = tokens.iter().map(|t| t.ids.len()).max().unwrap_or(0);
-        let mut data = Vec::with_capacity(tokens.len() * len);
-        for t in tokens {
-            fast::check_ids(
-                &t.ids,
-                self.spec.vocab_size,
-                self.spec.candle.text_config.max_position_embeddings,
-            )?;
-            data.extend(t.ids.iter().copied());
-            data.extend(std::iter::repeat_n(0u32, len - t.ids.len()));
-        }
-        Ok(Tensor::from_vec(data, (tokens.len(), len), &self.device)?)
-    }
-
     /// Projected text features before normalisation, from token ids.
     pub fn text_features(&self, tokens: &[Tokens]) -> Result<Tensor> {
         if tokens.is_empty() {
@@ -196,7 +176,9 @@ impl Clip {
         if let Some(f) = self.fast() {
             return f.text_features(tokens);
         }
-        Ok(self.model()?.get_text_features(&self.ids_tensor(tokens)?)?)
+        Ok(self
+            .model()?
+            .get_text_features(&padded_ids(tokens, &self.spec, &self.device)?)?)
     }
 
     /// L2-normalised text embeddings and the tokens (with truncation flags).
@@ -332,6 +314,31 @@ pub fn save_seeded_random_checkpoint(dir: &Path, config_json: &str, seed: u64) -
     crate::fsutil::write_atomic(&file, config_json.as_bytes())?;
     varmap.save(dir.join("model.safetensors"))?;
     Ok(())
+}
+
+/// Token ids, checked against `spec` and padded with 0 to the longest
+/// text: `[n, len]` u32.
+///
+/// Pooling takes the position of the largest id (the end token), so
+/// padding must be smaller than it; the causal mask means padding after
+/// the end token changes nothing, so batches need not be padded to 77.
+pub(crate) fn padded_ids(
+    tokens: &[Tokens],
+    spec: &config::ClipSpec,
+    device: &Device,
+) -> Result<Tensor> {
+    let len = tokens.iter().map(|t| t.ids.len()).max().unwrap_or(0);
+    let mut data = Vec::with_capacity(tokens.len() * len);
+    for t in tokens {
+        fast::check_ids(
+            &t.ids,
+            spec.vocab_size,
+            spec.candle.text_config.max_position_embeddings,
+        )?;
+        data.extend(t.ids.iter().copied());
+        data.extend(std::iter::repeat_n(0u32, len - t.ids.len()));
+    }
+    Ok(Tensor::from_vec(data, (tokens.len(), len), device)?)
 }
 
 /// Row-wise L2 normalisation.
