@@ -5,7 +5,7 @@
 //!     cargo run --release --example toy_clip -- OUT_DIR [--small] [--seed N]
 //!
 //! Measured on a busy 2-core CPU with `RAYON_NUM_THREADS=1`: 27.5 min
-//! (`--small`, for the tests: 5.6 min); see the README's "Text that means
+//! (`--small`, for the tests: 5.6 min; 4.2 min on a quiet one); see the README's "Text that means
 //! something" for why one thread, and what it makes.
 //! Then `CLIP2GAN_CLIP__MODEL=OUT_DIR clip2gan imagine "a dark photo of a
 //! face"` uses it like any checkpoint.
