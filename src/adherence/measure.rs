@@ -411,14 +411,15 @@ pub fn text_table(rows: &[TextReport]) -> String {
         "method                                   single  sep(bright) sep(warm) sep(colour)  pairs\n",
     );
     for r in rows {
+        // "-" where the two-attribute prompts were skipped.
+        let pairs = if r.pairs.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.3}", r.pair_adherence)
+        };
         s += &format!(
-            "{:<40} {:>6.3} {:>11.2} {:>9.2} {:>11.2} {:>6.3}\n",
-            r.method,
-            r.single_adherence,
-            r.separation[0],
-            r.separation[1],
-            r.separation[2],
-            r.pair_adherence
+            "{:<40} {:>6.3} {:>11.2} {:>9.2} {:>11.2} {:>6}\n",
+            r.method, r.single_adherence, r.separation[0], r.separation[1], r.separation[2], pairs
         );
     }
     s
