@@ -31,6 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let out = out.ok_or("usage: toy_clip OUT_DIR [--small] [--seed N]")?;
+    clip2gan::runtime::serial_elementwise();
     clip2gan::runtime::tune_allocator();
     let cfg = clip2gan::config::Config::load(None)?;
     let dev = clip2gan::device::select(&cfg.device)?;

@@ -33,3 +33,26 @@ pub fn tune_allocator() {
         libc::mallopt(libc::M_TOP_PAD, 256 << 20);
     }
 }
+
+/// Run candle's element-wise kernels on the calling thread, unless
+/// `CANDLE_NUM_THREADS` (or `RAYON_NUM_THREADS`) says otherwise; matrix
+/// products keep their own threads.
+///
+/// candle splits every element-wise op of 64k elements or more over a
+/// pool whose main thread spin-waits for the others. For the toy CLIP's
+/// small layers that split costs more than it saves: measured on the
+/// 2-core machine, `toy_clip --small` took 57 s to render and 156 s to
+/// train with the pool at 2 threads, 34 s and 95 s with it at 1, and under
+/// any other load the spinning thread starves the one it waits for.
+///
+/// Call it first thing in `main`, before other threads exist: the pool
+/// reads the variable once, when first used.
+pub fn serial_elementwise() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none()
+        && std::env::var_os("RAYON_NUM_THREADS").is_none()
+    {
+        // SAFETY (edition 2021: safe to call): no other thread reads the
+        // environment yet, per this function's contract.
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}

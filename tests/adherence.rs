@@ -17,6 +17,8 @@ use clip2gan::train::{Mode, TrainConfig};
 
 #[test]
 fn toy_clip_reads_its_attributes_and_text_steers_brightness() {
+    // The only test of this binary, so nothing else runs yet.
+    clip2gan::runtime::serial_elementwise();
     let g = common::mobilestylegan();
     let dir = tempfile::tempdir().unwrap();
     let (report, faces) = toy::build(&g, 0.7, 8, dir.path(), &ToyPlan::small(), 0, &mut |l| {

@@ -60,9 +60,9 @@ impl ToyPlan {
     pub fn full() -> Self {
         Self {
             stats_faces: 1024,
-            extra_faces: 1024,
-            heldout_faces: 256,
-            steps: 1500,
+            extra_faces: 1536,
+            heldout_faces: 512,
+            steps: 2500,
             batch: 128,
             lr: 5e-4,
             caption_drop: 0.2,
