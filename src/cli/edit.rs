@@ -20,7 +20,7 @@ pub struct EditArgs {
     latent: PathBuf,
     // The help names the pipeline's range, so that it is written once.
     #[arg(long, default_value_t = 1.0,
-          help = format!("{}; negative reverses the edit.", clip2gan::pipeline::limits::strength_span()))]
+          help = format!("{}, in standard deviations of the generator's latents along the edit; negative reverses it.", clip2gan::pipeline::limits::strength_span()))]
     strength: f64,
     /// Restrict the edit to coarse, middle or fine layers.
     #[arg(long, value_enum, default_value = "all")]
