@@ -47,6 +47,11 @@ pub struct AdherenceArgs {
     /// Skip the two-attribute prompts.
     #[arg(long)]
     pub no_pairs: bool,
+    /// The learning curve instead: first use's final mapper (the fit, then
+    /// the refined MLP) and retrieval, built from the first 512, 1,024,
+    /// 2,048, ... pairs of the bank, up to --bank or all of it.
+    #[arg(long)]
+    pub curve: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -104,6 +109,24 @@ pub fn run(cfg: &Config, path: &Path, json: Option<&Path>, a: &AdherenceArgs) ->
     let (mapper, warnings) = Mapper::load(path, &compat, &dev)?;
     for w in warnings {
         eprintln!("warning: {w}");
+    }
+    if a.curve {
+        let mut p = Pipeline {
+            clip,
+            mapper,
+            generator: g,
+            settings: cfg.pipeline_setup().settings(),
+        };
+        let points = curve(cfg, &mut p, &stats, a)?;
+        let body = serde_json::to_string_pretty(&CurveReport {
+            clip_model: cfg.clip.model.clone(),
+            faces_per_prompt: a.faces,
+            points,
+        })
+        .map_err(|e| Error::invalid(e.to_string()))?;
+        clip2gan::fsutil::write_atomic(&json, body.as_bytes())?;
+        eprintln!("report written to {}", json.display());
+        return Ok(());
     }
     let mut methods = Vec::new();
     let mut bank_size = None;
@@ -249,4 +272,97 @@ fn without_shift(
         .collect::<Result<_>>()?;
     let varmap = clip2gan::mapper::varmap_of(vars, dev)?;
     Mapper::init(&varmap, like.meta.clone(), w_avg, dev)
+}
+
+#[derive(Debug, Serialize)]
+struct CurveReport {
+    clip_model: String,
+    faces_per_prompt: usize,
+    points: Vec<CurvePoint>,
+}
+
+/// One bank size: what first use's final mapper and retrieval do with it.
+#[derive(Debug, Serialize)]
+struct CurvePoint {
+    pairs: usize,
+    mapper: TextReport,
+    retrieval: TextReport,
+    /// Retrieval's k, chosen on the held-out prompts at this size.
+    retrieval_k: usize,
+}
+
+/// The learning curve: for each bank prefix (512, doubling, up to
+/// `--bank` or the whole bank), the configured first-use path's final
+/// mapper and retrieval on the same prompts and seeds.
+fn curve(
+    cfg: &Config,
+    p: &mut Pipeline,
+    stats: &AttributeStats,
+    a: &AdherenceArgs,
+) -> Result<Vec<CurvePoint>> {
+    let plan = cfg.first_use().ok_or_else(|| {
+        Error::invalid(
+            "--curve builds its mappers from the first-use pair bank; set [mapper] build = true",
+        )
+    })?;
+    let all = plan.read_bank(&p.clip, p.generator.as_ref(), a.bank.unwrap_or(usize::MAX))?;
+    let mut sizes = Vec::new();
+    let mut n = 512;
+    while n < all.len() {
+        sizes.push(n);
+        n *= 2;
+    }
+    sizes.push(all.len());
+    println!("pairs  mapper: single  pairs   retrieval (k): single  pairs");
+    let mut points = Vec::new();
+    for n in sizes {
+        let pairs = plan.read_bank(&p.clip, p.generator.as_ref(), n)?;
+        let g = p.generator.as_ref();
+        let closed = make_mapper(g, &p.clip, &plan.clip_model, &plan.train, &pairs)?;
+        let mut r = Refinement::new(g, &p.clip, &plan.clip_model, &plan.train, &pairs, &closed)?;
+        while !r.done() {
+            r.step(g, &p.clip)?;
+        }
+        let (mlp, _) = r.finish(g)?;
+        let mut m = Method::Mapper {
+            name: format!("first use, {n} pairs"),
+            mapper: Box::new(mlp),
+        };
+        let mapper = measure::text_adherence(p, &mut m, stats, a.faces, !a.no_pairs)?;
+        let w = pairs.w.narrow(1, 0, 1)?.squeeze(1)?;
+        let mut best = (0, f64::MIN);
+        for k in [8, 32, 128] {
+            let mut m = Method::Retrieval {
+                k,
+                e: pairs.e.clone(),
+                w: w.clone(),
+            };
+            let score = measure::heldout_adherence(p, &mut m, stats, 8)?;
+            if score > best.1 {
+                best = (k, score);
+            }
+        }
+        let mut m = Method::Retrieval {
+            k: best.0,
+            e: pairs.e.clone(),
+            w,
+        };
+        let retrieval = measure::text_adherence(p, &mut m, stats, a.faces, !a.no_pairs)?;
+        println!(
+            "{n:>5}  {:>14.3} {:>6.3}   {:>9} ({:>3}): {:>6.3} {:>6.3}",
+            mapper.single_adherence,
+            mapper.pair_adherence,
+            "",
+            best.0,
+            retrieval.single_adherence,
+            retrieval.pair_adherence
+        );
+        points.push(CurvePoint {
+            pairs: n,
+            mapper,
+            retrieval,
+            retrieval_k: best.0,
+        });
+    }
+    Ok(points)
 }
