@@ -24,14 +24,19 @@ pub enum Method {
     /// `imagine` with this mapper in the pipeline (boxed: a mapper is large
     /// beside the other variant).
     Mapper { name: String, mapper: Box<Mapper> },
-    /// The mean of `k` nearest bank latents, mixed with Dirichlet(1)
-    /// weights drawn by each seed.
+    /// The `k` nearest bank latents, mixed with Dirichlet(1) weights drawn
+    /// by each seed, or (with `residuals`) their mean plus the residual a
+    /// mapper's `imagine` draws for the seed, at its temperature: the
+    /// same variety as that mapper, so adherence is compared at equal
+    /// variety (the Dirichlet mix gives nearly the same face every seed).
     Retrieval {
         k: usize,
         /// L2-normalised CLIP image embeddings `[n, d]` of the bank.
         e: Tensor,
         /// Their w `[n, w_dim]`.
         w: Tensor,
+        /// A mapper's residuals `[bank, w_dim]` and sample temperature.
+        residuals: Option<(Tensor, f64)>,
     },
 }
 
@@ -39,7 +44,10 @@ impl Method {
     pub fn name(&self) -> String {
         match self {
             Method::Mapper { name, .. } => name.clone(),
-            Method::Retrieval { k, .. } => format!("retrieval (k = {k})"),
+            Method::Retrieval {
+                k, residuals: None, ..
+            } => format!("retrieval (k = {k})"),
+            Method::Retrieval { k, .. } => format!("retrieval + residuals (k = {k})"),
         }
     }
 }
@@ -81,7 +89,7 @@ pub fn faces(
             result?;
             Ok(Tensor::cat(&out, 0)?)
         }
-        Method::Retrieval { k, e, w } => {
+        Method::Retrieval { k, e, w, residuals } => {
             let (t, _) = p.clip.encode_text(&[prompt])?;
             let sims = e
                 .matmul(&t.to_device(e.device())?.t()?)?
@@ -96,6 +104,14 @@ pub fn faces(
                 w.device(),
             )?;
             let near = w.contiguous()?.index_select(&idx, 0)?; // [k, w_dim]
+            if let Some((res, temperature)) = residuals {
+                let seeds: Vec<u64> = (first..first + n as u64).collect();
+                let drawn = crate::mapper::draw_residuals(res, &seeds)?;
+                let w = (drawn.to_device(near.device())? * *temperature)?
+                    .broadcast_add(&near.mean_keepdim(0)?)?
+                    .to_device(p.generator.device())?;
+                return p.render(&p.generator.broadcast_w(&w)?);
+            }
             let mut rows = Vec::with_capacity(n);
             for seed in first..first + n as u64 {
                 let mut r = crate::rng::stream(seed, "retrieval-mix");
@@ -126,6 +142,8 @@ pub struct PromptResult {
     pub adherence: f64,
     /// Mean judge values, in [`Attribute::ALL`]'s order.
     pub mean: [f64; 3],
+    /// How different its faces are from each other: [`variety`].
+    pub variety: f64,
 }
 
 /// A method's text adherence.
@@ -139,6 +157,8 @@ pub struct TextReport {
     pub separation: [f64; 3],
     /// Mean adherence of the two-attribute prompts (chance 1/9).
     pub pair_adherence: f64,
+    /// Mean [`variety`] of the single-attribute prompts' faces.
+    pub variety: f64,
     /// Seeds `0..faces_per_prompt` for every prompt.
     pub faces_per_prompt: usize,
     pub single: Vec<PromptResult>,
@@ -205,7 +225,8 @@ pub fn prompt_adherence(
     first: u64,
     n: usize,
 ) -> Result<PromptResult> {
-    let judged = judge(&faces(p, m, prompt, first, n)?)?;
+    let images = faces(p, m, prompt, first, n)?;
+    let judged = judge(&images)?;
     let hits = judged
         .iter()
         .filter(|j| {
@@ -218,7 +239,33 @@ pub fn prompt_adherence(
         asked: asked.to_vec(),
         adherence: hits as f64 / judged.len() as f64,
         mean: mean_judged(&judged),
+        variety: variety(&images)?,
     })
+}
+
+/// Mean pairwise RMS difference of faces `[n, 3, R, R]` area-resized to
+/// 64x64, RGB in [0, 1]: 0 when a prompt gives the same face every time.
+/// A method can buy adherence by giving every seed the same face; this
+/// says what it gave up.
+pub fn variety(images: &Tensor) -> Result<f64> {
+    let (n, _, h, _) = images.dims4()?;
+    let x = ((images.to_dtype(DType::F32)? + 1.0)? * 0.5)?.clamp(0f32, 1f32)?;
+    let x = x.avg_pool2d((h / 64).max(1))?.flatten_from(1)?;
+    let v = x.to_vec2::<f32>()?;
+    let (mut sum, mut pairs) = (0f64, 0usize);
+    for i in 0..n {
+        for j in i + 1..n {
+            let d: f64 = v[i]
+                .iter()
+                .zip(&v[j])
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum::<f64>()
+                / v[i].len() as f64;
+            sum += d.sqrt();
+            pairs += 1;
+        }
+    }
+    Ok(sum / pairs.max(1) as f64)
 }
 
 fn mean_judged(j: &[Judged]) -> [f64; 3] {
@@ -256,6 +303,7 @@ pub fn text_adherence(
         method: m.name(),
         faces_per_prompt: faces,
         single_adherence: mean(&single),
+        variety: single.iter().map(|x| x.variety).sum::<f64>() / single.len().max(1) as f64,
         pair_adherence: mean(&pair),
         single,
         pairs: pair,
@@ -408,7 +456,7 @@ pub fn always_w_avg(like: &Mapper, spread: &Tensor, dev: &Device) -> Result<Mapp
 /// A table of text adherence, one row per method.
 pub fn text_table(rows: &[TextReport]) -> String {
     let mut s = String::from(
-        "method                                   single  sep(bright) sep(warm) sep(colour)  pairs\n",
+        "method                                   single  sep(bright) sep(warm) sep(colour)  pairs  variety\n",
     );
     for r in rows {
         // "-" where the two-attribute prompts were skipped.
@@ -418,8 +466,14 @@ pub fn text_table(rows: &[TextReport]) -> String {
             format!("{:.3}", r.pair_adherence)
         };
         s += &format!(
-            "{:<40} {:>6.3} {:>11.2} {:>9.2} {:>11.2} {:>6}\n",
-            r.method, r.single_adherence, r.separation[0], r.separation[1], r.separation[2], pairs
+            "{:<40} {:>6.3} {:>11.2} {:>9.2} {:>11.2} {:>6} {:>8.3}\n",
+            r.method,
+            r.single_adherence,
+            r.separation[0],
+            r.separation[1],
+            r.separation[2],
+            pairs,
+            r.variety
         );
     }
     s

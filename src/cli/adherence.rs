@@ -36,7 +36,7 @@ pub struct AdherenceArgs {
     #[arg(long, default_value_t = 16)]
     pub starts: usize,
     /// Edit strength.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = clip2gan::pipeline::limits::DEFAULT_STRENGTH)]
     pub strength: f64,
     /// Also the baselines and variants built from the first-use pair bank.
     #[arg(long)]
@@ -146,7 +146,7 @@ pub fn run(cfg: &Config, path: &Path, json: Option<&Path>, a: &AdherenceArgs) ->
             name: "always w_avg (with residuals)".into(),
             mapper: Box::new(measure::always_w_avg(&closed.mapper, &spread, &dev)?),
         });
-        retrieval_bank = Some((pairs.e.clone(), w));
+        retrieval_bank = Some((pairs.e.clone(), w, closed.mapper.residuals().cloned()));
         methods.push(Method::Mapper {
             name: "fit, no text shift".into(),
             mapper: Box::new(without_shift(
@@ -198,13 +198,14 @@ pub fn run(cfg: &Config, path: &Path, json: Option<&Path>, a: &AdherenceArgs) ->
     };
     // Retrieval's k, chosen on prompts in other words than the test's.
     let mut retrieval_k = None;
-    if let Some((e, w)) = retrieval_bank {
+    if let Some((e, w, residuals)) = retrieval_bank {
         let mut scores = Vec::new();
         for k in [1, 8, 32, 128] {
             let mut m = Method::Retrieval {
                 k,
                 e: e.clone(),
                 w: w.clone(),
+                residuals: None,
             };
             let score = measure::heldout_adherence(&mut p, &mut m, &stats, 8)?;
             eprintln!("retrieval k = {k}: held-out adherence {score:.3}");
@@ -215,7 +216,26 @@ pub fn run(cfg: &Config, path: &Path, json: Option<&Path>, a: &AdherenceArgs) ->
             .max_by(|a, b| a.1.total_cmp(&b.1))
             .map(|s| s.0)
             .unwrap_or(8);
-        methods.insert(1, Method::Retrieval { k: best, e, w });
+        if let Some(res) = residuals {
+            methods.insert(
+                1,
+                Method::Retrieval {
+                    k: best,
+                    e: e.clone(),
+                    w: w.clone(),
+                    residuals: Some((res, p.settings.sample_temperature)),
+                },
+            );
+        }
+        methods.insert(
+            1,
+            Method::Retrieval {
+                k: best,
+                e,
+                w,
+                residuals: None,
+            },
+        );
         retrieval_k = Some(scores);
     }
     let mut text = Vec::new();
@@ -287,6 +307,8 @@ struct CurvePoint {
     pairs: usize,
     mapper: TextReport,
     retrieval: TextReport,
+    /// Retrieval at the mapper's variety (its residual draws).
+    retrieval_with_residuals: Option<TextReport>,
     /// Retrieval's k, chosen on the held-out prompts at this size.
     retrieval_k: usize,
 }
@@ -313,7 +335,9 @@ fn curve(
         n *= 2;
     }
     sizes.push(all.len());
-    println!("pairs  mapper: single  pairs   retrieval (k): single  pairs");
+    println!(
+        "pairs  first use: single pairs variety   retrieval: single pairs variety   retrieval + residuals"
+    );
     let mut points = Vec::new();
     for n in sizes {
         let pairs = plan.read_bank(&p.clip, p.generator.as_ref(), n)?;
@@ -324,6 +348,7 @@ fn curve(
             r.step(g, &p.clip)?;
         }
         let (mlp, _) = r.finish(g)?;
+        let residuals = mlp.residuals().cloned();
         let mut m = Method::Mapper {
             name: format!("first use, {n} pairs"),
             mapper: Box::new(mlp),
@@ -336,6 +361,7 @@ fn curve(
                 k,
                 e: pairs.e.clone(),
                 w: w.clone(),
+                residuals: None,
             };
             let score = measure::heldout_adherence(p, &mut m, stats, 8)?;
             if score > best.1 {
@@ -345,22 +371,49 @@ fn curve(
         let mut m = Method::Retrieval {
             k: best.0,
             e: pairs.e.clone(),
-            w,
+            w: w.clone(),
+            residuals: None,
         };
         let retrieval = measure::text_adherence(p, &mut m, stats, a.faces, !a.no_pairs)?;
+        let with_residuals = match residuals {
+            Some(res) => {
+                let mut m = Method::Retrieval {
+                    k: best.0,
+                    e: pairs.e.clone(),
+                    w,
+                    residuals: Some((res, p.settings.sample_temperature)),
+                };
+                Some(measure::text_adherence(
+                    p,
+                    &mut m,
+                    stats,
+                    a.faces,
+                    !a.no_pairs,
+                )?)
+            }
+            None => None,
+        };
+        let row = |r: &TextReport| {
+            format!(
+                "{:.3} {:.3} {:.3}",
+                r.single_adherence, r.pair_adherence, r.variety
+            )
+        };
         println!(
-            "{n:>5}  {:>14.3} {:>6.3}   {:>9} ({:>3}): {:>6.3} {:>6.3}",
-            mapper.single_adherence,
-            mapper.pair_adherence,
-            "",
+            "{n:>5}  {:>20}   {:>20} (k {:>3})   {:>20}",
+            row(&mapper),
+            row(&retrieval),
             best.0,
-            retrieval.single_adherence,
-            retrieval.pair_adherence
+            with_residuals
+                .as_ref()
+                .map(row)
+                .unwrap_or_else(|| "-".into())
         );
         points.push(CurvePoint {
             pairs: n,
             mapper,
             retrieval,
+            retrieval_with_residuals: with_residuals,
             retrieval_k: best.0,
         });
     }

@@ -397,6 +397,11 @@ impl Mapper {
         }
     }
 
+    /// The fit's residuals that [`Mapper::sample`] draws from, `[bank, w_dim]`.
+    pub fn residuals(&self) -> Option<&Tensor> {
+        self.residuals.as_ref()
+    }
+
     /// Whether [`Mapper::sample`] can draw variety from the mapper itself.
     pub fn can_sample(&self) -> bool {
         self.residuals.is_some()
@@ -420,20 +425,23 @@ impl Mapper {
                 seeds.len()
             )));
         }
-        let bank = res.dim(0)? as u64;
-        let idx: Vec<u32> = seeds
-            .iter()
-            .map(|&s| {
-                use rand::Rng;
-                crate::rng::stream(s, "residual").random_range(0..bank) as u32
-            })
-            .collect();
-        let idx = Tensor::from_vec(idx, n, res.device())?;
-        let drawn = (res.index_select(&idx, 0)? * temperature)?
+        let drawn = (draw_residuals(res, seeds)? * temperature)?
             .unsqueeze(1)?
             .broadcast_as((n, styles, w_dim))?;
         Ok(Some((mean + drawn)?))
     }
+}
+
+/// The residual each seed draws from `residuals` (`[bank, w_dim]`): `[n, w_dim]`.
+pub fn draw_residuals(residuals: &Tensor, seeds: &[u64]) -> Result<Tensor> {
+    use rand::Rng;
+    let bank = residuals.dim(0)? as u64;
+    let idx: Vec<u32> = seeds
+        .iter()
+        .map(|&s| crate::rng::stream(s, "residual").random_range(0..bank) as u32)
+        .collect();
+    let idx = Tensor::from_vec(idx, seeds.len(), residuals.device())?;
+    Ok(residuals.index_select(&idx, 0)?)
 }
 
 /// Rows of `x` `[n, k]` scaled down to an L2 norm of at most `max`.
