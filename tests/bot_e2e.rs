@@ -1237,7 +1237,12 @@ async fn photo_edit_is_the_inversion_plus_the_edit() {
         .unwrap()
         .remove(0)
     };
-    let smile = edit(&inv.latents, "add smile", 1.0);
+    // /edit without a strength: the default.
+    let smile = edit(
+        &inv.latents,
+        "add smile",
+        clip2gan::pipeline::limits::DEFAULT_STRENGTH,
+    );
     let s = Store::open(&store, 20, 5000).unwrap().store;
     let stored = |id: u64| s.get(id).unwrap().latents[0].data.clone();
     assert!(

@@ -12,7 +12,7 @@ use super::config::{BotConfig, MAX_IMAGES, MAX_MORPH_FRAMES};
 use super::guild::SettingsCmd;
 use super::store::Ref;
 use super::text::{blocked, clean_input, escape};
-use crate::engine::limits::{strength_ok, strength_span, STRENGTH_RANGE};
+use crate::engine::limits::{strength_ok, strength_span, DEFAULT_STRENGTH, STRENGTH_RANGE};
 
 /// The message command (right click on a message -> Apps). Message
 /// commands have a display name with capitals and spaces, and no
@@ -108,7 +108,7 @@ pub fn definitions(cfg: &BotConfig) -> Vec<CreateCommand> {
                     CommandOptionType::Number,
                     "strength",
                     format!(
-                        "How much, {} (default 1; negative reverses the edit)",
+                        "How much, {} (default {DEFAULT_STRENGTH}; negative reverses the edit)",
                         strength_span()
                     ),
                 )
@@ -263,7 +263,7 @@ pub fn parse(data: &CommandData, cfg: &BotConfig) -> Result<Command, String> {
         "edit" => {
             let instruction = text("instruction")?;
             let strength = match opt("strength") {
-                None => 1.0,
+                None => DEFAULT_STRENGTH,
                 Some(CommandDataOptionValue::Number(x)) => *x,
                 Some(CommandDataOptionValue::Integer(i)) => *i as f64,
                 Some(_) => {

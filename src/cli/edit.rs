@@ -19,7 +19,7 @@ pub struct EditArgs {
     #[arg(long)]
     latent: PathBuf,
     // The help names the pipeline's range, so that it is written once.
-    #[arg(long, default_value_t = 1.0,
+    #[arg(long, default_value_t = clip2gan::pipeline::limits::DEFAULT_STRENGTH,
           help = format!("{}, in standard deviations of the generator's latents along the edit; negative reverses it.", clip2gan::pipeline::limits::strength_span()))]
     strength: f64,
     /// Restrict the edit to coarse, middle or fine layers.

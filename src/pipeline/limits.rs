@@ -13,6 +13,12 @@ use std::ops::RangeInclusive;
 pub const MAX_COUNT: usize = 16;
 /// Most candidates one imagine request may draw (it keeps the best `count`).
 pub const MAX_CANDIDATES: usize = 4 * MAX_COUNT;
+/// The edit strength when none is given: 0.75 sd of the generator's
+/// latents along the edit. Measured on two toy CLIPs (README, "Text that
+/// means something"): every edit moved its attribute the asked way by
+/// about 1 sd and the other attributes by 0.23 sd; at 1, by 1.3-1.4 sd
+/// and 0.30 sd.
+pub const DEFAULT_STRENGTH: f64 = 0.75;
 /// Edit strengths outside this range distort faces beyond recognition.
 pub const STRENGTH_RANGE: RangeInclusive<f64> = -3.0..=3.0;
 /// How far variations move from their source (0 = not at all, 1 = far).

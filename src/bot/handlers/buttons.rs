@@ -205,7 +205,7 @@ impl Bot {
         };
         let raw = field("strength");
         let strength = if raw.trim().is_empty() {
-            Ok(1.0)
+            Ok(limits::DEFAULT_STRENGTH)
         } else {
             raw.trim()
                 .parse::<f64>()
@@ -260,7 +260,7 @@ fn text_inputs(max_chars: usize) -> Vec<CreateActionRow> {
         format!("Strength, {}", limits::strength_span()),
         "strength",
     )
-    .placeholder("1")
+    .placeholder(limits::DEFAULT_STRENGTH.to_string())
     .max_length(8)
     .required(false);
     vec![
