@@ -25,6 +25,9 @@ ENV PATH=/root/.cargo/bin:${PATH} \
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# The manifest's [[bench]] entries name these files: without them cargo
+# refuses the manifest.
+COPY benches ./benches
 RUN cargo build --release --locked --features cuda \
     && strip target/release/clip2gan
 

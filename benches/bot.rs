@@ -75,6 +75,7 @@ async fn through_bot(
             cooldown_ms: 0,
             ..Default::default()
         },
+        ..Default::default()
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let bot = tokio::spawn(clip2gan::bot::run(

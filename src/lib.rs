@@ -102,7 +102,9 @@
 //! - [`config`]: `config.toml` + environment + flags, the whole file (for
 //!   the command layer only); [`device`]: CPU/CUDA choice.
 //! - [`metrics`]: the Prometheus metrics' names and buckets, and the
-//!   exporter (the `[metrics]` section).
+//!   recorder (the `[metrics]` section); [`endpoint`]: the HTTP endpoint
+//!   that serves them with `/healthz` and `/readyz`; [`health`]: what
+//!   `/readyz` checks (models, gateway, Redis).
 //! - [`error`]: typed errors that say what to do; [`fsutil`]: atomic writes;
 //!   [`tensorfile`]: safetensors files with metadata; [`rng`]: named,
 //!   seeded random streams; [`runtime`]: process start-up tuning (allocator);
@@ -119,11 +121,13 @@ pub mod bot;
 pub mod clip;
 pub mod config;
 pub mod device;
+pub mod endpoint;
 pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod fsutil;
 pub mod generator;
+pub mod health;
 pub mod image_io;
 pub mod inference;
 pub mod mapper;

@@ -48,6 +48,9 @@ enum Command {
     /// Run the engine on jobs from a Redis queue (the GPU side of
     /// `clip2gan bot --queue`).
     Worker(cli::worker::WorkerArgs),
+    /// Ask a running bot's or worker's endpoint whether it is up (or, with
+    /// --ready, ready); exits 0 only if so (for container health checks).
+    Health(cli::health::HealthArgs),
     /// Measure speed; prints one JSON line.
     #[command(subcommand)]
     Bench(cli::bench::BenchCommand),
@@ -112,6 +115,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ClipScore(a) => cli::clip_score::run(&cfg, a),
         Command::Bot(a) => cli::bot::run(cfg, a),
         Command::Worker(a) => cli::worker::run(cfg, a),
+        Command::Health(a) => cli::health::run(&cfg, a),
         Command::Bench(c) => cli::bench::run(&cfg, c),
         Command::Parity(a) => cli::parity::run(&cfg, a),
         Command::Train(a) => {

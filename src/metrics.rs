@@ -1,9 +1,9 @@
-//! Prometheus metrics: every name the crate records, their buckets, and the
-//! HTTP exporter.
+//! Prometheus metrics: every name the crate records, their buckets, and
+//! the recorder (served over HTTP by [`crate::endpoint`]).
 //!
 //! The layers record through the `metrics` facade (a no-op until a recorder
 //! is installed, so tests and the CLI pay nothing); only the command layer
-//! installs the exporter, once per process, from the `[metrics]` section.
+//! installs the recorder, once per process, from the `[metrics]` section.
 //! It is off by default: a bot and a worker on one host would otherwise
 //! fight over the port, and an operator who scrapes turns it on. It listens
 //! on 127.0.0.1 unless told otherwise: the numbers are for the operator's
@@ -13,6 +13,8 @@ use std::net::SocketAddr;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 use serde::Deserialize;
+
+use crate::health::Health;
 
 /// Jobs waiting in the queue (gauge; the engine's, or a worker's view of
 /// the shared stream).
@@ -54,7 +56,7 @@ const IMAGES: [f64; 7] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0];
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// Serve `/metrics` for Prometheus.
+    /// Serve `/metrics` for Prometheus, with `/healthz` and `/readyz`.
     pub enabled: bool,
     /// Address to listen on; another interface than 127.0.0.1 exposes the
     /// numbers to whoever can reach it.
@@ -78,9 +80,10 @@ pub enum MetricsError {
     Install { addr: SocketAddr, why: String },
 }
 
-/// Start the exporter if enabled; returns the address it listens on. Call
-/// once per process, inside the tokio runtime.
-pub fn install(cfg: &MetricsConfig) -> Result<Option<SocketAddr>, MetricsError> {
+/// Start recording, and serve `/metrics` with `health`'s `/healthz` and
+/// `/readyz` ([`crate::endpoint`]), if enabled; returns the address it
+/// listens on. Call once per process, inside the tokio runtime.
+pub fn install(cfg: &MetricsConfig, health: &Health) -> Result<Option<SocketAddr>, MetricsError> {
     if !cfg.enabled {
         return Ok(None);
     }
@@ -89,15 +92,33 @@ pub fn install(cfg: &MetricsConfig) -> Result<Option<SocketAddr>, MetricsError> 
         .parse()
         .map_err(|_| MetricsError::Address(cfg.listen.clone()))?;
     let fail = |why: String| MetricsError::Install { addr, why };
-    PrometheusBuilder::new()
-        .with_http_listener(addr)
+    // The port first: taken, it is the error to report (and nothing has
+    // been installed that a retry on another port would trip over).
+    let listener = crate::endpoint::bind(addr).map_err(|e| fail(e.to_string()))?;
+    let bound = listener.local_addr().map_err(|e| fail(e.to_string()))?;
+    let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS)
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_IMAGES.into()), &IMAGES))
         .map_err(|e| fail(e.to_string()))?
-        .install()
+        .install_recorder()
         .map_err(|e| fail(e.to_string()))?;
-    Ok(Some(addr))
+    // What the exporter's own listener would do: histograms are drained
+    // into their buckets periodically, so memory stays bounded between
+    // scrapes.
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(UPKEEP);
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    crate::endpoint::spawn(listener, Some(handle), health.clone());
+    Ok(Some(bound))
 }
+
+/// How often the recorder's histograms are drained (the exporter's default).
+const UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Milliseconds (as [`crate::engine::JobTimes`] keeps them) to a histogram
 /// in seconds.

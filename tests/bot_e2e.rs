@@ -79,6 +79,7 @@ fn settings(fake: &Fake, store: &Path) -> Settings {
             shutdown_grace_s: 30,
             ..Default::default()
         },
+        ..Default::default()
     }
 }
 

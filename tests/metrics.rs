@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use clip2gan::engine::blank::Blank;
 use clip2gan::engine::{Engine, EngineConfig, Request};
+use clip2gan::health::Health;
 use clip2gan::inference::Inference;
 use clip2gan::metrics::{self, MetricsConfig};
 
@@ -64,7 +65,9 @@ async fn the_endpoint_shows_jobs_batches_and_stages() {
         enabled: true,
         listen: format!("127.0.0.1:{}", free_port()),
     };
-    let addr = metrics::install(&cfg).unwrap().expect("enabled");
+    let addr = metrics::install(&cfg, &Health::new())
+        .unwrap()
+        .expect("enabled");
     assert!(addr.ip().is_loopback());
     let engine = Arc::new(Engine::start(EngineConfig::default(), || Ok(Blank)).unwrap());
     let ok = |m: &HashMap<String, f64>| {
@@ -106,16 +109,21 @@ async fn the_endpoint_shows_jobs_batches_and_stages() {
     );
 
     // A second exporter on the same port is refused with what to do.
-    let again = metrics::install(&cfg).unwrap_err().to_string();
+    let again = metrics::install(&cfg, &Health::new())
+        .unwrap_err()
+        .to_string();
     assert!(again.contains("metrics.listen"), "{again}");
 }
 
 #[test]
 fn a_bad_address_says_what_is_expected() {
-    let e = metrics::install(&MetricsConfig {
-        enabled: true,
-        listen: "localhost".into(),
-    })
+    let e = metrics::install(
+        &MetricsConfig {
+            enabled: true,
+            listen: "localhost".into(),
+        },
+        &Health::new(),
+    )
     .unwrap_err()
     .to_string();
     assert!(e.contains("127.0.0.1:9185"), "{e}");

@@ -183,6 +183,7 @@ async fn start_front_end(fake: &Arc<Fake>, cfg: QueueConfig, shard: Option<u32>)
             shutdown_grace_s: 10,
             ..Default::default()
         },
+        ..Default::default()
     };
     let store = RedisResults::new(&cfg, 20, 5000).unwrap();
     let queue = QueueClient::start(cfg).unwrap();
@@ -247,10 +248,13 @@ fn edit(fake: &Fake, user: u64, guild: u64, what: &str) -> String {
 fn metrics() -> std::net::SocketAddr {
     static ADDR: OnceLock<std::net::SocketAddr> = OnceLock::new();
     *ADDR.get_or_init(|| {
-        clip2gan::metrics::install(&clip2gan::metrics::MetricsConfig {
-            enabled: true,
-            listen: format!("127.0.0.1:{}", redis_server::free_port()),
-        })
+        clip2gan::metrics::install(
+            &clip2gan::metrics::MetricsConfig {
+                enabled: true,
+                listen: format!("127.0.0.1:{}", redis_server::free_port()),
+            },
+            &clip2gan::health::Health::new(),
+        )
         .unwrap()
         .unwrap()
     })

@@ -23,6 +23,7 @@
 //!   in memory and on disk (redb).
 //! - [`guild`]: the settings server admins control, merged with the config.
 //! - [`attach`]: downloading and checking the photos users send.
+//! - `ready`: the gateway's part of `/readyz` (every shard connected).
 //!
 //! [`run`] drives the serenity client until a shutdown signal. The bot gets
 //! only its own sections ([`Settings`]) and something that makes images
@@ -35,6 +36,7 @@ pub mod commands;
 pub mod config;
 pub mod guild;
 mod handlers;
+mod ready;
 pub mod render;
 pub mod respond;
 pub mod results;
@@ -166,6 +168,10 @@ impl EventHandler for Handler {
 pub struct Settings {
     pub discord: DiscordConfig,
     pub bot: BotConfig,
+    /// Where the bot reports its gateway connection for `/readyz`
+    /// ([`crate::health::GATEWAY`]; a live check once the client exists,
+    /// taken back at shutdown). The default is a set nobody reads.
+    pub health: crate::health::Health,
 }
 
 /// Run the bot until `shutdown` completes, then stop taking interactions,
@@ -234,9 +240,14 @@ pub async fn run_on(
     shutdown: impl Future<Output = ()> + Send,
     clock: Arc<dyn Clock>,
 ) -> Result<(), BotError> {
-    let Settings { discord, bot: cfg } = settings;
+    let Settings {
+        discord,
+        bot: cfg,
+        health,
+    } = settings;
     cfg.validate()?;
     discord.validate()?;
+    health.require(crate::health::GATEWAY, "not connected yet");
     let fetcher = Fetcher::new(
         AllowList::parse(&discord.attachment_hosts).map_err(BotError::Config)?,
         attach::Limits {
@@ -296,6 +307,13 @@ pub async fn run_on(
     let mut gateway = client.map(|mut client| {
         let shards = client.shard_manager.clone();
         let (range, count) = (bot.discord.shards, bot.discord.shard_count);
+        health.live(
+            crate::health::GATEWAY,
+            Arc::new(ready::Gateway {
+                shards: shards.clone(),
+                expected: ready::local_shards(range, count),
+            }),
+        );
         let task = tokio::spawn(async move { connect(&mut client, range, count).await });
         (task, shards)
     });
@@ -313,6 +331,8 @@ pub async fn run_on(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(bot.cfg.shutdown_grace_s);
     info!("shutting down: refusing new interactions, answering queued jobs");
     bot.closing.store(true, Ordering::SeqCst);
+    // Load balancers and orchestrators stop sending work here.
+    health.require(crate::health::GATEWAY, "shutting down");
     crate::shutdown::stage("telling queued jobs the bot is shutting down");
     if tokio::time::timeout_at(deadline, engine.clone().close())
         .await

@@ -15,7 +15,8 @@ use clip2gan::bot::{self, attach::AllowList, BotError, Token};
 use clip2gan::clip::Clip;
 use clip2gan::config::Config;
 use clip2gan::engine::{Engine, GrowingBackend};
-use clip2gan::queue::QueueClient;
+use clip2gan::health::{self, Health};
+use clip2gan::queue::{Link, QueueClient};
 use clip2gan::train::warmup::Growth;
 use tracing::info;
 
@@ -59,17 +60,28 @@ const RUNTIME_STOP: Duration = Duration::from_millis(500);
 
 /// Load the models into the engine, then run until SIGINT or SIGTERM.
 async fn serve(cfg: Config, token: Token) -> Result<(), BotError> {
+    // What /readyz waits for, named before any of it starts: the models
+    // (here, unless workers run them), the gateway, and Redis when used.
+    let health = Health::new();
+    if cfg.queue.url.is_empty() {
+        health.require(health::MODELS, "loading");
+    } else {
+        let link = Link::new(&cfg.queue).map_err(|e| BotError::Config(e.to_string()))?;
+        health.live(health::REDIS, Arc::new(link));
+    }
+    health.require(health::GATEWAY, "not connected yet");
     let settings = bot::Settings {
         discord: cfg.discord.clone(),
         bot: cfg.bot.clone(),
+        health: health.clone(),
     };
     // Settings first: a typo should not cost a model load.
     settings.bot.validate()?;
     let signal = Signal::install(Duration::from_secs(settings.bot.shutdown_grace_s));
-    if let Some(addr) =
-        clip2gan::metrics::install(&cfg.metrics).map_err(|e| BotError::Config(e.to_string()))?
+    if let Some(addr) = clip2gan::metrics::install(&cfg.metrics, &health)
+        .map_err(|e| BotError::Config(e.to_string()))?
     {
-        info!(%addr, "serving Prometheus metrics at /metrics");
+        info!(%addr, "serving /metrics, /healthz and /readyz");
     }
     AllowList::parse(&settings.discord.attachment_hosts).map_err(BotError::Config)?;
     let output_size = cfg.engine.output_size;
@@ -94,6 +106,7 @@ async fn serve(cfg: Config, token: Token) -> Result<(), BotError> {
         }
     };
     info!("models loaded");
+    health.met(health::MODELS);
     bot::run(settings, token, Arc::new(engine), signal.wait()).await
 }
 

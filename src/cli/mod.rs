@@ -14,6 +14,7 @@ pub mod edit;
 pub mod eval;
 pub mod fetch;
 pub mod generate;
+pub mod health;
 pub mod imagine;
 pub mod parity;
 pub mod pipeline;

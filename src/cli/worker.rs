@@ -10,6 +10,8 @@ use anyhow::Context;
 use clap::Args;
 use clip2gan::config::Config;
 use clip2gan::engine::Engine;
+use clip2gan::health::{self, Health};
+use clip2gan::queue::Link;
 use tracing::info;
 
 #[derive(Args, Debug)]
@@ -41,8 +43,12 @@ pub fn run(mut cfg: Config, args: WorkerArgs) -> anyhow::Result<()> {
     let served = rt.block_on(async move {
         let grace = Duration::from_secs(cfg.bot.shutdown_grace_s);
         let signal = super::bot::Signal::install(grace);
-        if let Some(addr) = clip2gan::metrics::install(&cfg.metrics)? {
-            info!(%addr, "serving Prometheus metrics at /metrics");
+        // What /readyz waits for: the models, and Redis answering.
+        let health = Health::new();
+        health.require(health::MODELS, "loading");
+        health.live(health::REDIS, Arc::new(Link::new(&cfg.queue)?));
+        if let Some(addr) = clip2gan::metrics::install(&cfg.metrics, &health)? {
+            info!(%addr, "serving /metrics, /healthz and /readyz");
         }
         let engine_cfg = cfg.engine.clone();
         let queue = cfg.queue.clone();
@@ -62,6 +68,7 @@ pub fn run(mut cfg: Config, args: WorkerArgs) -> anyhow::Result<()> {
             }
         };
         info!("models loaded");
+        health.met(health::MODELS);
         let engine = Arc::new(engine);
         clip2gan::queue::worker::run(queue, engine.clone(), signal.wait(), grace).await?;
         // The jobs in hand have had the grace period; a batch the engine

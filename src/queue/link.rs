@@ -6,7 +6,8 @@
 //!
 //! Blocking reads (XREAD/XREADGROUP with BLOCK) hold their connection until
 //! they return, so each reader gets a [`Link`] of its own: on a shared one
-//! every other command would queue behind them.
+//! every other command would queue behind them. A link is also `/readyz`'s
+//! Redis check ([`crate::health::REDIS`]): PING, within `timeout_ms`.
 
 use std::time::Duration;
 
@@ -116,6 +117,16 @@ impl Link {
             url: self.url.clone(),
             why: e.to_string(),
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::health::Probe for Link {
+    async fn check(&self) -> Result<(), String> {
+        self.run::<String>(&redis::cmd("PING"))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 

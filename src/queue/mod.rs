@@ -132,13 +132,13 @@ impl QueueConfig {
         Duration::from_millis(self.timeout_ms)
     }
 
-    /// The stream jobs are published on.
-    pub(crate) fn jobs(&self) -> String {
+    /// The stream jobs are published on (deploy/k8s's autoscaler reads it).
+    pub fn jobs(&self) -> String {
         format!("{}:jobs", self.prefix)
     }
 
     /// Jobs given up on, for an operator to look at.
-    pub(crate) fn dead(&self) -> String {
+    pub fn dead(&self) -> String {
         format!("{}:dead", self.prefix)
     }
 
@@ -164,8 +164,9 @@ impl QueueConfig {
     }
 }
 
-/// The consumer group of the workers.
-pub(crate) const GROUP: &str = "workers";
+/// The consumer group of the workers (deploy/k8s's autoscaler reads its
+/// pending entries and lag).
+pub const GROUP: &str = "workers";
 
 /// Milliseconds since the epoch (job deadlines cross machines).
 pub(crate) fn unix_ms() -> u64 {
