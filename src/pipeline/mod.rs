@@ -543,7 +543,10 @@ mod tests {
         // Along axis 0 in both styles, of any length: each style moves by 2.
         for len in [0.01f32, 7.0] {
             let step = measured(vec![len, 0.0, 0.0, len, 0.0, 0.0])?;
-            assert!((step[0] - 2.0).abs() < 0.1 && (step[3] - 2.0).abs() < 0.1, "{step:?}");
+            assert!(
+                (step[0] - 2.0).abs() < 0.1 && (step[3] - 2.0).abs() < 0.1,
+                "{step:?}"
+            );
             assert!(step[1].abs() < 1e-6 && step[4].abs() < 1e-6);
         }
         // Along axis 1 in one style only: that style moves by its sd, 0.5.
