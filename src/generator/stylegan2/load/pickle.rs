@@ -630,7 +630,9 @@ impl<'a> Machine<'_, 'a> {
 }
 
 fn pairs_of(v: &[Id]) -> Option<Vec<(Id, Id)>> {
-    (v.len() % 2 == 0).then(|| v.chunks(2).map(|c| (c[0], c[1])).collect())
+    v.len()
+        .is_multiple_of(2)
+        .then(|| v.chunks(2).map(|c| (c[0], c[1])).collect())
 }
 
 #[cfg(test)]
@@ -686,7 +688,7 @@ mod tests {
             (b"\x80\x02K\x01b.", "empty stack"),
             (b"\x80\x02]K\x01K\x02u.", "without a MARK"),
         ] {
-            let e = read(data).err().expect("must fail").0;
+            let e = read(data).expect_err("must fail").0;
             assert!(e.contains(want), "{e}");
         }
     }
