@@ -139,11 +139,22 @@ impl Config {
         self.mapper.path_in(&self.models_dir)
     }
 
+    /// The captions of the fit's text shift (`[mapper] captions`, else the
+    /// built-in face captions).
+    pub fn captions(&self) -> Result<crate::train::captions::Captions> {
+        self.mapper.captions_in(&self.models_dir)
+    }
+
     /// How first use builds the mapper when there is none at
     /// [`Config::mapper_path`] (`None` when `[mapper] build` is off): the
     /// `[train]` settings in fit mode, on the run directory's pair cache.
-    pub fn first_use(&self) -> Option<crate::train::warmup::Plan> {
-        self.mapper.build.then(|| crate::train::warmup::Plan {
+    /// Fails if `[mapper] captions` cannot be read, before anything renders.
+    pub fn first_use(&self) -> Result<Option<crate::train::warmup::Plan>> {
+        if !self.mapper.build {
+            return Ok(None);
+        }
+        let captions = self.captions()?;
+        Ok(Some(crate::train::warmup::Plan {
             out: self.mapper_path(),
             run_dir: self.models_dir.join(&self.train.run_dir),
             train: TrainConfig {
@@ -152,9 +163,10 @@ impl Config {
                 ..self.train.clone()
             },
             clip_model: self.clip.model.clone(),
+            captions,
             first_pairs: self.mapper.first_pairs,
             pairs: self.mapper.pairs,
-        })
+        }))
     }
 
     /// Open the configured generator (see [`crate::generator::open`]).

@@ -48,8 +48,11 @@
 //!   walks that graph into named tensors, `fetch` downloads and converts
 //!   once, `model` is the native candle network, `random` makes random
 //!   weight sets for tests. [`generator::stylegan2`] runs StyleGAN2
-//!   checkpoints users bring (`load`: rosinality `.pt` / safetensors in
-//!   either naming, split into formats, naming, architecture and random weights; `model`).
+//!   checkpoints users bring (`load`: rosinality `.pt` in PyTorch's zip or
+//!   legacy serialisation, NVIDIA `.pkl`, safetensors in either naming;
+//!   `load/pickle` reads pickles without running code, `load/torch` the
+//!   PyTorch containers, `load/nvidia` NVIDIA's network records, then
+//!   naming, architecture and random weights; `model`).
 //!   `latent`: latent files (z, w, W+) in NumPy format, read into W+;
 //!   `parity`: a generator against the reference fixtures, and tensor
 //!   differences for the tests (also at [`parity`]).
@@ -81,9 +84,10 @@
 //! - [`bot`]: the Discord bot on the engine (commands, buttons, dialogs,
 //!   results store, server settings, photo downloads); it knows nothing of
 //!   tensors. Its own map is in `bot/mod.rs`.
-//! - [`train`]: making a mapper from generated faces (pair cache,
-//!   closed-form fit and the MLP refined from it, first use, MLP training);
-//!   its map is in `train/mod.rs`.
+//! - [`train`]: making a mapper from generated images (pair cache,
+//!   closed-form fit and the MLP refined from it, its text shift from
+//!   `captions`: `[mapper] captions` or the built-in face captions, first
+//!   use, MLP training); its map is in `train/mod.rs`.
 //!   [`adherence`]: what text and edits do to a face, judged on pixels
 //!   (`judges`, `captions`, the toy CLIP in `toy`, `measure`);
 //!   [`eval`]: measuring a mapper against baselines, with [`variety`] (range

@@ -58,7 +58,9 @@ fn toy_clip_reads_its_attributes_and_text_steers_brightness() {
         mode: Mode::Fit,
         ..TrainConfig::default()
     };
-    let closed = clip2gan::train::fit::make_mapper(&g, &clip, "toy", &train, &pairs).unwrap();
+    let captions = clip2gan::train::captions::Captions::faces();
+    let closed =
+        clip2gan::train::fit::make_mapper(&g, &clip, "toy", &train, &pairs, &captions).unwrap();
     let w = pairs.w.narrow(1, 0, 1).unwrap().squeeze(1).unwrap();
     let spread = w.broadcast_sub(g.w_avg()).unwrap();
     // The average face plus the fit's residual draws: the chance level.

@@ -888,6 +888,7 @@ async fn warming_up_then_serving() {
             ..Default::default()
         },
         clip_model: "tiny".into(),
+        captions: clip2gan::train::captions::Captions::faces(),
         first_pairs: 24,
         pairs: 32,
     };

@@ -70,31 +70,88 @@ fn generate_from_z_matches_reference() {
         p(&out),
     ]);
     check_ok(&o);
-    let reference: Vec<f32> = exp["img_trunc"].flatten_all().unwrap().to_vec1().unwrap();
-    for k in 0..3 {
-        let img = image::open(clip2gan::image_io::numbered_path(&out, k))
-            .unwrap()
-            .to_rgb8();
-        assert_eq!(
-            img.dimensions(),
-            (32, 32),
-            "default size = the checkpoint's resolution"
-        );
-        let mut worst = 0f32;
-        for (x, y, px) in img.enumerate_pixels() {
-            for c in 0..3 {
-                let r = reference[((k * 3 + c) * 32 + y as usize) * 32 + x as usize];
-                let r8 = ((r + 1.0) * 127.5).clamp(0.0, 255.0).round();
-                worst = worst.max((px.0[c] as f32 - r8).abs());
-            }
-        }
-        assert!(worst <= 1.0, "image {k} differs by {worst} steps of 255");
-    }
+    check_images(&out, &exp["img_trunc"]);
     assert_eq!(
         npy::read_f32(&lat).unwrap().shape,
         vec![3, 8, 32],
         "W+ of 8 styles"
     );
+}
+
+/// The numbered images at `out` are `reference` (`[n, 3, r, r]` in
+/// [-1, 1]) to within one 8-bit step, at the checkpoint's resolution.
+fn check_images(out: &Path, reference: &candle_core::Tensor) {
+    let (n, _, r, _) = reference.dims4().unwrap();
+    let reference: Vec<f32> = reference.flatten_all().unwrap().to_vec1().unwrap();
+    for k in 0..n {
+        let img = image::open(clip2gan::image_io::numbered_path(out, k))
+            .unwrap()
+            .to_rgb8();
+        assert_eq!(
+            img.dimensions(),
+            (r as u32, r as u32),
+            "default size = the checkpoint's resolution"
+        );
+        let mut worst = 0f32;
+        for (x, y, px) in img.enumerate_pixels() {
+            for c in 0..3 {
+                let v = reference[((k * 3 + c) * r + y as usize) * r + x as usize];
+                let v8 = ((v + 1.0) * 127.5).clamp(0.0, 255.0).round();
+                worst = worst.max((px.0[c] as f32 - v8).abs());
+            }
+        }
+        assert!(worst <= 1.0, "image {k} differs by {worst} steps of 255");
+    }
+}
+
+/// The files people download, read natively: a legacy (PyTorch < 1.6)
+/// rosinality `.pt` and an NVIDIA `.pkl`, generated from the reference z
+/// by the binary run with a PATH that has no Python at all.
+#[test]
+fn generate_reads_legacy_pt_and_nvidia_pkl_without_python() {
+    let no_python = tempfile::tempdir().unwrap();
+    for (file, net) in [("net16_legacy.pt", "net16"), ("net16_ada.pkl", "net16_ada")] {
+        let exp = candle_core::safetensors::load(
+            fixture(&format!("stylegan2/{net}_expected.safetensors")),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let z = tmp.path().join("z.npy");
+        npy::write_f32(
+            &z,
+            &Array {
+                data: exp["z"].flatten_all().unwrap().to_vec1().unwrap(),
+                shape: exp["z"].dims().to_vec(),
+            },
+        )
+        .unwrap();
+        let cfg = tmp.path().join("c.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "models_dir = {:?}\n[generator]\nkind = \"stylegan2\"\ncheckpoint = {file:?}\n",
+                fixture("stylegan2").display().to_string()
+            ),
+        )
+        .unwrap();
+        let out = tmp.path().join("img.png");
+        let o = common::bin()
+            .args(["--config", p(&cfg), "--device", "cpu", "generate"])
+            .args(["--latent", p(&z), "--space", "z", "--truncation", "0.7"])
+            .args(["-o", p(&out)])
+            .env_remove("CLIP2GAN_MODELS_DIR")
+            .env("PATH", no_python.path())
+            .output()
+            .unwrap();
+        check_ok(&o);
+        check_images(&out, &exp["img_trunc"]);
+    }
+    // The PATH really has no Python: nothing can be found on it.
+    let found = std::process::Command::new("python3")
+        .env("PATH", no_python.path())
+        .output();
+    assert!(found.is_err(), "python3 found on the test's PATH");
 }
 
 #[test]

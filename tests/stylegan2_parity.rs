@@ -2,7 +2,9 @@
 //! tests/fixtures/stylegan2/make_fixtures.py (NVIDIA's equations, pinned
 //! torch): a 32 px network in rosinality's `.pt` layout and a 64 px ADA-like
 //! network (conv clamp, 2 mapping layers, z != w) in NVIDIA's safetensors
-//! layout, loaded through the same code as users' checkpoints.
+//! layout, loaded through the same code as users' checkpoints; and, from
+//! make_formats.py, the files as people have them: a legacy (pre-1.6)
+//! torch.save, a memo-aliased state dict, NVIDIA's `.pkl` network pickles.
 
 mod common;
 
@@ -222,15 +224,25 @@ fn bad_checkpoints_fail_clearly() {
         "{e}"
     );
 
-    let p = tmp.path().join("network-snapshot.pkl");
-    std::fs::write(&p, b"\x80\x04junk").unwrap();
+    // Damaged pickles, in either container, fail the way a damaged zip does.
+    for (name, bytes) in [
+        ("network-snapshot.pkl", &b"\x80\x04junk"[..]),
+        ("old.pt", b"\x80\x02legacy"),
+    ] {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        let e = err(&p, &none);
+        assert!(
+            e.contains(&format!(
+                "{name}: cannot read the PyTorch checkpoint: pickle byte"
+            )),
+            "{e}"
+        );
+    }
+    let p = tmp.path().join("text.pt");
+    std::fs::write(&p, b"hello").unwrap();
     let e = err(&p, &none);
-    assert!(e.contains("tools/stylegan2_to_safetensors.py"), "{e}");
-
-    let p = tmp.path().join("old.pt");
-    std::fs::write(&p, b"\x80\x02legacy").unwrap();
-    let e = err(&p, &none);
-    assert!(e.contains("not a PyTorch zip checkpoint"), "{e}");
+    assert!(e.contains("neither a zip archive"), "{e}");
 
     // Mismatched expectations from the configuration.
     let multiplier = LoadOptions {
@@ -268,4 +280,59 @@ fn bad_checkpoints_fail_clearly() {
         e.contains("absent.pt") && e.contains("generator.checkpoint"),
         "{e}"
     );
+}
+
+/// PyTorch < 1.6's serialisation (rosinality's published checkpoints):
+/// read natively, strided and offset tensors included, `g_ema` picked over `g`.
+#[test]
+fn legacy_pt_matches_reference() {
+    let g = load("net16_legacy.pt");
+    assert_eq!(sizes(&g), (16, 6, 16, 16));
+    let worst = check(&g, "net16", "legacy torch.save");
+    assert!(worst > 0.0, "a real comparison");
+}
+
+/// `{"alias": sd, "g_ema": sd}`: the second key is a memo reference to the
+/// first dict; it loads like the dict itself.
+#[test]
+fn memo_aliased_pt_loads() {
+    let alias = Checkpoint::open(&net_path("net16_alias.pt")).unwrap();
+    let legacy = Checkpoint::open(&net_path("net16_legacy.pt")).unwrap();
+    let mut names: Vec<&String> = alias.tensors().keys().collect();
+    names.sort();
+    let mut want: Vec<&String> = legacy.tensors().keys().collect();
+    want.sort();
+    assert_eq!(names, want, "the same generator tensors (and latent_avg)");
+    assert!(names.len() > 30, "{} tensors", names.len());
+    check(&load("net16_alias.pt"), "net16", "memo-aliased state dict");
+}
+
+/// An NVIDIA training snapshot (G, D, G_ema, augment_pipe): G_ema's
+/// records walked to their parameters and buffers, conv_clamp and the
+/// mapping's learning-rate multiplier read from the modules' attributes.
+#[test]
+fn nvidia_pkl_matches_reference() {
+    let ck = Checkpoint::open(&net_path("net16_ada.pkl")).unwrap();
+    assert_eq!(ck.metadata()["conv_clamp"], "1");
+    assert_eq!(ck.metadata()["mapping_lr_multiplier"], "0.05");
+    assert!(ck.tensors().contains_key("mapping.w_avg"));
+    assert!(ck.tensors().contains_key("synthesis.b16.conv0.noise_const"));
+    let g = load("net16_ada.pkl");
+    assert_eq!(sizes(&g), (16, 6, 12, 16));
+    assert_eq!(g.arch().conv_clamp, Some(1.0), "conv_clamp from the record");
+    assert_eq!(g.arch().mapping_lr, 0.05, "lr multiplier from mapping.fc0");
+    check(&g, "net16_ada", "NVIDIA pickle");
+}
+
+#[test]
+fn stylegan3_pkl_is_refused_clearly() {
+    let e = StyleGan2::load(&net_path("sg3.pkl"), &LoadOptions::default(), &Device::Cpu)
+        .err()
+        .expect("StyleGAN3 must be refused")
+        .to_string();
+    assert!(
+        e.contains("sg3.pkl: a StyleGAN3 (alias-free) generator"),
+        "{e}"
+    );
+    assert!(e.contains("not supported yet"), "{e}");
 }

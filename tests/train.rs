@@ -76,6 +76,7 @@ fn setup<'a>(t: &'a Tiny, cfg: TrainConfig, run: &str) -> Setup<'a> {
         clip: &t.clip,
         clip_model: "tiny-clip".into(),
         config: cfg,
+        captions: clip2gan::train::captions::Captions::faces(),
         run_dir: t.dir.path().join(run),
         out: t.dir.path().join(run).join("mapper.safetensors"),
         resume: false,
@@ -409,6 +410,7 @@ fn growth_fits_then_refines_in_idle_steps() {
             ..config()
         },
         clip_model: "tiny-clip".into(),
+        captions: clip2gan::train::captions::Captions::faces(),
         first_pairs: 32,
         pairs: 64,
     };
@@ -785,6 +787,7 @@ fn full_mode_lowers_the_image_loss_through_stylegan2() {
         clip: &clip,
         clip_model: "tiny-clip".into(),
         config: cfg,
+        captions: clip2gan::train::captions::Captions::faces(),
         run_dir: dir.path().join("run"),
         out: dir.path().join("run/mapper.safetensors"),
         resume: false,

@@ -1,27 +1,34 @@
 #!/usr/bin/env python3
-"""Convert a StyleGAN2 generator checkpoint to safetensors for clip2gan.
+"""Convert a StyleGAN2 checkpoint that clip2gan cannot read natively to safetensors.
 
-    python3 tools/stylegan2_to_safetensors.py network-snapshot.pkl ffhq.safetensors \
+clip2gan reads rosinality .pt files (zip and PyTorch < 1.6's legacy format)
+and NVIDIA's PyTorch .pkl files (stylegan2-ada-pytorch, stylegan3's StyleGAN2
+configs) itself, without Python. This script is for what is left:
+
+- NVIDIA's original TensorFlow pickles (the TF StyleGAN2 release, e.g.
+  stylegan2-ffhq-config-f.pkl): they hold TensorFlow variables, which only
+  NVIDIA's legacy.py turns into PyTorch weights;
+- PyTorch files clip2gan's reader refuses (from PyTorch before 0.4, or
+  re-zipped with compression): torch.load and re-save.
+
+    python3 tools/stylegan2_to_safetensors.py stylegan2-ffhq-config-f.pkl ffhq.safetensors \
         --nvidia-code /path/to/stylegan2-ada-pytorch
     python3 tools/stylegan2_to_safetensors.py old-rosinality.pt ffhq.safetensors
 
-NVIDIA .pkl (stylegan2-ada-pytorch, stylegan3, or the official TF StyleGAN2
-pickles): these hold pickled Python classes, so loading them needs NVIDIA's
-code (its `dnnlib`, `torch_utils` and `legacy.py`) on the Python path: pass
-the repository with --nvidia-code, or set PYTHONPATH. `legacy.load_network_pkl`
-reads both PyTorch and TF pickles; the script takes `G_ema`, writes its state
-dict with NVIDIA's tensor names, and records in the metadata what no tensor
-holds: `conv_clamp` (ADA models use 256) and `mapping_lr_multiplier`.
-Only unconditional generators with the 'skip' architecture are supported.
+NVIDIA .pkl: loading needs NVIDIA's code (its `dnnlib`, `torch_utils` and
+`legacy.py`) on the Python path: pass the repository with --nvidia-code, or
+set PYTHONPATH. `legacy.load_network_pkl` reads both PyTorch and TF
+pickles; the script takes `G_ema`, writes its state dict with NVIDIA's
+tensor names, and records in the metadata what no tensor holds:
+`conv_clamp` (ADA models use 256) and `mapping_lr_multiplier`. Only
+unconditional generators with the 'skip' architecture are supported.
 
-rosinality .pt (stylegan2-pytorch): clip2gan reads these directly; convert
-only files it cannot read (saved by PyTorch < 1.6, which did not write zip
-archives). The script writes `g_ema` (or a plain state dict) plus
-`latent_avg` under rosinality's names.
+rosinality .pt (stylegan2-pytorch): writes `g_ema` (or a plain state dict)
+plus `latent_avg` under rosinality's names.
 
 Needs: torch and safetensors (pip install torch safetensors); this script is
 not run by the tests, since NVIDIA's code is not available to them. Loading a
-pickle runs code from it: convert only files you trust.
+pickle with Python runs code from it: convert only files you trust.
 """
 
 import argparse

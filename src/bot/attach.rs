@@ -440,7 +440,7 @@ pub fn prepare(bytes: &[u8], max_pixels: u64) -> Result<Prepared, String> {
             | DynamicImage::ImageLumaA16(_)
     ) {
         notes.push(
-            "It is a black-and-white photo: the generator only makes colour faces, so the \
+            "It is a black-and-white photo: the generator only makes colour images, so the \
              result is in colour."
                 .into(),
         );

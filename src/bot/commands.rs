@@ -14,11 +14,6 @@ use super::store::Ref;
 use super::text::{blocked, clean_input, escape};
 use crate::engine::limits::{strength_ok, strength_span, DEFAULT_STRENGTH, STRENGTH_RANGE};
 
-/// The message command (right click on a message -> Apps). Message
-/// commands have a display name with capitals and spaces, and no
-/// description.
-pub const EDIT_THIS_FACE: &str = "Edit this face";
-
 /// Largest seed: Discord integer options stop at 2^53 - 1.
 pub const SEED_MAX: u64 = (1 << 53) - 1;
 
@@ -55,6 +50,7 @@ pub enum Command {
 /// disappears too).
 pub fn definitions(cfg: &BotConfig) -> Vec<CreateCommand> {
     let max_len = cfg.max_prompt_chars.min(6000) as u16;
+    let words = &cfg.words;
     let image = |description: &str| {
         CreateCommandOption::new(CommandOptionType::Attachment, "image", description)
     };
@@ -63,12 +59,16 @@ pub fn definitions(cfg: &BotConfig) -> Vec<CreateCommand> {
     };
     vec![
         CreateCommand::new("imagine")
-            .description("Create faces from a text description")
+            .description(format!("Create {} from a text description", words.plural()))
             .add_option(
                 CreateCommandOption::new(
                     CommandOptionType::String,
                     "prompt",
-                    "What the face looks like, e.g. \"a man with a beard\"",
+                    format!(
+                        "What the {} looks like, e.g. \"{}\"",
+                        words.noun(),
+                        words.example_prompt()
+                    ),
                 )
                 .required(true)
                 .max_length(max_len),
@@ -87,13 +87,15 @@ pub fn definitions(cfg: &BotConfig) -> Vec<CreateCommand> {
                 .min_int_value(0)
                 .max_int_value(SEED_MAX),
             )
-            .add_option(image(
-                "A photo: makes a face like it, moved toward the prompt",
-            )),
+            .add_option(image(&format!(
+                "A photo: makes {} like it, moved toward the prompt",
+                words.one()
+            ))),
         CreateCommand::new("edit")
-            .description(
-                "Change your latest image: \"add smile\", \"make older\", \"remove beard\"",
-            )
+            .description(format!(
+                "Change your latest image: {}",
+                words.example_edits()
+            ))
             .add_option(
                 CreateCommandOption::new(
                     CommandOptionType::String,
@@ -115,9 +117,10 @@ pub fn definitions(cfg: &BotConfig) -> Vec<CreateCommand> {
                 .min_number_value(*STRENGTH_RANGE.start())
                 .max_number_value(*STRENGTH_RANGE.end()),
             )
-            .add_option(image(
-                "A photo of a face to edit instead of your latest image",
-            )),
+            .add_option(image(&format!(
+                "A photo of {} to edit instead of your latest image",
+                words.one()
+            ))),
         CreateCommand::new("undo").description("Go back to your previous image"),
         CreateCommand::new("morph")
             .description("Animate from one of your images to another (default: your last two)")
@@ -137,7 +140,7 @@ pub fn definitions(cfg: &BotConfig) -> Vec<CreateCommand> {
         CreateCommand::new("history")
             .description("Your recent images in a grid, to pick one again or morph two"),
         super::guild::definition(),
-        CreateCommand::new(EDIT_THIS_FACE).kind(CommandType::Message),
+        CreateCommand::new(words.edit_this()).kind(CommandType::Message),
     ]
 }
 
@@ -176,11 +179,17 @@ fn attachment(data: &CommandData) -> Result<Option<Photo>, String> {
 pub fn check_text(raw: &str, what: &str, cfg: &BotConfig) -> Result<String, String> {
     let text = clean_input(raw);
     if text.is_empty() {
+        let w = &cfg.words;
         return Err(match what {
-            "prompt" => {
-                "The prompt is empty: describe a face, e.g. `/imagine a man with a beard`.".into()
-            }
-            _ => "The instruction is empty: say what to change, e.g. `/edit add smile`.".into(),
+            "prompt" => format!(
+                "The prompt is empty: describe {}, e.g. `/imagine {}`.",
+                w.one(),
+                w.example_prompt()
+            ),
+            _ => format!(
+                "The instruction is empty: say what to change, e.g. `/edit {}`.",
+                w.example_edit()
+            ),
         });
     }
     let n = text.chars().count();
@@ -247,11 +256,10 @@ pub fn parse(data: &CommandData, cfg: &BotConfig) -> Result<Command, String> {
             };
             let image = attachment(data)?;
             if image.is_some() && (count != 1 || seed.is_some()) {
-                return Err(
-                    "With a photo, `/imagine` makes one face from it: leave out `count` \
-                            and `seed`."
-                        .into(),
-                );
+                return Err(format!(
+                    "With a photo, `/imagine` makes one {} from it: leave out `count` and `seed`.",
+                    cfg.words.noun()
+                ));
             }
             Ok(Command::Imagine {
                 prompt,
@@ -314,7 +322,9 @@ pub fn parse(data: &CommandData, cfg: &BotConfig) -> Result<Command, String> {
         }
         "history" => Ok(Command::History),
         "settings" => super::guild::parse(&data.options).map(Command::Settings),
-        EDIT_THIS_FACE if data.kind == CommandType::Message => {
+        // Any subject's name: a bot restarted with another generator may
+        // still get the old registration's command.
+        name if data.kind == CommandType::Message && name.starts_with(super::words::EDIT_THIS) => {
             let message = data
                 .target_id
                 .and_then(|t| data.resolved.messages.get(&MessageId::new(t.get())));

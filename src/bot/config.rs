@@ -132,6 +132,10 @@ pub struct BotConfig {
     pub max_image_pixels: u64,
     /// Frames of a morph animation (`/morph`).
     pub morph_frames: usize,
+    /// What the generator makes, for the texts (from `generator.subject`,
+    /// set by the command that starts the bot; not a `[bot]` key).
+    #[serde(skip)]
+    pub words: super::words::Words,
 }
 
 impl Default for BotConfig {
@@ -156,6 +160,7 @@ impl Default for BotConfig {
             attachment_timeout_ms: 15_000,
             max_image_pixels: 40_000_000,
             morph_frames: 16,
+            words: super::words::Words::default(),
         }
     }
 }

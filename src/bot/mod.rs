@@ -15,6 +15,8 @@
 //! - [`render`]: message text, buttons, the attached image.
 //! - [`text`]: user text cleaned, matched against the blocklist, escaped
 //!   in echoes, and cut to Discord's limit.
+//! - [`words`]: the noun for what the generator makes (`generator.subject`)
+//!   and the texts and examples built on it.
 //! - [`results`]: what the handlers need of a results store
 //!   ([`results::ResultStore`]), and [`results::Local`], the one-process
 //!   store.
@@ -43,6 +45,7 @@ pub mod results;
 pub mod shared;
 pub mod store;
 pub mod text;
+pub mod words;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -42,7 +42,7 @@ pub fn result_content(rec: &Record, shown: Option<usize>, note: Option<&str>) ->
             rec.id
         ),
         Origin::Photo { filename } => format!(
-            "**Photo** `{}` as a face · result #{}",
+            "**Photo** `{}` reimagined · result #{}",
             escape(&clean_input(filename)),
             rec.id
         ),

@@ -132,14 +132,21 @@ pub fn run(cfg: &Config, path: &Path, json: Option<&Path>, a: &AdherenceArgs) ->
     let mut bank_size = None;
     let mut retrieval_bank = None;
     if a.compare {
-        let plan = cfg.first_use().ok_or_else(|| {
+        let plan = cfg.first_use()?.ok_or_else(|| {
             Error::invalid("--compare builds its variants from the first-use pair bank; set [mapper] build = true")
         })?;
         let pairs = plan.read_bank(&clip, g.as_ref(), a.bank.unwrap_or(usize::MAX))?;
         bank_size = Some(pairs.len());
         eprintln!("building the variants from {} pairs", pairs.len());
         let train = &plan.train;
-        let closed = make_mapper(g.as_ref(), &clip, &plan.clip_model, train, &pairs)?;
+        let closed = make_mapper(
+            g.as_ref(),
+            &clip,
+            &plan.clip_model,
+            train,
+            &pairs,
+            &plan.captions,
+        )?;
         let w = pairs.w.narrow(1, 0, 1)?.squeeze(1)?;
         let spread = w.broadcast_sub(&g.w_avg().to_device(w.device())?)?;
         methods.push(Method::Mapper {

@@ -72,7 +72,10 @@ async fn serve(cfg: Config, token: Token) -> Result<(), BotError> {
     health.require(health::GATEWAY, "not connected yet");
     let settings = bot::Settings {
         discord: cfg.discord.clone(),
-        bot: cfg.bot.clone(),
+        bot: bot::BotConfig {
+            words: bot::words::Words::new(&cfg.generator.subject),
+            ..cfg.bot.clone()
+        },
         health: health.clone(),
     };
     // Settings first: a typo should not cost a model load.
@@ -151,7 +154,7 @@ pub(crate) fn open_backend(
     let dev = clip2gan::device::select(&cfg.device)?;
     let setup = cfg.pipeline_setup();
     let path = setup.mapper_path();
-    let plan = cfg.first_use();
+    let plan = cfg.first_use()?;
     if plan.is_none() {
         // Cheap first: a missing mapper should not cost a CLIP download.
         clip2gan::mapper::read_meta(&path)?;

@@ -18,17 +18,18 @@ pub fn load_for(cfg: &Config, size: usize, output: &std::path::Path) -> anyhow::
 fn load(cfg: &Config) -> anyhow::Result<Pipeline> {
     let dev = device::select(&cfg.device)?;
     let setup = cfg.pipeline_setup();
-    let first_use = cfg.first_use().filter(|_| !setup.mapper_path().exists());
+    let first_use = cfg.first_use()?.filter(|_| !setup.mapper_path().exists());
     let (p, warnings) = match first_use {
         None => Pipeline::load(&setup, &dev)?,
         Some(plan) => {
             let clip = clip::Clip::load(&setup.clip_files()?, &dev)?;
             let g = setup.open_generator(&dev, true)?;
             eprintln!(
-                "No mapper at {} yet: building one from {} generated faces (once; later runs reuse it). \
+                "No mapper at {} yet: building one from {} generated {} (once; later runs reuse it). \
                  `clip2gan train --mode fit --pairs {}` or the bot's idle time make it better.",
                 plan.out.display(),
                 plan.first_pairs,
+                clip2gan::pipeline::instruction::plural(&cfg.generator.subject),
                 plan.pairs
             );
             let stop = clip2gan::train::interrupt::install();

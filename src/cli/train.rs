@@ -97,6 +97,7 @@ pub fn run(cfg: &Config, args: &TrainArgs) -> Result<Report> {
         clip: &clip,
         clip_model: cfg.clip.model.clone(),
         config: cfg.train.clone(),
+        captions: cfg.captions()?,
         run_dir,
         out,
         resume: args.resume,

@@ -31,6 +31,9 @@ pub struct GeneratorConfig {
     pub truncation: f64,
     /// Images per forward pass; bounds memory (about 1 GB per 1024 px image on CPU).
     pub max_batch: usize,
+    /// What the generator makes, one noun ("face", "cat", "car"): the edit
+    /// phrases ("a photo of a cat with ...") and the bot's texts use it.
+    pub subject: String,
 }
 
 impl Default for GeneratorConfig {
@@ -44,6 +47,7 @@ impl Default for GeneratorConfig {
             conv_clamp: None,
             truncation: 0.7,
             max_batch: 8,
+            subject: "face".into(),
         }
     }
 }
@@ -51,6 +55,18 @@ impl Default for GeneratorConfig {
 impl GeneratorConfig {
     pub fn validate(&self) -> Result<()> {
         super::check_truncation(self.truncation)?;
+        let s = self.subject.trim();
+        if s.is_empty()
+            || s != self.subject
+            || s.chars().count() > 22
+            || !s.chars().all(|c| c.is_alphabetic() || c == ' ' || c == '-')
+        {
+            return Err(Error::Config(format!(
+                "generator.subject = {:?}: use the noun for what the generator makes, in letters \
+                 (up to 22), e.g. \"face\", \"cat\" or \"car\"",
+                self.subject
+            )));
+        }
         if self.max_batch == 0 {
             return Err(Error::Config(
                 "generator.max_batch must be at least 1".into(),

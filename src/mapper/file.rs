@@ -31,6 +31,11 @@ pub struct MapperFileConfig {
     /// The bank grows to this many pairs while the bot is idle, and the
     /// mapper is refitted at each doubling.
     pub pairs: usize,
+    /// A file of typical prompts for this generator, one per line (relative
+    /// to `models_dir` unless absolute): their mean text embedding is the
+    /// text side of the fit's modality-gap shift. Unset: 64 built-in face
+    /// captions, right for face generators only.
+    pub captions: Option<PathBuf>,
 }
 
 impl Default for MapperFileConfig {
@@ -40,6 +45,7 @@ impl Default for MapperFileConfig {
             build: true,
             first_pairs: 512,
             pairs: 2048,
+            captions: None,
         }
     }
 }
@@ -58,6 +64,15 @@ impl MapperFileConfig {
     /// The mapper file, resolved against `models_dir`.
     pub fn path_in(&self, models_dir: &Path) -> PathBuf {
         models_dir.join(&self.path)
+    }
+
+    /// The captions of the text shift: the configured file's, or the
+    /// built-in face captions.
+    pub fn captions_in(&self, models_dir: &Path) -> Result<crate::train::captions::Captions> {
+        match &self.captions {
+            Some(p) => crate::train::captions::Captions::read(&models_dir.join(p)),
+            None => Ok(crate::train::captions::Captions::faces()),
+        }
     }
 }
 

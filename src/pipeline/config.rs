@@ -62,6 +62,7 @@ impl PipelineConfig {
             sample_temperature: self.sample_temperature,
             max_batch,
             noise: NoiseMode::Fixed,
+            subject: super::instruction::FACE.into(),
         }
     }
 }
@@ -80,7 +81,10 @@ pub struct PipelineSetup {
 impl PipelineSetup {
     /// Pipeline settings from `[pipeline]` and `[generator]`.
     pub fn settings(&self) -> Settings {
-        self.pipeline.settings(self.generator.max_batch)
+        Settings {
+            subject: self.generator.subject.clone(),
+            ..self.pipeline.settings(self.generator.max_batch)
+        }
     }
 
     pub fn mapper_path(&self) -> PathBuf {

@@ -1,13 +1,18 @@
 //! The edit grammar: turning "add smile" into a target and a neutral phrase.
 //!
+//! The phrases name the generator's subject (`generator.subject`, "face" by
+//! default): with subject "cat", `add a collar` targets "a photo of a cat
+//! with a collar". In the table, S is the subject with its article
+//! ("a face", "an owl").
+//!
 //! | instruction                         | target phrase                      | neutral phrase          |
 //! |-------------------------------------|------------------------------------|-------------------------|
-//! | `add X`, `with X`, `give X`         | a photo of a face with X           | a photo of a face       |
-//! | `remove X`, `without X`, `no X`     | a photo of a face                  | a photo of a face with X|
-//! | `make X`, `make it X`, `more X`     | a photo of a/an X face             | a photo of a face       |
-//! | `less X`, `not X`                   | a photo of a face                  | a photo of a/an X face  |
-//! | `make it brighter`, `darker`, `warmer background`, `paler`, ... (see [`COMPARATIVES`]) | the attribute's photo phrase | a photo of a face |
-//! | anything else                       | the text as written                | a photo of a face       |
+//! | `add X`, `with X`, `give X`         | a photo of S with X                | a photo of S            |
+//! | `remove X`, `without X`, `no X`     | a photo of S                       | a photo of S with X     |
+//! | `make X`, `make it X`, `more X`     | a photo of a/an X subject          | a photo of S            |
+//! | `less X`, `not X`                   | a photo of S                       | a photo of a/an X subject |
+//! | `make it brighter`, `darker`, `warmer background`, `paler`, ... (see [`COMPARATIVES`]) | the attribute's photo phrase | a photo of S |
+//! | anything else                       | the text as written                | a photo of S            |
 //!
 //! Comparatives ("brighter", "a cooler background") are matched first:
 //! CLIP knows "a bright photo of a face" far better than "a photo of a
@@ -16,7 +21,11 @@
 //! Words are matched case-insensitively; the direction applied to a latent
 //! is `M(target) - M(neutral)` (M = CLIP text encoder, then the mapper).
 
+/// The neutral phrase of the default subject, "face".
 pub const NEUTRAL: &str = "a photo of a face";
+
+/// The default `generator.subject`.
+pub const FACE: &str = "face";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EditPhrases {
@@ -31,28 +40,52 @@ fn article(word: &str) -> &'static str {
     }
 }
 
-fn with(x: &str) -> String {
-    format!("{NEUTRAL} with {x}")
+/// "a face", "an owl".
+fn with_article(noun: &str) -> String {
+    format!("{} {noun}", article(noun))
 }
 
-fn adjective(x: &str) -> String {
-    format!("a photo of {} {x} face", article(x))
+/// English plural by the regular rules ("cats", "buses", "butterflies").
+pub fn plural(noun: &str) -> String {
+    let n = noun;
+    let consonant_y = n.ends_with('y') && !n[..n.len() - 1].ends_with(['a', 'e', 'i', 'o', 'u']);
+    if consonant_y {
+        format!("{}ies", &n[..n.len() - 1])
+    } else if n.ends_with(['s', 'x', 'z']) || n.ends_with("ch") || n.ends_with("sh") {
+        format!("{n}es")
+    } else {
+        format!("{n}s")
+    }
+}
+
+/// "a photo of a face": the neutral phrase for `subject`.
+pub fn neutral(subject: &str) -> String {
+    format!("a photo of {}", with_article(subject))
+}
+
+fn with(x: &str, subject: &str) -> String {
+    format!("{} with {x}", neutral(subject))
+}
+
+fn adjective(x: &str, subject: &str) -> String {
+    format!("a photo of {} {x} {subject}", article(x))
 }
 
 /// Comparative edits of a whole photo: the words (after an optional
-/// "make it" / "make the" / "a") and the phrase they target.
+/// "make it" / "make the" / "a") and the phrase they target, where `{a}`
+/// stands for the subject with its article and `{n}` for the subject.
 pub const COMPARATIVES: [(&[&str], &str); 6] = [
     (
         &["brighter", "lighter", "more light", "more bright"],
-        "a bright photo of a face",
+        "a bright photo of {a}",
     ),
     (
         &["darker", "dimmer", "less light", "less bright"],
-        "a dark photo of a face",
+        "a dark photo of {a}",
     ),
     (
         &["warmer background", "background warmer", "warmer backdrop"],
-        "a face in front of a warm background",
+        "{a} in front of a warm background",
     ),
     (
         &[
@@ -61,7 +94,7 @@ pub const COMPARATIVES: [(&[&str], &str); 6] = [
             "background cooler",
             "cooler backdrop",
         ],
-        "a face in front of a cool background",
+        "{a} in front of a cool background",
     ),
     (
         &[
@@ -71,7 +104,7 @@ pub const COMPARATIVES: [(&[&str], &str); 6] = [
             "colorful",
             "more vivid",
         ],
-        "a colourful face",
+        "a colourful {n}",
     ),
     (
         &[
@@ -81,11 +114,11 @@ pub const COMPARATIVES: [(&[&str], &str); 6] = [
             "pale",
             "more pale",
         ],
-        "a pale face",
+        "a pale {n}",
     ),
 ];
 
-fn comparative(lower: &str) -> Option<&'static str> {
+fn comparative(lower: &str, subject: &str) -> Option<String> {
     let mut rest = lower.trim_end_matches(['.', '!']);
     for prefix in ["make it ", "make the ", "make ", "a ", "give it a "] {
         if let Some(r) = rest.strip_prefix(prefix) {
@@ -96,20 +129,31 @@ fn comparative(lower: &str) -> Option<&'static str> {
     COMPARATIVES
         .iter()
         .find(|(words, _)| words.contains(&rest))
-        .map(|(_, target)| *target)
+        .map(|(_, target)| {
+            target
+                .replace("{a}", &with_article(subject))
+                .replace("{n}", subject)
+        })
 }
 
-/// Parse an instruction; `None` for empty text.
+/// Parse an instruction about a face; `None` for empty text.
 pub fn parse(instruction: &str) -> Option<EditPhrases> {
+    parse_about(instruction, FACE)
+}
+
+/// Parse an instruction about the generator's `subject` ("face", "cat",
+/// "car"); `None` for empty text.
+pub fn parse_about(instruction: &str, subject: &str) -> Option<EditPhrases> {
     let text = instruction.split_whitespace().collect::<Vec<_>>().join(" ");
     if text.is_empty() {
         return None;
     }
+    let plain = neutral(subject);
     let lower = text.to_lowercase();
-    if let Some(target) = comparative(&lower) {
+    if let Some(target) = comparative(&lower, subject) {
         return Some(EditPhrases {
-            target: target.into(),
-            neutral: NEUTRAL.into(),
+            target,
+            neutral: plain,
         });
     }
     let rest = |prefix: &str| -> Option<&str> {
@@ -122,25 +166,25 @@ pub fn parse(instruction: &str) -> Option<EditPhrases> {
     let phrases = |target: String, neutral: String| Some(EditPhrases { target, neutral });
     for p in ["add", "with", "give"] {
         if let Some(x) = rest(p) {
-            return phrases(with(x), NEUTRAL.into());
+            return phrases(with(x, subject), plain);
         }
     }
     for p in ["remove", "without", "no"] {
         if let Some(x) = rest(p) {
-            return phrases(NEUTRAL.into(), with(x));
+            return phrases(plain, with(x, subject));
         }
     }
     for p in ["make it", "make", "more"] {
         if let Some(x) = rest(p) {
-            return phrases(adjective(x), NEUTRAL.into());
+            return phrases(adjective(x, subject), plain);
         }
     }
     for p in ["less", "not"] {
         if let Some(x) = rest(p) {
-            return phrases(NEUTRAL.into(), adjective(x));
+            return phrases(plain, adjective(x, subject));
         }
     }
-    phrases(text, NEUTRAL.into())
+    phrases(text, plain)
 }
 
 #[cfg(test)]
@@ -203,5 +247,56 @@ mod tests {
             parse("make older").unwrap().target,
             "a photo of an older face"
         );
+    }
+
+    #[test]
+    fn phrases_name_the_subject() {
+        assert_eq!(neutral(FACE), NEUTRAL);
+        for (text, target, neutral) in [
+            (
+                "add a collar",
+                "a photo of a cat with a collar",
+                "a photo of a cat",
+            ),
+            (
+                "remove the collar",
+                "a photo of a cat",
+                "a photo of a cat with the collar",
+            ),
+            (
+                "make fluffier",
+                "a photo of a fluffier cat",
+                "a photo of a cat",
+            ),
+            ("less angry", "a photo of a cat", "a photo of an angry cat"),
+            (
+                "make it brighter",
+                "a bright photo of a cat",
+                "a photo of a cat",
+            ),
+            (
+                "warmer background",
+                "a cat in front of a warm background",
+                "a photo of a cat",
+            ),
+            ("paler", "a pale cat", "a photo of a cat"),
+            ("sleeping", "sleeping", "a photo of a cat"),
+        ] {
+            let p = parse_about(text, "cat").unwrap();
+            assert_eq!(
+                (p.target.as_str(), p.neutral.as_str()),
+                (target, neutral),
+                "{text}"
+            );
+        }
+        let p = parse_about("more red", "owl").unwrap();
+        assert_eq!(
+            (p.target.as_str(), p.neutral.as_str()),
+            ("a photo of a red owl", "a photo of an owl")
+        );
+        assert!(!parse_about("add wheels", "car")
+            .unwrap()
+            .target
+            .contains("face"));
     }
 }

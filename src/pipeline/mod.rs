@@ -39,6 +39,9 @@ pub struct Settings {
     /// Images per generator call.
     pub max_batch: usize,
     pub noise: NoiseMode,
+    /// What the generator makes (`generator.subject`): the noun of the
+    /// edit phrases.
+    pub subject: String,
 }
 
 impl Default for Settings {
@@ -50,6 +53,7 @@ impl Default for Settings {
             sample_temperature: 0.8,
             max_batch: 8,
             noise: NoiseMode::Fixed,
+            subject: instruction::FACE.into(),
         }
     }
 }
@@ -376,7 +380,8 @@ impl Pipeline {
         let mut clock = Instant::now();
         let mut texts = Vec::with_capacity(2 * instructions.len());
         for ins in instructions {
-            let p = instruction::parse(ins).ok_or_else(|| Error::invalid(limits::EMPTY_EDIT))?;
+            let p = instruction::parse_about(ins, &self.settings.subject)
+                .ok_or_else(|| Error::invalid(limits::EMPTY_EDIT))?;
             texts.push(p.target);
             texts.push(p.neutral);
         }

@@ -465,19 +465,20 @@ impl Closed {
 }
 
 /// The closed-form mapper of `pairs` for generator `g` and `clip`: the fit,
-/// the text shift from [`super::captions`], and metadata saying how it was
-/// made.
+/// the text shift from `captions` (see [`super::captions`]), and metadata
+/// saying how it was made (`metrics.text_shift`: which captions).
 pub fn make_mapper(
     g: &dyn crate::generator::Generator,
     clip: &crate::clip::Clip,
     clip_model: &str,
     train: &super::TrainConfig,
     pairs: &PairSet,
+    captions: &super::captions::Captions,
 ) -> Result<Closed> {
     use crate::mapper::{MapperConfig, MapperKind};
     let f = fit(pairs, g.w_avg(), g.num_styles(), &train.fit, train.seed)?;
     let dev = g.device();
-    let mu_text = super::captions::text_mean(clip)?.to_device(&Device::Cpu)?;
+    let mu_text = super::captions::text_mean(clip, captions)?.to_device(&Device::Cpu)?;
     let mu_image = pairs.e.to_device(&Device::Cpu)?.mean(0)?;
     let vars = [
         ("linear.weight", f.weight.clone()),
@@ -495,7 +496,7 @@ pub fn make_mapper(
         bank: pairs.len(),
         ..MapperConfig::default()
     };
-    meta.metrics = serde_json::json!({ "fit": f.report });
+    meta.metrics = serde_json::json!({ "fit": f.report, "text_shift": captions.record() });
     let mapper = crate::mapper::Mapper::init(&varmap, meta, g.w_avg(), dev)?;
     Ok(Closed {
         mapper,

@@ -16,7 +16,9 @@
 //! - [`source`]: each step's batch, from the cache or fresh samples.
 //! - [`gap`]: the LAFITE perturbation; [`losses`]: the objective.
 //! - [`fit`]: the closed-form mapper (`mode = "fit"`): ridge regression on
-//!   the pair cache, with the text shift from [`captions`]; [`refine`]: the
+//!   the pair cache, with the text shift from [`captions`] (the configured
+//!   file's or the built-in face captions, recorded in the mapper's
+//!   metadata); [`refine`]: the
 //!   MLP that starts as the fit and learns more from the same pairs.
 //! - [`optim`]: AdamW with saveable state, and the schedule.
 //! - [`warmup`]: first use: the first mapper built before the first face,
@@ -67,6 +69,8 @@ pub struct Setup<'a> {
     /// The CLIP checkpoint's name, recorded in the mapper (`[clip] model`).
     pub clip_model: String,
     pub config: TrainConfig,
+    /// Typical prompts for the fit's text shift (`[mapper] captions`).
+    pub captions: captions::Captions,
     /// Checkpoint, metrics and pair cache (resolved path).
     pub run_dir: PathBuf,
     /// The finished mapper.

@@ -45,6 +45,8 @@ pub struct Refinement {
     carried: Vec<(&'static str, Tensor)>,
     bank: usize,
     fit: serde_json::Value,
+    /// Which captions made the carried text shift (the fit's record).
+    text_shift: serde_json::Value,
 }
 
 impl Refinement {
@@ -114,6 +116,7 @@ impl Refinement {
             carried,
             bank: pairs.len(),
             fit: serde_json::to_value(&fitted.report).unwrap_or_default(),
+            text_shift: closed.mapper.meta.metrics["text_shift"].clone(),
         })
     }
 
@@ -200,6 +203,7 @@ impl Refinement {
         meta.metrics = serde_json::json!({
             "fit": self.fit,
             "refine": { "steps": self.step, "final_loss": self.last_loss },
+            "text_shift": self.text_shift,
         });
         let m = Mapper::init(&varmap, meta, g.w_avg(), g.device())?;
         Ok((m, varmap))

@@ -391,7 +391,7 @@ fn fit_run(s: &Setup) -> Result<Report> {
         report.interrupted = true;
         return Ok(report);
     };
-    let closed = super::fit::make_mapper(s.g, s.clip, &s.clip_model, cfg, &pairs)?;
+    let closed = super::fit::make_mapper(s.g, s.clip, &s.clip_model, cfg, &pairs, &s.captions)?;
     let fit = &closed.fitted.report;
     metrics.write(&serde_json::json!({"event": "fit", "fit": fit}))?;
     if !s.quiet {

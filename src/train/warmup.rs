@@ -34,6 +34,8 @@ pub struct Plan {
     pub train: TrainConfig,
     /// The CLIP checkpoint's name, recorded in the mapper.
     pub clip_model: String,
+    /// Typical prompts of the generator, for the text shift.
+    pub captions: super::captions::Captions,
     pub first_pairs: usize,
     pub pairs: usize,
 }
@@ -98,6 +100,7 @@ pub fn build_first(
         clip,
         clip_model: plan.clip_model.clone(),
         config,
+        captions: plan.captions.clone(),
         run_dir: plan.run_dir.clone(),
         out: plan.out.clone(),
         resume: false,
@@ -242,7 +245,14 @@ impl Growth {
             pairs: n,
             ..self.plan.train.clone()
         };
-        let closed = super::fit::make_mapper(g, clip, &self.plan.clip_model, &config, &pairs)?;
+        let closed = super::fit::make_mapper(
+            g,
+            clip,
+            &self.plan.clip_model,
+            &config,
+            &pairs,
+            &self.plan.captions,
+        )?;
         crate::mapper::save(
             &self.plan.out,
             &closed.varmap,

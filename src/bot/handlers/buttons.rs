@@ -40,12 +40,12 @@ impl Bot {
     ) {
         match photo {
             None => {
-                self.say(
-                    &resp,
-                    "That message has no image attached. Use **Edit this face** on a message \
-                     with a photo uploaded as a file (not a link).",
-                )
-                .await
+                let text = format!(
+                    "That message has no image attached. Use **{}** on a message with a photo \
+                     uploaded as a file (not a link).",
+                    self.cfg.words.edit_this()
+                );
+                self.say(&resp, &text).await
             }
             Some(photo) => {
                 if let Err(text) = self.fetcher.precheck(&photo) {
@@ -53,7 +53,14 @@ impl Bot {
                 }
                 let key = resp.id.get();
                 self.remember(key, photo, ctx.user);
-                if let Err(e) = resp.modal(photo_modal(key, ctx.cfg.max_prompt_chars)).await {
+                if let Err(e) = resp
+                    .modal(photo_modal(
+                        key,
+                        ctx.cfg.max_prompt_chars,
+                        &ctx.cfg.words.edit_this(),
+                    ))
+                    .await
+                {
                     warn!(error = %e, "could not open the edit dialog");
                     self.pending.remove(&key);
                 }
@@ -237,12 +244,12 @@ impl Bot {
                             .await
                     }
                     None => {
-                        self.say(
-                            &resp,
-                            "This dialog has expired (or the bot restarted since). Use **Edit \
-                             this face** on the message again.",
-                        )
-                        .await
+                        let text = format!(
+                            "This dialog has expired (or the bot restarted since). Use **{}** \
+                             on the message again.",
+                            self.cfg.words.edit_this()
+                        );
+                        self.say(&resp, &text).await
                     }
                 }
             }
@@ -274,7 +281,6 @@ fn edit_modal(r: Ref, max_chars: usize) -> CreateModal {
         .components(text_inputs(max_chars))
 }
 
-fn photo_modal(key: u64, max_chars: usize) -> CreateModal {
-    CreateModal::new(format!("{PHOTO_MODAL}{key}"), "Edit this face")
-        .components(text_inputs(max_chars))
+fn photo_modal(key: u64, max_chars: usize, title: &str) -> CreateModal {
+    CreateModal::new(format!("{PHOTO_MODAL}{key}"), title).components(text_inputs(max_chars))
 }

@@ -18,13 +18,17 @@ use crate::bot::respond::Responder;
 use crate::bot::store::{Origin, Ref};
 use crate::bot::Bot;
 
-/// Said with every image made from a photo: there is no face detector, so
-/// a photo without a face is inverted like any other, and the user should
-/// know what the result is.
-const PHOTO_NOTE: &str = "Made from your photo: CLIP reads the whole picture and the mapper \
-                          turns that reading into a face, so this is what CLIP makes of the \
-                          photo, not a copy of it. A photo without a clear face still gives a \
-                          face.";
+/// Said with every image made from a photo: there is no detector of the
+/// subject, so a photo without one is inverted like any other, and the
+/// user should know what the result is.
+fn photo_note(w: &crate::bot::words::Words) -> String {
+    let (one, noun) = (w.one(), w.noun());
+    format!(
+        "Made from your photo: CLIP reads the whole picture and the mapper turns that reading \
+         into {one}, so this is what CLIP makes of the photo, not a copy of it. A photo without \
+         a clear {noun} still gives {one}."
+    )
+}
 
 /// A photo to download and turn into a face, and an edit to apply to it.
 struct PhotoJob {
@@ -154,7 +158,7 @@ impl Bot {
             })?
             .map_err(Refused::say)?;
         let mut notes = prepared.notes;
-        notes.insert(0, PHOTO_NOTE.to_string());
+        notes.insert(0, photo_note(&self.cfg.words));
         let mut shown = None;
         let invert = self
             .engine
@@ -176,9 +180,10 @@ impl Bot {
             }
         };
         let Some(latent) = out.latents.first().cloned() else {
-            return Err(Refused::say(
-                "The photo gave no face; please try another one.",
-            ));
+            return Err(Refused::say(format!(
+                "The photo gave no {}; please try another one.",
+                self.cfg.words.noun()
+            )));
         };
         let photo = self
             .save(

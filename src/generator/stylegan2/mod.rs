@@ -1,9 +1,10 @@
 //! StyleGAN2 generators (config-f and the ADA variant) loaded from the
-//! checkpoints people already have: rosinality `.pt` files, safetensors in
-//! NVIDIA's or rosinality's naming, and NVIDIA `.pkl` files once converted
-//! by `tools/stylegan2_to_safetensors.py`. `load` reads and checks a
-//! checkpoint, `model` runs it on the kernels of [`crate::ops`] (FIR
-//! resampling, dense conv on gemm, the fused epilogue).
+//! checkpoints people already have, natively and without running any code
+//! they carry: rosinality `.pt` files (zip or PyTorch < 1.6's legacy
+//! serialisation), NVIDIA `.pkl` network pickles, and safetensors in
+//! NVIDIA's or rosinality's naming. `load` reads and checks a checkpoint,
+//! `model` runs it on the kernels of [`crate::ops`] (FIR resampling, dense
+//! conv on gemm, the fused epilogue).
 
 pub mod load;
 pub mod model;
@@ -23,7 +24,7 @@ use crate::generator::GeneratorConfig;
 pub fn open(cfg: &GeneratorConfig, models_dir: &Path, device: &Device) -> Result<StyleGan2> {
     let path = cfg.checkpoint_path(models_dir).ok_or_else(|| {
         Error::Config(
-            "generator.kind = \"stylegan2\" needs generator.checkpoint = \"path/to/model.pt\" (or .safetensors)".into(),
+            "generator.kind = \"stylegan2\" needs generator.checkpoint = \"path/to/model.pt\" (or .pkl, .safetensors)".into(),
         )
     })?;
     let opts = LoadOptions {

@@ -127,9 +127,9 @@ impl Checkpoint {
     /// Check and arrange everything the generator needs.
     pub(crate) fn parse(mut self, opts: &LoadOptions) -> Result<RawParams> {
         self.strip_ema_prefix();
-        let naming = detect(&self.tensors).ok_or_else(|| {
+        let naming = detect(|n| self.has(n)).ok_or_else(|| {
             self.bad(unknown_layout(
-                &self.tensors,
+                self.tensors.keys().map(String::as_str),
                 "no known StyleGAN2 generator layout",
             ))
         })?;

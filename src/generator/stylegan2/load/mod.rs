@@ -1,31 +1,38 @@
 //! Reading StyleGAN2 checkpoints into one neutral description of the network
 //! (raw parameters, before their run-time gains, in NVIDIA's conventions).
 //!
-//! Two tensor layouts are recognised, in `.pt` and `.safetensors` files alike:
+//! Two tensor layouts are recognised, in every file format:
 //!
 //! - **NVIDIA** (stylegan2-ada-pytorch, stylegan3's StyleGAN2, and the
 //!   official TF weights after NVIDIA's `legacy.py`): `mapping.fc{i}.*`,
-//!   `mapping.w_avg`, `synthesis.b{res}.{const,conv0,conv1,torgb}.*`.
-//!   `.pkl` files hold pickled Python classes; convert them first with
-//!   `tools/stylegan2_to_safetensors.py`.
+//!   `mapping.w_avg`, `synthesis.b{res}.{const,conv0,conv1,torgb}.*`: the
+//!   names of `G_ema.state_dict()`, which walking a `.pkl`'s network
+//!   records yields.
 //! - **rosinality** (stylegan2-pytorch): `style.{i}.*`, `input.input`,
 //!   `conv1`, `to_rgb1`, `convs.{j}`, `to_rgbs.{k}`, `noises.noise_{j}`;
 //!   in a `.pt` under the `g_ema` key, with `latent_avg` next to it.
 //!
 //! Everything (resolution, mapping depth, z/w sizes, channels per block) is
 //! read off the tensor shapes. Settings that no tensor records (ADA's
-//! `conv_clamp`, the mapping learning-rate multiplier) come from safetensors
-//! metadata as the converter writes it, then from the configuration, else
-//! from NVIDIA's defaults (no clamp, 0.01).
+//! `conv_clamp`, the mapping learning-rate multiplier) come from a `.pkl`'s
+//! module attributes or safetensors metadata as the converter writes it,
+//! then from the configuration, else from NVIDIA's defaults (no clamp, 0.01).
 //!
-//! By job: this file reads the file formats (`.pt`, `.safetensors`) into a
-//! [`Checkpoint`]; [`naming`] knows both layouts' tensor names; [`arch`]
-//! reads the architecture off the shapes and checks it; [`random`] writes
-//! random weights.
+//! By job: this file opens a file and hands it to its format's reader,
+//! giving a [`Checkpoint`]; [`pickle`] is the pickle reader that runs no
+//! code; [`torch`] reads PyTorch's zip and legacy serialisations and
+//! pickled tensors; [`nvidia`] walks NVIDIA's network records; [`formats`]
+//! picks the generator's tensors out of a PyTorch file; [`naming`] knows
+//! both layouts' tensor names; [`arch`] reads the architecture off the
+//! shapes and checks it; [`random`] writes random weights.
 
 mod arch;
+mod formats;
 mod naming;
+mod nvidia;
+mod pickle;
 mod random;
+mod torch;
 
 pub use arch::{block_resolutions, check_resolution, Arch, LoadOptions, DEFAULT_MAPPING_LR};
 pub(crate) use arch::{RawConv, RawParams, RawRgb};
@@ -33,13 +40,11 @@ pub use naming::Naming;
 pub use random::random_checkpoint;
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
-use naming::{detect, unknown_layout};
 
 /// The tensors (f32, CPU) and metadata of one checkpoint file.
 pub struct Checkpoint {
@@ -48,96 +53,51 @@ pub struct Checkpoint {
     metadata: HashMap<String, String>,
 }
 
+/// For the files only NVIDIA's or PyTorch's own code can read.
 const CONVERT_HINT: &str =
     "convert it with tools/stylegan2_to_safetensors.py (see README.md, \"StyleGAN2 generators\")";
 
 impl Checkpoint {
-    /// Read a `.pt`/`.pth` (PyTorch zip, state dict or `{"g_ema": ...}`) or
-    /// `.safetensors` file.
+    /// Read a `.pt`/`.pth` (PyTorch zip or legacy serialisation, a state
+    /// dict or `{"g_ema": ...}`), an NVIDIA `.pkl` (`G_ema`) or a
+    /// `.safetensors` file. The format is told by the content; nothing in
+    /// a pickle is run.
     pub fn open(path: &Path) -> Result<Self> {
         let file = path.display().to_string();
         if !path.exists() {
             return Err(Error::MissingWeights {
                 path: path.to_path_buf(),
-                hint: "Set generator.checkpoint to a StyleGAN2 checkpoint: a .pt (rosinality's, with g_ema) or a .safetensors (see README.md, \"StyleGAN2 generators\").".into(),
+                hint: "Set generator.checkpoint to a StyleGAN2 checkpoint: a .pt (rosinality's, with g_ema), an NVIDIA .pkl or a .safetensors (see README.md, \"StyleGAN2 generators\").".into(),
             });
         }
-        let bad = |detail: String| Error::BadCheckpoint {
-            file: file.clone(),
-            detail,
-        };
         let ext = path
             .extension()
             .map(|e| e.to_string_lossy().to_ascii_lowercase())
             .unwrap_or_default();
-        if ext == "pkl" {
-            return Err(bad(format!(
-                "NVIDIA .pkl files hold pickled Python classes that only NVIDIA's code can load; {CONVERT_HINT}"
-            )));
-        }
-        let mut magic = [0u8; 4];
-        let n = std::fs::File::open(path)
-            .and_then(|mut f| f.read(&mut magic))
-            .map_err(|err| Error::Read {
-                path: path.to_path_buf(),
-                err,
-            })?;
-        if ext == "safetensors" || (ext != "pt" && ext != "pth" && &magic[..n.min(2)] != b"PK") {
-            let bytes = std::fs::read(path).map_err(|err| Error::Read {
-                path: path.to_path_buf(),
-                err,
-            })?;
+        let bytes = std::fs::read(path).map_err(|err| Error::Read {
+            path: path.to_path_buf(),
+            err,
+        })?;
+        let torch_like = bytes.starts_with(b"PK") || bytes.first() == Some(&0x80);
+        if ext == "safetensors" || (!torch_like && !matches!(ext.as_str(), "pt" | "pth" | "pkl")) {
             let crate::tensorfile::TensorFile { tensors, metadata } =
-                crate::tensorfile::decode(&bytes, &Device::Cpu)
-                    .map_err(|e| bad(format!("cannot read safetensors: {e}")))?;
+                crate::tensorfile::decode(&bytes, &Device::Cpu).map_err(|e| {
+                    Error::BadCheckpoint {
+                        file: file.clone(),
+                        detail: format!("cannot read safetensors: {e}"),
+                    }
+                })?;
             return Ok(Self {
                 file,
                 tensors,
                 metadata,
             });
         }
-        if &magic[..n.min(2)] != b"PK" {
-            return Err(bad(format!(
-                "not a PyTorch zip checkpoint (torch.save writes zip archives since PyTorch 1.6): re-save it with a recent PyTorch, or {CONVERT_HINT}"
-            )));
-        }
-        let read = |key: Option<&str>| -> Result<HashMap<String, Tensor>> {
-            let pth = candle_core::pickle::PthTensors::new(path, key)
-                .map_err(|e| bad(format!("cannot read the PyTorch checkpoint: {e}")))?;
-            let mut out = HashMap::new();
-            for name in pth.tensor_infos().keys() {
-                let t = pth
-                    .get(name)
-                    .map_err(|e| bad(format!("cannot read tensor `{name}`: {e}")))?;
-                if let Some(t) = t {
-                    out.insert(name.clone(), t);
-                }
-            }
-            Ok(out)
-        };
-        let top = read(None)?;
-        let mut tensors =
-            if detect(&top).is_some() {
-                top.clone()
-            } else {
-                match read(Some("g_ema")) {
-                    Ok(t) => t,
-                    Err(_) => return Err(bad(unknown_layout(
-                        &top,
-                        "the file has no `g_ema` entry and no generator tensors at its top level",
-                    ))),
-                }
-            };
-        // rosinality keeps the truncation centre next to the state dict.
-        if let Some(avg) = top.get("latent_avg") {
-            tensors
-                .entry("latent_avg".into())
-                .or_insert_with(|| avg.clone());
-        }
+        let (tensors, metadata) = formats::read_torch(&file, &bytes)?;
         Ok(Self {
             file,
             tensors,
-            metadata: HashMap::new(),
+            metadata,
         })
     }
 

@@ -1,11 +1,7 @@
 //! Tensor names of the two layouts, NVIDIA's and rosinality's, by position
 //! in the network: the one place that knows either naming.
 
-use std::collections::{BTreeSet, HashMap};
-
-use candle_core::Tensor;
-
-use super::CONVERT_HINT;
+use std::collections::BTreeSet;
 
 /// Which tensor names a checkpoint uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,10 +10,11 @@ pub enum Naming {
     Rosinality,
 }
 
-pub(super) fn detect(tensors: &HashMap<String, Tensor>) -> Option<Naming> {
-    if tensors.contains_key("synthesis.b4.const") || tensors.contains_key("mapping.fc0.weight") {
+/// The layout of a set of tensor names, by the names only `has` holds.
+pub(super) fn detect(has: impl Fn(&str) -> bool) -> Option<Naming> {
+    if has("synthesis.b4.const") || has("mapping.fc0.weight") {
         Some(Naming::Nvidia)
-    } else if tensors.contains_key("input.input") || tensors.contains_key("style.1.weight") {
+    } else if has("input.input") || has("style.1.weight") {
         Some(Naming::Rosinality)
     } else {
         None
@@ -25,9 +22,9 @@ pub(super) fn detect(tensors: &HashMap<String, Tensor>) -> Option<Naming> {
 }
 
 /// "expected ... found ..." for a file of no known layout, names abbreviated.
-pub(super) fn unknown_layout(tensors: &HashMap<String, Tensor>, why: &str) -> String {
+pub(super) fn unknown_layout<'n>(names: impl IntoIterator<Item = &'n str>, why: &str) -> String {
     const SHOW: usize = 8;
-    let names: BTreeSet<&str> = tensors.keys().map(String::as_str).collect();
+    let names: BTreeSet<&str> = names.into_iter().collect();
     let mut found = names
         .iter()
         .take(SHOW)
@@ -45,7 +42,7 @@ pub(super) fn unknown_layout(tensors: &HashMap<String, Tensor>, why: &str) -> St
          (mapping.fc0.weight, mapping.w_avg, synthesis.b4.const, synthesis.b4.conv1.weight, \
          synthesis.b4.torgb.weight, ...) or rosinality's (style.1.weight, input.input, \
          conv1.conv.weight, to_rgb1.conv.weight, convs.0.conv.weight, ..., under `g_ema` in a .pt); \
-         found {} tensor(s): {found}. NVIDIA .pkl files: {CONVERT_HINT}",
+         found {} tensor(s): {found}",
         names.len()
     )
 }
