@@ -329,7 +329,7 @@ fn curve(
     stats: &AttributeStats,
     a: &AdherenceArgs,
 ) -> Result<Vec<CurvePoint>> {
-    let plan = cfg.first_use().ok_or_else(|| {
+    let plan = cfg.first_use()?.ok_or_else(|| {
         Error::invalid(
             "--curve builds its mappers from the first-use pair bank; set [mapper] build = true",
         )
@@ -349,7 +349,14 @@ fn curve(
     for n in sizes {
         let pairs = plan.read_bank(&p.clip, p.generator.as_ref(), n)?;
         let g = p.generator.as_ref();
-        let closed = make_mapper(g, &p.clip, &plan.clip_model, &plan.train, &pairs)?;
+        let closed = make_mapper(
+            g,
+            &p.clip,
+            &plan.clip_model,
+            &plan.train,
+            &pairs,
+            &plan.captions,
+        )?;
         let mut r = Refinement::new(g, &p.clip, &plan.clip_model, &plan.train, &pairs, &closed)?;
         while !r.done() {
             r.step(g, &p.clip)?;
