@@ -66,6 +66,10 @@ async fn serve(cfg: Config, token: Token) -> Result<(), BotError> {
     if cfg.queue.url.is_empty() {
         health.require(health::MODELS, "loading");
     } else {
+        // The settings' own check first: it says what a queue URL must be.
+        cfg.queue
+            .validate()
+            .map_err(|e| BotError::Config(e.to_string()))?;
         let link = Link::new(&cfg.queue).map_err(|e| BotError::Config(e.to_string()))?;
         health.live(health::REDIS, Arc::new(link));
     }
