@@ -62,6 +62,32 @@ pub struct EngineConfig {
     pub latent_cache: serde::de::IgnoredAny,
 }
 
+impl EngineConfig {
+    pub fn validate(&self) -> crate::error::Result<()> {
+        let bad = |m: String| Err(crate::error::Error::Config(m));
+        if self.queue_capacity == 0 || self.max_batch == 0 || self.per_user_limit == 0 {
+            return bad(
+                "engine.queue_capacity, max_batch and per_user_limit must be at least 1".into(),
+            );
+        }
+        for (name, d) in self.durations() {
+            limits::check_wait(name, d).or_else(bad)?;
+        }
+        Ok(())
+    }
+
+    /// The waits these settings make, by name (checked by `validate`).
+    pub fn durations(&self) -> Vec<(&'static str, Duration)> {
+        vec![
+            (
+                "engine.max_wait_ms",
+                Duration::from_millis(self.max_wait_ms),
+            ),
+            ("engine.settle_ms", Duration::from_millis(self.settle_ms)),
+        ]
+    }
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
         Self {
@@ -140,11 +166,7 @@ impl Engine {
         B: Backend,
         F: FnOnce() -> crate::error::Result<B> + Send + 'static,
     {
-        if config.queue_capacity == 0 || config.max_batch == 0 || config.per_user_limit == 0 {
-            return Err(crate::error::Error::Config(
-                "engine.queue_capacity, max_batch and per_user_limit must be at least 1".into(),
-            ));
-        }
+        config.validate()?;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let config2 = config.clone();
         let handle = std::thread::Builder::new()
