@@ -32,11 +32,10 @@ fn a_full_disk_refuses_saves_serves_from_memory_and_saves_again_once_freed() {
 
     assert!(disk.fill() > 0);
     // Eight real images' latents: more than any page redb freed before.
-    let err = store
-        .insert(result(1, 8, 2.0), 1, 0)
-        .err()
-        .expect("a full disk refuses the save")
-        .to_string();
+    let err = match store.insert(result(1, 8, 2.0), 1, 0) {
+        Ok(_) => panic!("a full disk refuses the save"),
+        Err(e) => e.to_string(),
+    };
     assert!(err.contains("disk refused the write"), "{err}");
     // What was saved is still served, from memory.
     let (rec, latent) = store

@@ -27,6 +27,9 @@ use rand_chacha::ChaCha8Rng;
 
 pub type Rng = ChaCha8Rng;
 
+/// A mutation: a seed (and all seeds, for splices) to a new input.
+pub type Mutation = dyn Fn(&mut Rng, &[u8], &[Vec<u8>]) -> Vec<u8>;
+
 /// CPU time one case may take before it counts as a hang.
 pub const HANG_CPU: Duration = Duration::from_secs(20);
 
@@ -42,7 +45,7 @@ pub struct Target<'a> {
     pub max_heap: usize,
     /// A structure-aware mutation of a seed (the loop also applies plain
     /// byte mutations to a share of the cases).
-    pub mutate: &'a dyn Fn(&mut Rng, &[u8], &[Vec<u8>]) -> Vec<u8>,
+    pub mutate: &'a Mutation,
     /// Whether a quarter of the cases are plain byte edits of a seed (true
     /// for files; false where the input is the test's own framing of
     /// structured data, which byte edits would only break).

@@ -162,7 +162,7 @@ fn jpeg(rng: &mut Rng, b: &mut [u8]) {
         return;
     }
     let (at, m) = segs[rng.random_range(0..segs.len())];
-    if matches!(m, 0xc0 | 0xc1 | 0xc2) && rng.random_bool(0.6) {
+    if matches!(m, 0xc0..=0xc2) && rng.random_bool(0.6) {
         // Precision, height, width, components.
         let (off, w) = [(4, 1), (5, 2), (7, 2), (9, 1)][rng.random_range(0..4)];
         set_field(b, at + off, w, edge(rng), true);
