@@ -29,8 +29,22 @@ impl DbError {
     /// The file could not be read or written (a full disk, an I/O error),
     /// as opposed to a problem with what is in it.
     pub(super) fn is_io(&self) -> bool {
-        matches!(&*self.0, redb::Error::Io(_) | redb::Error::PreviousIo)
+        match &*self.0 {
+            redb::Error::Io(e) => disk_failure(e),
+            redb::Error::PreviousIo => true,
+            _ => false,
+        }
     }
+}
+
+/// Whether an I/O error is the disk's (full, failing) rather than redb
+/// reporting content it cannot parse, which it also words as I/O errors
+/// (invalid data, unexpected end of file: a damaged file).
+fn disk_failure(e: &std::io::Error) -> bool {
+    !matches!(
+        e.kind(),
+        std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+    )
 }
 
 impl std::fmt::Display for DbError {
@@ -213,9 +227,12 @@ pub(super) fn open_existing(path: &Path) -> Result<Database, Unreadable> {
         // A disk that fails (full, say, while redb repairs the file after a
         // crash) says nothing about the file: setting it aside would lose
         // every result in it.
-        Err(redb::DatabaseError::Storage(
-            e @ (redb::StorageError::Io(_) | redb::StorageError::PreviousIo),
-        )) => Err(Unreadable::Fatal(db_err(path, e))),
+        Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))) if disk_failure(&e) => {
+            Err(Unreadable::Fatal(db_err(path, e)))
+        }
+        Err(redb::DatabaseError::Storage(e @ redb::StorageError::PreviousIo)) => {
+            Err(Unreadable::Fatal(db_err(path, e)))
+        }
         Err(e) => Err(Unreadable::Corrupt(e.to_string())),
         // A store from an older version may lack a table added since.
         // redb asserts on some damaged pages that pass the check (met
