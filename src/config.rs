@@ -8,12 +8,14 @@
 //! layer its own sections. So this module imports the layers, and no layer
 //! imports it.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::bot::{BotConfig, DiscordConfig};
 pub use crate::clip::ClipConfig;
+pub use crate::engine::limits::MAX_WAIT;
 use crate::engine::EngineConfig;
 use crate::error::{Error, Result};
 pub use crate::generator::GeneratorConfig;
@@ -84,11 +86,20 @@ impl Config {
                 )
             }
         }
-        b = b.add_source(
-            config::Environment::with_prefix("CLIP2GAN")
-                .prefix_separator("_")
-                .separator("__"),
-        );
+        Self::build(b.add_source(environment()))
+    }
+
+    /// The settings of `config.toml` text and environment variables `env`
+    /// (names as in the process environment, `CLIP2GAN_...`), read and
+    /// checked as [`Config::load`] does: what the fuzz tests drive.
+    pub fn from_toml(text: &str, env: HashMap<String, String>) -> Result<Self> {
+        let b = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .add_source(environment().source(Some(env.into_iter().collect())));
+        Self::build(b)
+    }
+
+    fn build(b: config::ConfigBuilder<config::builder::DefaultState>) -> Result<Self> {
         let cfg: Config = b
             .build()
             .and_then(|c| c.try_deserialize())
@@ -104,6 +115,17 @@ impl Config {
         self.generator.validate()?;
         self.pipeline.validate()?;
         self.mapper.validate()
+    }
+
+    /// Every wait the settings in use make, by name: each section's, which
+    /// its own check holds to [`MAX_WAIT`] (the queue's only with a queue).
+    pub fn durations(&self) -> Vec<(&'static str, std::time::Duration)> {
+        let mut d = self.engine.durations();
+        d.extend(self.bot.durations());
+        if !self.queue.url.is_empty() {
+            d.extend(self.queue.durations());
+        }
+        d
     }
 
     /// What the benchmarks run on: the configured generator, pipeline and
@@ -186,6 +208,13 @@ impl Config {
     pub fn generator_dir(&self) -> PathBuf {
         self.generator.weights_dir(&self.models_dir)
     }
+}
+
+/// `CLIP2GAN_<KEY>` variables, `__` between levels.
+fn environment() -> config::Environment {
+    config::Environment::with_prefix("CLIP2GAN")
+        .prefix_separator("_")
+        .separator("__")
 }
 
 #[cfg(test)]

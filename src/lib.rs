@@ -117,7 +117,8 @@
 //! The binary is the clap front end over these modules: `src/main.rs` is
 //! the command tree and the dispatch, `src/cli/` one file per subcommand. `tools/` holds
 //! reference scripts, `tests/` the integration tests (shared fixtures in
-//! `tests/common/`), `models/` the fetched weights (never committed).
+//! `tests/common/`; `tests/fuzz/` fuzzes every parser of untrusted input,
+//! run by `tools/fuzz.sh`), `models/` the fetched weights (never committed).
 
 pub mod adherence;
 pub mod bench;

@@ -76,14 +76,18 @@ pub fn parse_f32(bytes: &[u8]) -> std::result::Result<Array, String> {
                 .map_err(|_| format!("bad dimension {s:?}"))
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    let numel: usize = shape.iter().product();
     let body = &bytes[start + header_len..];
-    if body.len() != numel * 4 {
-        return Err(format!(
-            "shape {shape:?} needs {} bytes of data, the file has {}",
-            numel * 4,
-            body.len()
-        ));
+    // Checked: a product that overflows would wrap to a size that can
+    // match the file (2^62 x 4 to 0 bytes) and yield a shape that lies.
+    let need = shape.iter().try_fold(4usize, |n, &d| n.checked_mul(d));
+    if need != Some(body.len()) {
+        return Err(match need {
+            Some(n) => format!(
+                "shape {shape:?} needs {n} bytes of data, the file has {}",
+                body.len()
+            ),
+            None => format!("shape {shape:?} is larger than any file can hold"),
+        });
     }
     let data = body
         .chunks_exact(4)

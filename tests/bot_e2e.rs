@@ -1980,3 +1980,40 @@ async fn stop_then_start_at_once() {
         bot.stop().await.unwrap();
     }
 }
+
+/// The store on a disk that fills up: the bot says the new image could not
+/// be saved, keeps serving (an edit of an image saved earlier, read from
+/// memory), and saves again once space is back; the store reopens with
+/// every saved result and without setting anything aside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_said_served_through_and_saving_resumes_once_freed() {
+    let disk = common::SmallDisk::mount(16);
+    let store = disk.path().join("store.redb");
+    let fake = Fake::start().await;
+    let bot = start_default(&fake, settings(&fake, &store)).await;
+    let t = fake.command(1, "imagine", imagine("a smiling woman"));
+    let (before, _) = image(&fake, &t).await;
+    assert!(!content(&before).contains("could not be saved"));
+
+    disk.fill();
+    let t = fake.command(1, "imagine", imagine("an old man"));
+    let (full, _) = image(&fake, &t).await;
+    assert!(content(&full).contains("could not be saved"), "{full}");
+    assert!(buttons(&full).is_empty(), "no buttons on an unsaved image");
+    // The saved image is still the user's current one, from memory.
+    let edit = json!([{"name": "instruction", "type": 3, "value": "add glasses"}]);
+    let t = fake.command(1, "edit", edit.clone());
+    let (edited, _) = image(&fake, &t).await;
+    assert!(content(&edited).contains("could not be saved"), "{edited}");
+
+    disk.free();
+    let t = fake.command(1, "edit", edit);
+    let (after, _) = image(&fake, &t).await;
+    assert!(!content(&after).contains("could not be saved"), "{after}");
+    assert!(!buttons(&after).is_empty());
+    bot.stop_clean(&fake).await;
+
+    let opened = clip2gan::bot::store::Store::open(&store, 20, 5000).unwrap();
+    assert!(opened.warnings.is_empty(), "{:?}", opened.warnings);
+    assert_eq!(opened.store.len(), 2, "the first image and the last edit");
+}

@@ -327,3 +327,82 @@ async fn draining_shutdown_runs_queued_jobs() {
     b.wait().await.unwrap();
     assert_eq!(batches.lock().unwrap().len(), 2);
 }
+
+/// Background work whose `warming` (backend code the worker calls outside
+/// any job) panics its first `panics` times after start.
+struct PanicsInWarming {
+    calls: Arc<Mutex<usize>>,
+    panics: usize,
+}
+
+impl Backend for PanicsInWarming {
+    fn latent_shape(&self) -> (usize, usize) {
+        (2, 3)
+    }
+
+    fn run(&mut self, batch: &[Request]) -> Vec<Result<RawOutput, EngineError>> {
+        batch
+            .iter()
+            .map(|_| {
+                Ok(RawOutput {
+                    images: vec![image::RgbImage::new(1, 1)],
+                    latents: vec![latent(2, 3, 0.5)],
+                    animate: false,
+                    truncated_prompt: false,
+                    scores: None,
+                    times: JobTimes::default(),
+                })
+            })
+            .collect()
+    }
+
+    fn idle(&mut self) -> bool {
+        *self.calls.lock().unwrap() <= self.panics
+    }
+
+    fn warming(&self) -> Option<Warmup> {
+        let n = {
+            let mut n = self.calls.lock().unwrap();
+            *n += 1;
+            *n
+        };
+        // Call 1 is Engine::start's, before the worker loop.
+        if n > 1 && n <= self.panics + 1 {
+            panic!("warming broke ({n})");
+        }
+        None
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_inference_thread_is_restarted_and_serves_on() {
+    let calls = Arc::new(Mutex::new(0));
+    let c = calls.clone();
+    let e = Engine::start(cfg(16, 4, 0, 2), move || {
+        Ok(PanicsInWarming {
+            calls: c,
+            panics: 3,
+        })
+    })
+    .unwrap();
+    // Submitted while the loop dies and restarts: served all the same.
+    let first = e.submit(1, imagine("during")).unwrap();
+    first.wait().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while *calls.lock().unwrap() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the loop was not restarted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for user in 1..=3 {
+        e.submit(user, imagine("after"))
+            .unwrap()
+            .wait()
+            .await
+            .unwrap();
+    }
+    assert!(!e.is_shutting_down());
+    e.shutdown(true);
+}

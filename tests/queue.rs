@@ -28,7 +28,7 @@ const GUILD_0: u64 = 2 << 22;
 const GUILD_1: u64 = 3 << 22;
 
 /// Instant images, a latent per image that remembers how it was made
-/// (edits add 1), and an optional gate that holds every batch until
+/// (edits add 1), a panic for the prompt "panic", and an optional gate that holds every batch until
 /// released, with a signal when a batch has started.
 struct Quick {
     gate: Option<Arc<Gate>>,
@@ -75,6 +75,8 @@ impl Backend for Quick {
             .iter()
             .map(|job| {
                 let (base, n) = match job {
+                    // A poisoned job: it panics on every worker it reaches.
+                    Request::Imagine { prompt, .. } if prompt == "panic" => panic!("poisoned job"),
                     Request::Imagine { candidates, .. } => (0.0, *candidates),
                     Request::Edit { latent, .. } => (latent.data[0] + 1.0, 1),
                     Request::Variations { latent, count, .. } => (latent.data[0] + 1.0, *count),
@@ -655,4 +657,28 @@ async fn a_job_that_outlives_its_deliveries_is_dead_lettered_and_said() {
     let dead = redis.cli(&["XLEN", "test:dead"]).unwrap();
     assert_eq!(dead.trim(), "1", "kept for an operator");
     killed.front.stop().await;
+}
+
+/// A job that panics the worker's backend fails alone: its user is told,
+/// it is acknowledged once (not redelivered, not dead-lettered: the engine
+/// contained the panic), and the worker serves the next job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_panicking_job_is_answered_once_and_the_worker_serves_on() {
+    let redis = Redis::start();
+    let cfg = queue_config(&redis);
+    let (fake, _w, front) = one_of_each(&cfg).await;
+    let t = imagine(&fake, 7, GUILD_0, "panic");
+    let said = text(&fake, &t).await;
+    assert!(said.contains("poisoned job"), "{said}");
+    let t2 = imagine(&fake, 8, GUILD_0, "a face");
+    image(&fake, &t2).await;
+    assert_eq!(pending_jobs(&redis, &cfg), 0, "both jobs acknowledged");
+    let dead = redis.cli(&["XLEN", "test:dead"]).unwrap();
+    assert_eq!(dead.trim(), "0");
+    assert_eq!(
+        posts(&fake, &t),
+        0,
+        "a failure is said, not posted as an image"
+    );
+    front.stop().await;
 }

@@ -3,13 +3,14 @@
 //! reply saying what to fix).
 
 use serenity::all::{
-    CommandData, CommandDataOptionValue, CommandOptionType, CommandType, CreateCommand,
-    CreateCommandOption, MessageId,
+    ActionRowComponent, CommandData, CommandDataOptionValue, CommandOptionType, CommandType,
+    CreateCommand, CreateCommandOption, MessageId, ModalInteractionData,
 };
 
 use super::attach::Photo;
 use super::config::{BotConfig, MAX_IMAGES, MAX_MORPH_FRAMES};
 use super::guild::SettingsCmd;
+use super::render::Action;
 use super::store::Ref;
 use super::text::{blocked, clean_input, escape};
 use crate::engine::limits::{strength_ok, strength_span, DEFAULT_STRENGTH, STRENGTH_RANGE};
@@ -358,6 +359,64 @@ pub fn check_strength(s: f64) -> Result<f64, String> {
             strength_span()
         ))
     }
+}
+
+/// Modal custom ids of "Edit this face": `c2g:photo:<key>`.
+pub const PHOTO_MODAL: &str = "c2g:photo:";
+
+/// What a submitted edit dialog edits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DialogTarget {
+    /// A stored image (the dialog of its Edit button).
+    Stored(Ref),
+    /// The photo kept under this key for "Edit this face".
+    Photo(u64),
+}
+
+/// A submitted edit dialog: what it edits, its instruction and strength,
+/// checked; the error is the ephemeral reply to send.
+pub fn parse_modal(
+    data: &ModalInteractionData,
+    cfg: &BotConfig,
+) -> Result<(DialogTarget, String, f64), String> {
+    let field = |name: &str| {
+        data.components
+            .iter()
+            .flat_map(|row| &row.components)
+            .find_map(|c| match c {
+                ActionRowComponent::InputText(t) if t.custom_id == name => {
+                    Some(t.value.clone().unwrap_or_default())
+                }
+                _ => None,
+            })
+            .unwrap_or_default()
+    };
+    let photo_key = data
+        .custom_id
+        .strip_prefix(PHOTO_MODAL)
+        .and_then(|k| k.parse::<u64>().ok());
+    let target = match (photo_key, Action::parse(&data.custom_id)) {
+        (Some(key), _) => DialogTarget::Photo(key),
+        (None, Some((Action::EditSubmit, r))) => DialogTarget::Stored(r),
+        _ => return Err("This dialog belongs to an older version of the bot.".into()),
+    };
+    let instruction = check_text(&field("instruction"), "instruction", cfg)?;
+    let raw = field("strength");
+    let strength = if raw.trim().is_empty() {
+        DEFAULT_STRENGTH
+    } else {
+        raw.trim()
+            .parse::<f64>()
+            .map_err(|_| {
+                format!(
+                    "`strength` must be a number from {}, not \"{}\".",
+                    strength_span(),
+                    escape(&clean_input(&raw))
+                )
+            })
+            .and_then(check_strength)?
+    };
+    Ok((target, instruction, strength))
 }
 
 #[cfg(test)]

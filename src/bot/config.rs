@@ -5,10 +5,12 @@
 //! committed and shown without leaking it.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::BotError;
+use crate::engine::limits::check_wait;
 
 /// Most images in one message (`/imagine count`, variations): one row of
 /// pick buttons.
@@ -201,7 +203,25 @@ impl BotConfig {
         if self.cooldown_ms > MAX_COOLDOWN_S * 1000 {
             return bad("bot.cooldown_ms must be at most 3600000 (an hour)");
         }
+        for (name, d) in self.durations() {
+            check_wait(name, d).map_err(BotError::Config)?;
+        }
         Ok(())
+    }
+
+    /// The waits these settings make, by name (checked by `validate`).
+    pub fn durations(&self) -> Vec<(&'static str, Duration)> {
+        let ms = Duration::from_millis;
+        vec![
+            ("bot.cooldown_ms", ms(self.cooldown_ms)),
+            ("bot.progress_interval_ms", ms(self.progress_interval_ms)),
+            ("bot.retry_base_ms", ms(self.retry_base_ms)),
+            (
+                "bot.shutdown_grace_s",
+                Duration::from_secs(self.shutdown_grace_s),
+            ),
+            ("bot.attachment_timeout_ms", ms(self.attachment_timeout_ms)),
+        ]
     }
 }
 

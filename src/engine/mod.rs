@@ -11,7 +11,9 @@
 //!   not sit out the whole wait while the cores idle.
 //! - Queue positions can be asked, queued jobs cancelled.
 //! - A panic or error inside a batch is retried job by job, so it fails only
-//!   the job that caused it; the worker keeps serving.
+//!   the job that caused it; the worker keeps serving. A panic that escapes
+//!   the worker loop (backend code outside a job, an engine bug) fails the
+//!   jobs it held and restarts the loop on the same thread and models.
 //! - Shutdown either drains the queue or answers every queued job with
 //!   [`EngineError::ShuttingDown`].
 //! - PNG/GIF encoding happens in the awaiting task (a blocking thread), not
@@ -60,6 +62,32 @@ pub struct EngineConfig {
     /// Accepted and ignored: the engine once kept latents for follow-up
     /// requests; clients now send them by value (older configs still load).
     pub latent_cache: serde::de::IgnoredAny,
+}
+
+impl EngineConfig {
+    pub fn validate(&self) -> crate::error::Result<()> {
+        let bad = |m: String| Err(crate::error::Error::Config(m));
+        if self.queue_capacity == 0 || self.max_batch == 0 || self.per_user_limit == 0 {
+            return bad(
+                "engine.queue_capacity, max_batch and per_user_limit must be at least 1".into(),
+            );
+        }
+        for (name, d) in self.durations() {
+            limits::check_wait(name, d).or_else(bad)?;
+        }
+        Ok(())
+    }
+
+    /// The waits these settings make, by name (checked by `validate`).
+    pub fn durations(&self) -> Vec<(&'static str, Duration)> {
+        vec![
+            (
+                "engine.max_wait_ms",
+                Duration::from_millis(self.max_wait_ms),
+            ),
+            ("engine.settle_ms", Duration::from_millis(self.settle_ms)),
+        ]
+    }
 }
 
 impl Default for EngineConfig {
@@ -140,11 +168,7 @@ impl Engine {
         B: Backend,
         F: FnOnce() -> crate::error::Result<B> + Send + 'static,
     {
-        if config.queue_capacity == 0 || config.max_batch == 0 || config.per_user_limit == 0 {
-            return Err(crate::error::Error::Config(
-                "engine.queue_capacity, max_batch and per_user_limit must be at least 1".into(),
-            ));
-        }
+        config.validate()?;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let config2 = config.clone();
         let handle = std::thread::Builder::new()
@@ -167,7 +191,7 @@ impl Engine {
                     latent_shape: backend.latent_shape(),
                 });
                 let _ = ready_tx.send(Ok(shared.clone()));
-                worker(shared, backend);
+                serve(&shared, backend);
             })
             .map_err(|e| {
                 crate::error::Error::Config(format!("cannot start the inference thread: {e}"))
@@ -510,11 +534,61 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-fn worker<B: Backend>(shared: Arc<Shared>, mut backend: B) {
+/// The worker loop, restarted when a panic escapes it (from backend code
+/// outside the per-job catch, such as `warming`, or a bug here): the queue,
+/// the backend and its models stay, the jobs it held are answered by their
+/// [`InFlight`] guards, and serving goes on. The pause keeps a panic that
+/// recurs at once from spinning a core.
+fn serve<B: Backend>(shared: &Arc<Shared>, mut backend: B) {
+    while let Err(p) = catch_unwind(AssertUnwindSafe(|| worker(shared, &mut backend))) {
+        tracing::error!(
+            panic = %panic_message(&*p),
+            "the inference thread panicked; its jobs were failed and it is restarting"
+        );
+        std::thread::sleep(RESTART_PAUSE);
+    }
+}
+
+const RESTART_PAUSE: Duration = Duration::from_millis(100);
+
+/// What a job whose worker panicked is told.
+const RESTARTED: &str =
+    "internal error: the image worker stopped during this job and was restarted; please try again";
+
+/// A job taken from the queue into a batch, until it is answered. Dropped
+/// unanswered (a panic unwinding the worker), it answers the job with an
+/// internal error and frees the user's slot, so no client waits for ever
+/// and no user stays "busy".
+struct InFlight {
+    shared: Arc<Shared>,
+    user: UserId,
+    submitted: Instant,
+    tx: Option<oneshot::Sender<Result<RawOutput, EngineError>>>,
+}
+
+impl InFlight {
+    fn answer(mut self, r: Result<RawOutput, EngineError>) {
+        self.shared.finish(self.user);
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(r);
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            self.shared.finish(self.user);
+            let _ = tx.send(Err(EngineError::Failed(RESTARTED.into())));
+        }
+    }
+}
+
+fn worker<B: Backend>(shared: &Arc<Shared>, backend: &mut B) {
     // Ask once: a backend without background work answers false.
     let mut idle_work = true;
     loop {
-        let batch = match next_batch(&shared, idle_work) {
+        let batch = match next_batch(shared, idle_work) {
             Next::Stop => break,
             Next::Batch(b) => b,
             Next::Idle => {
@@ -527,7 +601,15 @@ fn worker<B: Backend>(shared: Arc<Shared>, mut backend: B) {
         // The requests move into the batch (an uploaded photo is megabytes).
         let (waiting, jobs): (Vec<_>, Vec<_>) = batch
             .into_iter()
-            .map(|q| ((q.user, q.submitted, q.tx), q.request))
+            .map(|q| {
+                let job = InFlight {
+                    shared: shared.clone(),
+                    user: q.user,
+                    submitted: q.submitted,
+                    tx: Some(q.tx),
+                };
+                (job, q.request)
+            })
             .unzip();
         let started = Instant::now();
         let batch_images: usize = jobs.iter().map(|j| j.images()).sum();
@@ -553,18 +635,17 @@ fn worker<B: Backend>(shared: Arc<Shared>, mut backend: B) {
         record_batch(&results, batch_images);
         // Release the user's slot before answering: a client that gets its
         // result may submit its next job at once.
-        for (((user, submitted, tx), mut r), job) in waiting.into_iter().zip(results).zip(&jobs) {
+        for ((waiter, mut r), job) in waiting.into_iter().zip(results).zip(&jobs) {
             let outcome = r.as_ref().err().map_or("ok", EngineError::label);
             counter!(names::ENGINE_JOBS, "kind" => job.kind(), "outcome" => outcome).increment(1);
             if let Ok(raw) = &mut r {
                 let t = &mut raw.times;
                 t.batch_images = batch_images;
-                t.queue_ms = (started - submitted).as_secs_f64() * 1000.0;
+                t.queue_ms = (started - waiter.submitted).as_secs_f64() * 1000.0;
                 record_ms(names::QUEUE_WAIT, t.queue_ms);
                 t.worker_other_ms = (run_ms - t.worker_ms()).max(0.0);
             }
-            shared.finish(user);
-            let _ = tx.send(r);
+            waiter.answer(r);
         }
     }
 }
@@ -588,5 +669,42 @@ fn record_batch(results: &[Result<RawOutput, EngineError>], images: usize) {
         ("resize", t.resize_ms),
     ] {
         histogram!(names::STAGE, "stage" => stage).record(ms / 1000.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job dropped unanswered, as a panic unwinding the worker drops the
+    /// batch it held: its client hears why and its user is free again.
+    #[test]
+    fn a_job_dropped_by_a_panicking_worker_is_answered_and_freed() {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+            config: EngineConfig::default(),
+            latent_shape: (2, 3),
+        });
+        shared.lock().per_user.insert(7, 1);
+        let (tx, mut rx) = oneshot::channel();
+        let job = InFlight {
+            shared: shared.clone(),
+            user: 7,
+            submitted: Instant::now(),
+            tx: Some(tx),
+        };
+        let unwound = catch_unwind(AssertUnwindSafe(move || {
+            let _held = job;
+            panic!("a bug in the worker loop");
+        }));
+        assert!(unwound.is_err());
+        match rx.try_recv() {
+            Ok(Err(EngineError::Failed(m))) => assert!(m.contains("try again"), "{m}"),
+            Ok(Err(e)) => panic!("expected the restart's answer, got {e:?}"),
+            Ok(Ok(_)) => panic!("expected the restart's answer, got an output"),
+            Err(e) => panic!("the job was not answered: {e:?}"),
+        }
+        assert!(shared.lock().per_user.is_empty(), "the user's slot is free");
     }
 }

@@ -186,6 +186,10 @@ pub struct Mapper {
     pub meta: MapperMeta,
 }
 
+/// Most hidden layers a mapper may have (trained ones have 2 to 8): a
+/// file's metadata that says more is damaged.
+pub const MAX_DEPTH: usize = 64;
+
 impl Mapper {
     /// Build on a `VarBuilder`: random init from a `VarMap` (training), or
     /// weights from a file (inference).
@@ -220,10 +224,14 @@ impl Mapper {
 
     fn mlp(vb: &VarBuilder, meta: &MapperMeta) -> Result<Body> {
         let c = &meta.config;
-        if c.depth == 0 || c.width == 0 {
-            return Err(Error::invalid("mapper depth and width must be at least 1"));
+        if c.depth == 0 || c.width == 0 || c.depth > MAX_DEPTH {
+            return Err(Error::invalid(format!(
+                "mapper depth {} and width {} must be 1 to {MAX_DEPTH} and at least 1",
+                c.depth, c.width
+            )));
         }
-        let mut hidden = Vec::with_capacity(c.depth);
+        // Not with_capacity(depth): the depth comes from a file's metadata.
+        let mut hidden = Vec::new();
         let mut fan_in = meta.clip_dim;
         for i in 0..c.depth {
             let vb = vb.pp(format!("hidden.{i}"));

@@ -8,6 +8,24 @@
 //! caller wraps it in its own error type.
 
 use std::ops::RangeInclusive;
+use std::time::Duration;
+
+/// The longest wait any setting may ask for (a week). Every setting in ms
+/// or s is checked against it at start: `Instant::now() + d` panics when
+/// it overflows (a shutdown grace of `u64::MAX` s did), and a value beyond
+/// a week is a typo or a unit mixed up, better said at start than met later.
+pub const MAX_WAIT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Check a setting's wait against [`MAX_WAIT`]; the error names it.
+pub fn check_wait(name: &str, d: Duration) -> Result<(), String> {
+    if d > MAX_WAIT {
+        return Err(format!(
+            "{name} = {d:?} is longer than a week ({MAX_WAIT:?}), the most any wait may be; \
+             check its unit (the name says ms or s)"
+        ));
+    }
+    Ok(())
+}
 
 /// Most images one request may ask for.
 pub const MAX_COUNT: usize = 16;

@@ -125,7 +125,21 @@ impl QueueConfig {
         if self.job_ttl_s == 0 || self.job_ttl_s > 15 * 60 {
             return bad("queue.job_ttl_s must be 1 to 900 (an interaction token lasts 15 min)");
         }
+        for (name, d) in self.durations() {
+            crate::engine::limits::check_wait(name, d).map_err(QueueError::Config)?;
+        }
         Ok(())
+    }
+
+    /// The waits these settings make, by name (checked by `validate`).
+    pub fn durations(&self) -> Vec<(&'static str, Duration)> {
+        let ms = Duration::from_millis;
+        vec![
+            ("queue.claim_idle_ms", ms(self.claim_idle_ms)),
+            ("queue.block_ms", ms(self.block_ms)),
+            ("queue.timeout_ms", ms(self.timeout_ms)),
+            ("queue.job_ttl_s", Duration::from_secs(self.job_ttl_s)),
+        ]
     }
 
     pub(crate) fn timeout(&self) -> Duration {

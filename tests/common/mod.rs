@@ -162,3 +162,69 @@ pub fn compat(m: &MapperMeta) -> mapper::Compat<'_> {
 pub fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
     clip2gan::parity::max_abs_diff(a, b).unwrap()
 }
+
+/// A small disk that a test fills up: a tmpfs mounted at a fresh temporary
+/// directory (root only, as CI runs; the mount is refused otherwise and the
+/// test says so), unmounted when dropped. Filling it is deterministic: a
+/// filler file written until the kernel says ENOSPC, removed to give the
+/// space back.
+pub struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    pub fn mount(mib: usize) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test mounts a small tmpfs and needs root (CAP_SYS_ADMIN): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { dir }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    pub fn filler(&self) -> std::path::PathBuf {
+        self.path().join("filler")
+    }
+
+    /// Write the filler until the disk is full; returns its size.
+    pub fn fill(&self) -> u64 {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.filler()).unwrap();
+        let chunk = vec![7u8; 4096];
+        let mut n = 0u64;
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(k) => n += k as u64,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling the disk: {e}"),
+            }
+        }
+        // Data the kernel took but could not place shows at fsync.
+        let _ = f.sync_all();
+        n
+    }
+
+    pub fn free(&self) {
+        std::fs::remove_file(self.filler()).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serenity::all::{
-    ActionRowComponent, ComponentInteraction, CreateActionRow, CreateInputText, CreateModal,
-    InputTextStyle, ModalInteraction,
+    ComponentInteraction, CreateActionRow, CreateInputText, CreateModal, InputTextStyle,
+    ModalInteraction,
 };
 use tracing::{error, info, warn};
 
@@ -16,15 +16,12 @@ use crate::engine::limits;
 
 use super::jobs::{stored, Ctx, GONE};
 use crate::bot::attach::Photo;
-use crate::bot::commands::{check_strength, check_text};
+use crate::bot::commands::{parse_modal, DialogTarget, PHOTO_MODAL};
 use crate::bot::render::{self, Action};
 use crate::bot::respond::Responder;
 use crate::bot::store::Ref;
-use crate::bot::text;
 use crate::bot::{Bot, PendingPhoto};
 
-/// Modal custom ids of "Edit this face": `c2g:photo:<key>`.
-const PHOTO_MODAL: &str = "c2g:photo:";
 /// How long an "Edit this face" dialog may stay open (Discord's interaction
 /// tokens last 15 minutes too).
 const PENDING_TTL: Duration = Duration::from_secs(15 * 60);
@@ -177,61 +174,13 @@ impl Bot {
     }
 
     pub(super) async fn modal(self: &Arc<Self>, resp: Responder, ctx: &Ctx, m: &ModalInteraction) {
-        let field = |name: &str| {
-            m.data
-                .components
-                .iter()
-                .flat_map(|row| &row.components)
-                .find_map(|c| match c {
-                    ActionRowComponent::InputText(t) if t.custom_id == name => {
-                        Some(t.value.clone().unwrap_or_default())
-                    }
-                    _ => None,
-                })
-                .unwrap_or_default()
-        };
-        let photo_key = m
-            .data
-            .custom_id
-            .strip_prefix(PHOTO_MODAL)
-            .and_then(|k| k.parse::<u64>().ok());
-        // Ok: the edit dialog of a stored image; Err: of a pending photo.
-        let target = match (photo_key, Action::parse(&m.data.custom_id)) {
-            (Some(key), _) => Some(Err(key)),
-            (None, Some((Action::EditSubmit, r))) => Some(Ok(r)),
-            _ => None,
-        };
-        let Some(target) = target else {
-            return self
-                .say(&resp, "This dialog belongs to an older version of the bot.")
-                .await;
-        };
-        let instruction = match check_text(&field("instruction"), "instruction", &ctx.cfg) {
-            Ok(t) => t,
-            Err(text) => return self.say(&resp, &text).await,
-        };
-        let raw = field("strength");
-        let strength = if raw.trim().is_empty() {
-            Ok(limits::DEFAULT_STRENGTH)
-        } else {
-            raw.trim()
-                .parse::<f64>()
-                .map_err(|_| {
-                    format!(
-                        "`strength` must be a number from {}, not \"{}\".",
-                        limits::strength_span(),
-                        text::escape(&text::clean_input(&raw))
-                    )
-                })
-                .and_then(check_strength)
-        };
-        let strength = match strength {
-            Ok(s) => s,
+        let (target, instruction, strength) = match parse_modal(&m.data, &ctx.cfg) {
+            Ok(parsed) => parsed,
             Err(text) => return self.say(&resp, &text).await,
         };
         match target {
-            Ok(r) => self.edit(resp, ctx, r, instruction, strength).await,
-            Err(key) => {
+            DialogTarget::Stored(r) => self.edit(resp, ctx, r, instruction, strength).await,
+            DialogTarget::Photo(key) => {
                 let photo = self
                     .pending
                     .remove_if(&key, |_, p| {

@@ -3,6 +3,7 @@
 //! place once complete, one a stopped process left behind is cleared away,
 //! and an unreadable one is set aside.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use redb::{Database, TableDefinition};
@@ -23,6 +24,28 @@ pub(super) const QUOTA: TableDefinition<(u64, u64), (u64, u32)> = TableDefinitio
 /// returns it.
 #[derive(Debug)]
 pub(super) struct DbError(Box<redb::Error>);
+
+impl DbError {
+    /// The file could not be read or written (a full disk, an I/O error),
+    /// as opposed to a problem with what is in it.
+    pub(super) fn is_io(&self) -> bool {
+        match &*self.0 {
+            redb::Error::Io(e) => disk_failure(e),
+            redb::Error::PreviousIo => true,
+            _ => false,
+        }
+    }
+}
+
+/// Whether an I/O error is the disk's (full, failing) rather than redb
+/// reporting content it cannot parse, which it also words as I/O errors
+/// (invalid data, unexpected end of file: a damaged file).
+fn disk_failure(e: &std::io::Error) -> bool {
+    !matches!(
+        e.kind(),
+        std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+    )
+}
 
 impl std::fmt::Display for DbError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -58,6 +81,14 @@ pub(super) fn put_history(
     Ok(())
 }
 
+/// A panic's message (redb's assertions on damaged files).
+pub(super) fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
+
 pub(super) fn db_err(path: &Path, e: impl std::fmt::Display) -> BotError {
     BotError::Store(format!("{}: {e}", path.display()))
 }
@@ -82,7 +113,10 @@ fn test_pause(step: &str, file: &Path) {
     }
 }
 
-fn init_tables(db: Database, path: &Path) -> Result<Database, BotError> {
+/// Every table made (a store from an older version may lack one). Failing
+/// on I/O it is [`Unreadable::Fatal`]: a full disk says nothing about the
+/// file, and setting it aside would lose every result in it.
+fn init_tables(db: Database, path: &Path) -> Result<Database, Unreadable> {
     let run = || -> Result<(), DbError> {
         let txn = db.begin_write()?;
         txn.open_table(RESULTS)?;
@@ -93,8 +127,11 @@ fn init_tables(db: Database, path: &Path) -> Result<Database, BotError> {
         txn.commit()?;
         Ok(())
     };
-    run().map_err(|e| db_err(path, e))?;
-    Ok(db)
+    match run() {
+        Ok(()) => Ok(db),
+        Err(e) if e.is_io() => Err(Unreadable::Fatal(db_err(path, e))),
+        Err(e) => Err(Unreadable::Corrupt(db_err(path, e).to_string())),
+    }
 }
 
 /// Why a store could not be opened: a file that is not a readable database
@@ -165,11 +202,47 @@ pub(super) fn clear_interrupted(creating: &Path, path: &Path) -> Result<bool, Bo
 
 /// A readable store at `path` (made complete once, see [`Store::open`]).
 pub(super) fn open_existing(path: &Path) -> Result<Database, Unreadable> {
-    match Database::open(path) {
+    // redb asserts on some damaged headers (a file cut short, a page size
+    // that disagrees) instead of returning an error; a panic while opening
+    // means the same as an error: the file is not a readable store.
+    let opened = catch_unwind(|| Database::open(path)).map_err(|p| {
+        Unreadable::Corrupt(format!("redb could not read it ({})", panic_text(&*p)))
+    })?;
+    // Then every page against its checksum, once at start (a second or so
+    // for the largest stores): redb also asserts on damaged pages met later,
+    // in the middle of a write, which would fail every save of a bot that
+    // started on such a file. A damaged file found here is set aside.
+    let opened =
+        opened.and_then(
+            |mut db| match catch_unwind(AssertUnwindSafe(|| db.check_integrity())) {
+                Ok(Ok(_)) => Ok(db),
+                Ok(Err(e)) => Err(e),
+                Err(p) => Err(redb::DatabaseError::Storage(redb::StorageError::Corrupted(
+                    format!("its pages do not check out ({})", panic_text(&*p)),
+                ))),
+            },
+        );
+    match opened {
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(Unreadable::Fatal(in_use(path))),
+        // A disk that fails (full, say, while redb repairs the file after a
+        // crash) says nothing about the file: setting it aside would lose
+        // every result in it.
+        Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))) if disk_failure(&e) => {
+            Err(Unreadable::Fatal(db_err(path, e)))
+        }
+        Err(redb::DatabaseError::Storage(e @ redb::StorageError::PreviousIo)) => {
+            Err(Unreadable::Fatal(db_err(path, e)))
+        }
         Err(e) => Err(Unreadable::Corrupt(e.to_string())),
         // A store from an older version may lack a table added since.
-        Ok(db) => init_tables(db, path).map_err(|e| Unreadable::Corrupt(e.to_string())),
+        // redb asserts on some damaged pages that pass the check (met
+        // writing the tables): the same as a failed check.
+        Ok(db) => catch_unwind(AssertUnwindSafe(|| init_tables(db, path))).unwrap_or_else(|p| {
+            Err(Unreadable::Corrupt(format!(
+                "redb could not write it ({})",
+                panic_text(&*p)
+            )))
+        }),
     }
 }
 
@@ -200,7 +273,12 @@ pub(super) fn create(path: &Path, creating: &Path) -> Result<Database, Unreadabl
             redb::DatabaseError::DatabaseAlreadyOpen => Unreadable::Fatal(in_use(path)),
             e => fatal(&e),
         })
-        .and_then(|db| init_tables(db, creating).map_err(Unreadable::Fatal));
+        .and_then(|db| {
+            init_tables(db, creating).map_err(|e| match e {
+                Unreadable::Corrupt(why) => Unreadable::Fatal(db_err(creating, why)),
+                fatal => fatal,
+            })
+        });
     let db = match made {
         Ok(db) => db,
         Err(e) => {

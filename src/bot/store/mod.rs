@@ -20,6 +20,7 @@
 //! [`Store`] itself, its memory copy and each change.
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -36,15 +37,20 @@ mod db;
 mod record;
 
 use db::{
-    clear_interrupted, create, creating_path, db_err, open_existing, put_history, set_aside,
-    DbError, Unreadable, GUILDS, HISTORY, META, QUOTA, RESULTS,
+    clear_interrupted, create, creating_path, db_err, open_existing, panic_text, put_history,
+    set_aside, DbError, Unreadable, GUILDS, HISTORY, META, QUOTA, RESULTS,
 };
 pub use db::{PAUSE_MARKER, TEST_PAUSE_ENV};
 pub(crate) use record::{decode_record, encode_record};
 pub use record::{Charged, Origin, Record, Ref, ResultId, Usage};
 
 pub struct Store {
-    db: Database,
+    /// `None` after a write failed on I/O (a full disk): redb refuses every
+    /// later transaction of a handle that saw an I/O error, so the handle
+    /// is dropped and the next write opens the file again. Writes fail
+    /// while the disk does ("could not be saved"), memory keeps serving what
+    /// was saved, and once there is space again every write persists.
+    db: Mutex<Option<Database>>,
     path: PathBuf,
     history_depth: usize,
     max_latents: usize,
@@ -133,7 +139,7 @@ impl Store {
             }
         };
         let store = Store {
-            db,
+            db: Mutex::new(Some(db)),
             path: path.to_path_buf(),
             history_depth,
             max_latents,
@@ -143,7 +149,38 @@ impl Store {
             quota: DashMap::new(),
             order: Mutex::new(Order::default()),
         };
-        store.load(&mut warnings)?;
+        // redb asserts on some damaged pages instead of returning an error;
+        // met while reading everything in, the file is as unreadable as one
+        // that failed to open: set aside, and a new store started.
+        let mut store = store;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| store.load(&mut warnings))) {
+            Ok(loaded) => loaded?,
+            Err(p) => {
+                let why = panic_text(&*p);
+                drop(store.db.lock().unwrap_or_else(|e| e.into_inner()).take());
+                let aside = set_aside(path)?;
+                warnings.push(format!(
+                    "the results store {} could not be read ({why}); it was moved to {} and a \
+                     new, empty store was started (earlier images can no longer be edited)",
+                    path.display(),
+                    aside.display()
+                ));
+                let db = create(path, &creating).map_err(|e| match e {
+                    Unreadable::Fatal(e) => e,
+                    Unreadable::Corrupt(why) => db_err(path, why),
+                })?;
+                store = Store {
+                    db: Mutex::new(Some(db)),
+                    results: DashMap::new(),
+                    history: DashMap::new(),
+                    guilds: DashMap::new(),
+                    quota: DashMap::new(),
+                    order: Mutex::new(Order::default()),
+                    ..store
+                };
+                store.load(&mut warnings)?;
+            }
+        }
         Ok(Opened {
             store,
             warnings,
@@ -153,7 +190,11 @@ impl Store {
 
     fn load(&self, warnings: &mut Vec<String>) -> Result<(), BotError> {
         let e = |e: redb::Error| db_err(&self.path, e);
-        let txn = self.db.begin_read().map_err(|x| e(x.into()))?;
+        let txn = {
+            let db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+            let db = db.as_ref().expect("a store being opened has its database");
+            db.begin_read().map_err(|x| e(x.into()))?
+        };
         let mut order = self.lock();
         let mut skipped = 0;
         let results = txn.open_table(RESULTS).map_err(|x| e(x.into()))?;
@@ -472,13 +513,49 @@ impl Store {
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<(), DbError>,
     ) -> Result<(), BotError> {
-        let run = || -> Result<(), DbError> {
-            let txn = self.db.begin_write()?;
+        let mut db = self.db.lock().unwrap_or_else(|p| p.into_inner());
+        if db.is_none() {
+            let again = open_existing(&self.path).map_err(|e| match e {
+                Unreadable::Fatal(e) => e,
+                Unreadable::Corrupt(why) => db_err(&self.path, why),
+            });
+            *db = Some(again.map_err(|e| self.not_saved(e))?);
+        }
+        let run = |d: &Database| -> Result<(), DbError> {
+            let txn = d.begin_write()?;
             f(&txn)?;
             txn.commit()?;
             Ok(())
         };
-        run().map_err(|e| db_err(&self.path, e))
+        let d = db.as_ref().expect("opened above");
+        // redb asserts on damaged pages instead of returning an error; the
+        // handle is dropped, and opening the file again checks every page.
+        match std::panic::catch_unwind(AssertUnwindSafe(|| run(d))) {
+            Ok(Err(e)) if e.is_io() => {
+                *db = None;
+                Err(self.not_saved(db_err(&self.path, e)))
+            }
+            Ok(r) => r.map_err(|e| db_err(&self.path, e)),
+            Err(p) => {
+                *db = None;
+                Err(db_err(
+                    &self.path,
+                    format!(
+                        "the file is damaged ({}); restart the bot to set it aside and \
+                         start a new store",
+                        panic_text(&*p)
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// An I/O failure said as such, with what to do.
+    fn not_saved(&self, e: BotError) -> BotError {
+        BotError::Store(format!(
+            "{e} (the disk refused the write: is it full? Results keep being served from \
+             memory; saving resumes by itself once there is space)"
+        ))
     }
 }
 

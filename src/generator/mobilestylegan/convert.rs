@@ -49,7 +49,7 @@ fn put(
 ) -> Result<()> {
     let (data, s) = g.const_f32(l)?;
     let shape = shape.unwrap_or(s);
-    if shape.iter().product::<usize>() != data.len() {
+    if shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) != Some(data.len()) {
         return Err(g.error(format!("constant {} cannot be viewed as {shape:?}", l.name)));
     }
     if out

@@ -245,8 +245,9 @@ impl IrGraph {
             .and_then(|v| v.parse().ok())
             .unwrap_or(usize::MAX);
         let shape = l.output_shapes.first().cloned().unwrap_or_default();
-        let numel: usize = shape.iter().product();
-        if size != numel * 4
+        // Checked: a wrapped product could match a small size.
+        let bytes_needed = shape.iter().try_fold(4usize, |n, &d| n.checked_mul(d));
+        if bytes_needed != Some(size)
             || offset
                 .checked_add(size)
                 .is_none_or(|end| end > self.bin.len())
