@@ -124,19 +124,7 @@ impl Store {
         let db = match opened {
             Ok(db) => db,
             Err(Unreadable::Fatal(e)) => return Err(e),
-            Err(Unreadable::Corrupt(why)) => {
-                let aside = set_aside(path)?;
-                warnings.push(format!(
-                    "the results store {} could not be read ({why}); it was moved to {} and a \
-                     new, empty store was started (earlier images can no longer be edited)",
-                    path.display(),
-                    aside.display()
-                ));
-                create(path, &creating).map_err(|e| match e {
-                    Unreadable::Fatal(e) => e,
-                    Unreadable::Corrupt(why) => db_err(path, why),
-                })?
-            }
+            Err(Unreadable::Corrupt(why)) => start_over(path, &creating, &why, &mut warnings)?,
         };
         let store = Store {
             db: Mutex::new(Some(db)),
@@ -158,17 +146,7 @@ impl Store {
             Err(p) => {
                 let why = panic_text(&*p);
                 drop(store.db.lock().unwrap_or_else(|e| e.into_inner()).take());
-                let aside = set_aside(path)?;
-                warnings.push(format!(
-                    "the results store {} could not be read ({why}); it was moved to {} and a \
-                     new, empty store was started (earlier images can no longer be edited)",
-                    path.display(),
-                    aside.display()
-                ));
-                let db = create(path, &creating).map_err(|e| match e {
-                    Unreadable::Fatal(e) => e,
-                    Unreadable::Corrupt(why) => db_err(path, why),
-                })?;
+                let db = start_over(path, &creating, &why, &mut warnings)?;
                 store = Store {
                     db: Mutex::new(Some(db)),
                     results: DashMap::new(),
@@ -557,6 +535,27 @@ impl Store {
              memory; saving resumes by itself once there is space)"
         ))
     }
+}
+
+/// An unreadable store file set aside (with a warning that says where) and
+/// a new, empty store created in its place.
+fn start_over(
+    path: &Path,
+    creating: &Path,
+    why: &dyn std::fmt::Display,
+    warnings: &mut Vec<String>,
+) -> Result<redb::Database, BotError> {
+    let aside = set_aside(path)?;
+    warnings.push(format!(
+        "the results store {} could not be read ({why}); it was moved to {} and a \
+         new, empty store was started (earlier images can no longer be edited)",
+        path.display(),
+        aside.display()
+    ));
+    create(path, creating).map_err(|e| match e {
+        Unreadable::Fatal(e) => e,
+        Unreadable::Corrupt(why) => db_err(path, why),
+    })
 }
 
 #[cfg(test)]
