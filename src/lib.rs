@@ -75,8 +75,10 @@
 //!   phrases to text pairs).
 //! - [`engine`]: the inference engine (queue, batching, per-user limits,
 //!   idle-time work, warm-up) in plain types: `types` (requests, outputs,
-//!   errors), `backend` (the pipeline as a backend), `growing` (the backend
-//!   that builds and refits the mapper while idle).
+//!   errors), `validate` (submit-time checks), `schedule` (which jobs form
+//!   the next batch), `worker` (the inference thread's loop, panics
+//!   contained), `backend` (the pipeline as a backend), `growing` (the
+//!   backend that builds and refits the mapper while idle).
 //! - [`inference`]: what the bot needs of image generation (submit,
 //!   position, cancel, wait), served by the engine in this process or by
 //!   [`queue`]: Redis Streams between bot front ends and GPU workers
