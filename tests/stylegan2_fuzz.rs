@@ -7,11 +7,13 @@
 //! before anything is allocated.
 //!
 //! The allocator of this test binary records the largest single request
-//! made by the thread that loads, while it loads. The largest is the
-//! pickle reader's node arena (one Vec, about 80 bytes per pickled value):
-//! 7x the whole NVIDIA pickle, and up to 25x a piece of pickle that is all
-//! structure (a truncated legacy file); a claimed length of 0xff..ff would
-//! ask for gigabytes. [`BOUND`] and [`SLACK`] allow for the arena.
+//! made by the thread that loads, while it loads, and holds it to the
+//! file's size. The pickle reader pays for what it allocates from a budget
+//! of the file's size, at least 1 MiB (`pickle::MIN_BUDGET`: the NVIDIA
+//! fixture, 94 KB of nearly all structure, grows its nodes to 262 KB); a pickle
+//! of structure alone, far larger than the floor, is refused once it has
+//! spent its file's size. Before the budget, the node arena reached 7x the
+//! NVIDIA pickle and 25x a truncated legacy file.
 
 mod common;
 
@@ -59,10 +61,13 @@ unsafe impl GlobalAlloc for Tracking {
 #[global_allocator]
 static ALLOC: Tracking = Tracking;
 
-/// Largest single allocation allowed: this many times the file's size...
-const BOUND: usize = 32;
-/// ... plus this (the arena of a few hundred values, for tiny files).
-const SLACK: usize = 64 << 10;
+/// The least budget the pickle reader has, however small the file.
+const MIN_BUDGET: usize = 1 << 20;
+
+/// Largest single allocation allowed for a file of `len` bytes.
+fn bound(len: usize) -> usize {
+    len.max(MIN_BUDGET)
+}
 
 /// Open `path`; the result and the largest single allocation made.
 fn open_tracked(path: &Path) -> (Result<usize, String>, usize) {
@@ -106,7 +111,7 @@ fn fuzz(name: &str, seed: u64) -> Tally {
         std::fs::write(&path, bytes).unwrap();
         let (r, largest) = open_tracked(&path);
         assert!(
-            largest <= BOUND * bytes.len() + SLACK,
+            largest <= bound(bytes.len()),
             "{name} {what}: an allocation of {largest} bytes for a file of {}",
             bytes.len()
         );
@@ -144,9 +149,9 @@ fn fuzz(name: &str, seed: u64) -> Tally {
         largest as f64 / orig.len() as f64
     );
     assert!(
-        largest <= BOUND * orig.len(),
-        "{name}: {largest} > {BOUND} x {}",
-        orig.len()
+        largest <= bound(orig.len()),
+        "{name}: {largest} > {}",
+        bound(orig.len())
     );
 
     // Truncations: densely through the headers, then spread over the rest.
@@ -192,4 +197,33 @@ fn damaged_zip_pt_fails_clearly_within_its_size() {
     let t = fuzz("net16_alias.pt", 3);
     eprintln!("zip .pt: {t:?}");
     assert!(t.failed > 300, "{t:?}");
+}
+
+/// Pickles of structure alone, 4 MiB of one opcode each (lists, stack
+/// duplicates, marks, memo entries, tuples), as a plain `.pkl`: each is
+/// refused with the file named once the reader has spent the file's size,
+/// and no allocation goes beyond it (unbounded, the `]`s alone would ask for
+/// 128 MiB of nodes).
+#[test]
+fn a_pickle_of_structure_alone_is_refused_within_its_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("structure.pkl");
+    let n = 4 * MIN_BUDGET;
+    for unit in [&b"]"[..], b"2", b"(", b"\x94", b"\x85"] {
+        let mut data = b"\x80\x04N".to_vec();
+        data.resize(n, unit[0]);
+        data.push(b'.');
+        std::fs::write(&path, &data).unwrap();
+        let (r, largest) = open_tracked(&path);
+        let e = r.expect_err("a pickle of structure alone is not a checkpoint");
+        assert!(
+            e.starts_with(&format!("{}: ", path.display())) && e.contains("budget"),
+            "{unit:?}: {e}"
+        );
+        assert!(
+            largest <= data.len(),
+            "{unit:?}: an allocation of {largest} bytes for a file of {}",
+            data.len()
+        );
+    }
 }

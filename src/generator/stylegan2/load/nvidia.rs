@@ -57,10 +57,7 @@ fn module(g: &Graph<'_>, id: Id) -> Res<Option<Module>> {
                 .ok_or_else(|| format!("the persistence record of {class} has no state"))?;
             return Ok(Some(Module { class, state }));
         }
-        if let Node::Call {
-            state: Some(state), ..
-        } = g.get(id)
-        {
+        if let Some(state) = g.call_node(id).and_then(|c| c.state.as_ref()) {
             if g.lookup(*state, "_parameters").is_some() {
                 let class = g
                     .seq(args)

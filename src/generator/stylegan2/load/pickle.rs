@@ -10,11 +10,17 @@
 //! object (`{"alias": sd, "g_ema": sd}`) both see its contents.
 //!
 //! Bounds: every length is checked against the bytes left before anything
-//! is allocated, and each opcode adds at most one node, so memory stays
-//! proportional to the input. Byte strings are borrowed from it, not copied.
+//! is allocated, and byte strings are borrowed from the input, not copied.
+//! What the reader does allocate (the nodes, their children, its stack,
+//! marks and memo) is paid from a byte budget before it is allocated: the
+//! file's size, or [`MIN_BUDGET`] for a smaller file. A pickle is mostly
+//! structure, one byte an opcode, and a node takes 32, so without it a file
+//! of a few megabytes of `]` would ask for a hundred; with it, no allocation
+//! while reading goes beyond the file's size. A real checkpoint's pickle
+//! takes a small part of its file (the tensors' bytes are the rest).
 
-use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::mem::size_of;
 
 /// Index of a node in a [`Graph`].
 pub type Id = usize;
@@ -25,34 +31,81 @@ pub enum Node<'a> {
     Bool(bool),
     Int(i128),
     Float(f64),
-    Str(Cow<'a, str>),
+    Str(&'a str),
     Bytes(&'a [u8]),
     List(Vec<Id>),
     Tuple(Vec<Id>),
     Dict(Vec<(Id, Id)>),
     Set(Vec<Id>),
-    /// `module.name`, never imported.
+    /// `module.name`, never imported: the ids of its two strings.
     Global {
-        module: Cow<'a, str>,
-        name: Cow<'a, str>,
+        module: Id,
+        name: Id,
     },
-    /// `func(*args)` (REDUCE) or `cls.__new__(cls, *args)` (NEWOBJ), with
-    /// what BUILD, SETITEMS and APPENDS then gave the object.
-    Call {
-        func: Id,
-        args: Id,
-        state: Option<Id>,
-        items: Vec<(Id, Id)>,
-        list: Vec<Id>,
-    },
+    /// A call (boxed: it is the largest node and a pickle's rarer kind).
+    Call(Box<Call>),
     /// A persistent id (`BINPERSID`): torch's reference to a storage.
     PersId(Id),
 }
 
-/// The nodes of one or more pickles read from the same bytes.
-#[derive(Debug, Default)]
+/// `func(*args)` (REDUCE) or `cls.__new__(cls, *args)` (NEWOBJ), with what
+/// BUILD, SETITEMS and APPENDS then gave the object.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub func: Id,
+    pub args: Id,
+    pub state: Option<Id>,
+    pub items: Vec<(Id, Id)>,
+    pub list: Vec<Id>,
+}
+
+/// The least budget a reader gets, however small its file: the pickle of a
+/// tiny network is nearly all structure (the 16 px test networks' NVIDIA
+/// pickle, 94 KB, grows its nodes to 262 KB).
+pub const MIN_BUDGET: usize = 1 << 20;
+
+/// What a memo entry is charged: a B-tree's share per key (leaves of at
+/// least 5 keys and values in 184 bytes, and the inner nodes above them).
+const MEMO_ENTRY: usize = 48;
+
+/// The nodes of one or more pickles read from the same bytes, and what is
+/// left of the byte budget they were read under.
+#[derive(Debug)]
 pub struct Graph<'a> {
     nodes: Vec<Node<'a>>,
+    budget: usize,
+    left: usize,
+}
+
+/// The budget ran out (the caller words it, with the offset it knows).
+struct Spent;
+
+/// Make room in `v` for `extra` more elements, paying for any new capacity
+/// from `left` before it is allocated, so that nothing grows unpaid (and no
+/// single allocation exceeds the budget). Grows by doubling while the
+/// budget allows, then to what is needed.
+fn reserve<T>(left: &mut usize, v: &mut Vec<T>, extra: usize) -> Result<(), Spent> {
+    let need = v.len().checked_add(extra).ok_or(Spent)?;
+    let cap = v.capacity();
+    if need <= cap {
+        return Ok(());
+    }
+    let size = size_of::<T>().max(1);
+    let afford = cap + *left / size;
+    if need > afford {
+        return Err(Spent);
+    }
+    let new_cap = need.max(cap.saturating_mul(2)).max(4).min(afford);
+    *left -= (new_cap - cap) * size;
+    v.reserve_exact(new_cap - v.len());
+    Ok(())
+}
+
+/// Pay for `n` elements of `T` about to be allocated as a new vector.
+fn pay<T>(left: &mut usize, n: usize) -> Result<(), Spent> {
+    let bytes = n.checked_mul(size_of::<T>()).ok_or(Spent)?;
+    *left = left.checked_sub(bytes).ok_or(Spent)?;
+    Ok(())
 }
 
 /// What went wrong, with the byte offset it went wrong at.
@@ -74,8 +127,15 @@ impl From<PickleError> for String {
 type Res<T> = std::result::Result<T, PickleError>;
 
 impl<'a> Graph<'a> {
-    pub fn new() -> Self {
-        Self::default()
+    /// A graph read under the budget of a file of `file_len` bytes (the
+    /// whole file the pickles are in, not only their bytes).
+    pub fn new(file_len: usize) -> Self {
+        let budget = file_len.max(MIN_BUDGET);
+        Self {
+            nodes: Vec::new(),
+            budget,
+            left: budget,
+        }
     }
 
     /// Nodes so far: ids below this exist.
@@ -87,9 +147,10 @@ impl<'a> Graph<'a> {
         &self.nodes[id]
     }
 
-    fn push(&mut self, n: Node<'a>) -> Id {
+    fn push(&mut self, n: Node<'a>) -> Result<Id, Spent> {
+        reserve(&mut self.left, &mut self.nodes, 1)?;
         self.nodes.push(n);
-        self.nodes.len() - 1
+        Ok(self.nodes.len() - 1)
     }
 
     /// The string at `id`, if it is one.
@@ -103,7 +164,15 @@ impl<'a> Graph<'a> {
     /// `(module, name)` of a global.
     pub fn global(&self, id: Id) -> Option<(&str, &str)> {
         match self.get(id) {
-            Node::Global { module, name } => Some((module, name)),
+            Node::Global { module, name } => Some((self.str(*module)?, self.str(*name)?)),
+            _ => None,
+        }
+    }
+
+    /// The call at `id`, if it is one.
+    pub fn call_node(&self, id: Id) -> Option<&Call> {
+        match self.get(id) {
+            Node::Call(c) => Some(c),
             _ => None,
         }
     }
@@ -121,7 +190,7 @@ impl<'a> Graph<'a> {
     pub fn items(&self, id: Id) -> Option<&[(Id, Id)]> {
         match self.get(id) {
             Node::Dict(v) => Some(v),
-            Node::Call { items, .. } => Some(items),
+            Node::Call(c) => Some(&c.items),
             _ => None,
         }
     }
@@ -155,7 +224,7 @@ impl<'a> Graph<'a> {
     /// For a call: the global called, as `(module, name)`, and its args node.
     pub fn call(&self, id: Id) -> Option<((&str, &str), Id)> {
         match self.get(id) {
-            Node::Call { func, args, .. } => Some((self.global(*func)?, *args)),
+            Node::Call(c) => Some((self.global(c.func)?, c.args)),
             _ => None,
         }
     }
@@ -169,7 +238,7 @@ impl<'a> Graph<'a> {
             pos: start,
             stack: Vec::new(),
             marks: Vec::new(),
-            memo: HashMap::new(),
+            memo: BTreeMap::new(),
         }
         .run()
     }
@@ -181,7 +250,7 @@ struct Machine<'g, 'a> {
     pos: usize,
     stack: Vec<Id>,
     marks: Vec<usize>,
-    memo: HashMap<u64, Id>,
+    memo: BTreeMap<u64, Id>,
 }
 
 impl<'a> Machine<'_, 'a> {
@@ -240,6 +309,34 @@ impl<'a> Machine<'_, 'a> {
         std::str::from_utf8(&rest[..end]).map_err(|_| self.err(at, "a text argument is not UTF-8"))
     }
 
+    /// The budget's error, at the opcode being read.
+    fn spent(&self, _: Spent) -> PickleError {
+        self.err(
+            self.pos,
+            format!(
+                "the pickle holds more values than a file of this size can describe (the reader's budget of {} bytes is spent): the file is damaged, or not a checkpoint",
+                self.g.budget
+            ),
+        )
+    }
+
+    /// A new node, paid for.
+    fn node(&mut self, n: Node<'a>) -> Res<Id> {
+        self.g.push(n).map_err(|e| self.spent(e))
+    }
+
+    fn stack_push(&mut self, id: Id) -> Res<()> {
+        reserve(&mut self.g.left, &mut self.stack, 1).map_err(|e| self.spent(e))?;
+        self.stack.push(id);
+        Ok(())
+    }
+
+    /// The top `n` values of the stack as a new vector, paid for.
+    fn split_stack(&mut self, at: usize) -> Res<Vec<Id>> {
+        pay::<Id>(&mut self.g.left, self.stack.len() - at).map_err(|e| self.spent(e))?;
+        Ok(self.stack.split_off(at))
+    }
+
     fn pop(&mut self, op: u8) -> Res<Id> {
         self.stack
             .pop()
@@ -262,16 +359,24 @@ impl<'a> Machine<'_, 'a> {
         if m > self.stack.len() {
             return Err(self.err(self.pos - 1, "a MARK above the stack"));
         }
-        Ok(self.stack.split_off(m))
+        self.split_stack(m)
     }
 
-    fn push(&mut self, n: Node<'a>) {
-        let id = self.g.push(n);
-        self.stack.push(id);
+    fn push(&mut self, n: Node<'a>) -> Res<()> {
+        let id = self.node(n)?;
+        self.stack_push(id)
     }
 
     fn memo_put(&mut self, key: u64, op: u8) -> Res<()> {
         let v = self.top(op)?;
+        if !self.memo.contains_key(&key) {
+            self.g.left = self
+                .g
+                .left
+                .checked_sub(MEMO_ENTRY)
+                .ok_or(Spent)
+                .map_err(|e| self.spent(e))?;
+        }
         self.memo.insert(key, v);
         Ok(())
     }
@@ -282,52 +387,80 @@ impl<'a> Machine<'_, 'a> {
             .memo
             .get(&key)
             .ok_or_else(|| self.err(at, format!("memo entry {key} was never stored")))?;
-        self.stack.push(v);
-        Ok(())
+        self.stack_push(v)
     }
 
     fn utf8(&self, at: usize, b: &'a [u8]) -> Res<Node<'a>> {
         std::str::from_utf8(b)
-            .map(|s| Node::Str(Cow::Borrowed(s)))
+            .map(Node::Str)
             .map_err(|_| self.err(at, "a string is not valid UTF-8"))
     }
 
-    fn set_items(&mut self, target: Id, pairs: Vec<(Id, Id)>, op: u8) -> Res<()> {
-        let at = self.pos - 1;
-        match &mut self.g.nodes[target] {
-            Node::Dict(items) | Node::Call { items, .. } => {
-                items.extend(pairs);
-                Ok(())
-            }
-            _ => Err(self.err(
-                at,
+    fn set_items(&mut self, target: Id, pairs: &[(Id, Id)], op: u8) -> Res<()> {
+        let g = &mut *self.g;
+        let items = match &mut g.nodes[target] {
+            Node::Dict(items) => Some(items),
+            Node::Call(c) => Some(&mut c.items),
+            _ => None,
+        };
+        let Some(items) = items else {
+            return Err(self.err(
+                self.pos - 1,
                 format!("opcode {op:#04x} sets items on something not a dict"),
-            )),
-        }
+            ));
+        };
+        let paid =
+            reserve(&mut g.left, items, pairs.len()).map(|()| items.extend_from_slice(pairs));
+        paid.map_err(|e| self.spent(e))
     }
 
-    fn append(&mut self, target: Id, values: Vec<Id>, op: u8) -> Res<()> {
-        let at = self.pos - 1;
-        match &mut self.g.nodes[target] {
-            Node::List(v) | Node::Call { list: v, .. } => {
-                v.extend(values);
-                Ok(())
-            }
-            _ => Err(self.err(
-                at,
-                format!("opcode {op:#04x} appends to something not a list"),
-            )),
-        }
+    fn append(&mut self, target: Id, values: &[Id], op: u8) -> Res<()> {
+        let g = &mut *self.g;
+        let list = match (&mut g.nodes[target], op == 0x90) {
+            (Node::Set(v), true) | (Node::List(v), false) => Some(v),
+            (Node::Call(c), false) => Some(&mut c.list),
+            _ => None,
+        };
+        let Some(list) = list else {
+            let what = if op == 0x90 {
+                "adds items to something not a set"
+            } else {
+                "appends to something not a list"
+            };
+            return Err(self.err(self.pos - 1, format!("opcode {op:#04x} {what}")));
+        };
+        let paid =
+            reserve(&mut g.left, list, values.len()).map(|()| list.extend_from_slice(values));
+        paid.map_err(|e| self.spent(e))
     }
 
-    fn call(&mut self, func: Id, args: Id) {
-        self.push(Node::Call {
+    /// The values of a DICT or SETITEMS as key-value pairs, paid for.
+    fn pairs_of(&mut self, v: &[Id], at: usize, op: &str) -> Res<Vec<(Id, Id)>> {
+        if !v.len().is_multiple_of(2) {
+            return Err(self.err(at, format!("{op} with an odd number of values")));
+        }
+        pay::<(Id, Id)>(&mut self.g.left, v.len() / 2).map_err(|e| self.spent(e))?;
+        Ok(v.chunks(2).map(|c| (c[0], c[1])).collect())
+    }
+
+    fn call(&mut self, func: Id, args: Id) -> Res<()> {
+        pay::<Call>(&mut self.g.left, 1).map_err(|e| self.spent(e))?;
+        self.push(Node::Call(Box::new(Call {
             func,
             args,
             state: None,
             items: Vec::new(),
             list: Vec::new(),
-        });
+        })))
+    }
+
+    /// A global named by two text lines (GLOBAL, INST).
+    fn global_of_lines(&mut self) -> Res<Id> {
+        let module = self.line()?;
+        let name = self.line()?;
+        let module = self.node(Node::Str(module))?;
+        let name = self.node(Node::Str(name))?;
+        self.node(Node::Global { module, name })
     }
 
     fn run(mut self) -> Res<(Id, usize)> {
@@ -351,7 +484,10 @@ impl<'a> Machine<'_, 'a> {
                     // FRAME: a length hint only.
                     self.le::<8>()?;
                 }
-                b'(' => self.marks.push(self.stack.len()),
+                b'(' => {
+                    reserve(&mut self.g.left, &mut self.marks, 1).map_err(|e| self.spent(e))?;
+                    self.marks.push(self.stack.len());
+                }
                 b'0' => {
                     self.pop(op)?;
                 }
@@ -360,22 +496,22 @@ impl<'a> Machine<'_, 'a> {
                 }
                 b'2' => {
                     let v = self.top(op)?;
-                    self.stack.push(v);
+                    self.stack_push(v)?;
                 }
-                b'N' => self.push(Node::None),
-                0x88 => self.push(Node::Bool(true)),
-                0x89 => self.push(Node::Bool(false)),
+                b'N' => self.push(Node::None)?,
+                0x88 => self.push(Node::Bool(true))?,
+                0x89 => self.push(Node::Bool(false))?,
                 b'J' => {
                     let v = i32::from_le_bytes(self.le()?);
-                    self.push(Node::Int(v as i128));
+                    self.push(Node::Int(v as i128))?;
                 }
                 b'K' => {
                     let v = self.u8()?;
-                    self.push(Node::Int(v as i128));
+                    self.push(Node::Int(v as i128))?;
                 }
                 b'M' => {
                     let v = u16::from_le_bytes(self.le()?);
-                    self.push(Node::Int(v as i128));
+                    self.push(Node::Int(v as i128))?;
                 }
                 0x8a | 0x8b => {
                     let n = self.len(if op == 0x8a { 1 } else { 4 })?;
@@ -393,7 +529,7 @@ impl<'a> Machine<'_, 'a> {
                     if n > 0 && n < 16 && b[n - 1] & 0x80 != 0 {
                         v -= 1i128 << (8 * n);
                     }
-                    self.push(Node::Int(v));
+                    self.push(Node::Int(v))?;
                 }
                 b'I' => {
                     let s = self.line()?;
@@ -405,7 +541,7 @@ impl<'a> Machine<'_, 'a> {
                                 .map_err(|_| self.err(at, format!("INT {s:?} is not a number")))?,
                         ),
                     };
-                    self.push(n);
+                    self.push(n)?;
                 }
                 b'L' => {
                     let s = self.line()?;
@@ -413,18 +549,18 @@ impl<'a> Machine<'_, 'a> {
                         .trim_end_matches('L')
                         .parse()
                         .map_err(|_| self.err(at, format!("LONG {s:?} is not a number")))?;
-                    self.push(Node::Int(v));
+                    self.push(Node::Int(v))?;
                 }
                 b'G' => {
                     let v = f64::from_be_bytes(self.le()?);
-                    self.push(Node::Float(v));
+                    self.push(Node::Float(v))?;
                 }
                 b'F' => {
                     let s = self.line()?;
                     let v = s
                         .parse()
                         .map_err(|_| self.err(at, format!("FLOAT {s:?} is not a number")))?;
-                    self.push(Node::Float(v));
+                    self.push(Node::Float(v))?;
                 }
                 b'X' | 0x8c | 0x8d => {
                     let n = self.len(match op {
@@ -434,14 +570,14 @@ impl<'a> Machine<'_, 'a> {
                     })?;
                     let b = self.take(n)?;
                     let s = self.utf8(at, b)?;
-                    self.push(s);
+                    self.push(s)?;
                 }
                 // Python 2 strings: text if they decode, else bytes.
                 b'T' | b'U' => {
                     let n = self.len(if op == b'U' { 1 } else { 4 })?;
                     let b = self.take(n)?;
                     let v = self.utf8(at, b).unwrap_or(Node::Bytes(b));
-                    self.push(v);
+                    self.push(v)?;
                 }
                 b'B' | b'C' | 0x8e | 0x96 => {
                     let n = self.len(match op {
@@ -450,15 +586,15 @@ impl<'a> Machine<'_, 'a> {
                         _ => 8,
                     })?;
                     let b = self.take(n)?;
-                    self.push(Node::Bytes(b));
+                    self.push(Node::Bytes(b))?;
                 }
-                b']' => self.push(Node::List(Vec::new())),
-                b'}' => self.push(Node::Dict(Vec::new())),
-                b')' => self.push(Node::Tuple(Vec::new())),
-                0x8f => self.push(Node::Set(Vec::new())),
+                b']' => self.push(Node::List(Vec::new()))?,
+                b'}' => self.push(Node::Dict(Vec::new()))?,
+                b')' => self.push(Node::Tuple(Vec::new()))?,
+                0x8f => self.push(Node::Set(Vec::new()))?,
                 b't' => {
                     let v = self.pop_mark(op)?;
-                    self.push(Node::Tuple(v));
+                    self.push(Node::Tuple(v))?;
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
@@ -468,83 +604,73 @@ impl<'a> Machine<'_, 'a> {
                             format!("TUPLE{n} with {} values on the stack", self.stack.len()),
                         ));
                     }
-                    let v = self.stack.split_off(self.stack.len() - n);
-                    self.push(Node::Tuple(v));
+                    let v = self.split_stack(self.stack.len() - n)?;
+                    self.push(Node::Tuple(v))?;
                 }
                 b'l' => {
                     let v = self.pop_mark(op)?;
-                    self.push(Node::List(v));
+                    self.push(Node::List(v))?;
                 }
                 b'd' => {
                     let v = self.pop_mark(op)?;
-                    let pairs = pairs_of(&v)
-                        .ok_or_else(|| self.err(at, "DICT with an odd number of values"))?;
-                    self.push(Node::Dict(pairs));
+                    let pairs = self.pairs_of(&v, at, "DICT")?;
+                    self.push(Node::Dict(pairs))?;
                 }
                 0x90 | 0x91 => {
                     let v = self.pop_mark(op)?;
                     if op == 0x91 {
-                        self.push(Node::Set(v));
+                        self.push(Node::Set(v))?;
                     } else {
                         let s = self.top(op)?;
-                        match &mut self.g.nodes[s] {
-                            Node::Set(items) => items.extend(v),
-                            _ => return Err(self.err(at, "ADDITEMS on something not a set")),
-                        }
+                        self.append(s, &v, op)?;
                     }
                 }
                 b'a' => {
                     let v = self.pop(op)?;
                     let list = self.top(op)?;
-                    self.append(list, vec![v], op)?;
+                    self.append(list, &[v], op)?;
                 }
                 b'e' => {
                     let v = self.pop_mark(op)?;
                     let list = self.top(op)?;
-                    self.append(list, v, op)?;
+                    self.append(list, &v, op)?;
                 }
                 b's' => {
                     let v = self.pop(op)?;
                     let k = self.pop(op)?;
                     let d = self.top(op)?;
-                    self.set_items(d, vec![(k, v)], op)?;
+                    self.set_items(d, &[(k, v)], op)?;
                 }
                 b'u' => {
                     let v = self.pop_mark(op)?;
-                    let pairs = pairs_of(&v)
-                        .ok_or_else(|| self.err(at, "SETITEMS with an odd number of values"))?;
+                    let pairs = self.pairs_of(&v, at, "SETITEMS")?;
                     let d = self.top(op)?;
-                    self.set_items(d, pairs, op)?;
+                    self.set_items(d, &pairs, op)?;
                 }
                 b'b' => {
                     let state = self.pop(op)?;
                     let obj = self.top(op)?;
                     match &mut self.g.nodes[obj] {
-                        Node::Call { state: s, .. } => *s = Some(state),
+                        Node::Call(c) => c.state = Some(state),
                         _ => return Err(self.err(at, "BUILD on something that is not an object")),
                     }
                 }
                 b'c' => {
-                    let module = self.line()?;
-                    let name = self.line()?;
-                    self.push(Node::Global {
-                        module: Cow::Borrowed(module),
-                        name: Cow::Borrowed(name),
-                    });
+                    let g = self.global_of_lines()?;
+                    self.stack_push(g)?;
                 }
                 0x93 => {
                     let name = self.pop(op)?;
                     let module = self.pop(op)?;
-                    let (Some(m), Some(n)) = (self.g.str(module), self.g.str(name)) else {
+                    if self.g.str(module).is_none() || self.g.str(name).is_none() {
                         return Err(self.err(at, "STACK_GLOBAL of values that are not strings"));
-                    };
-                    let (m, n) = (Cow::Owned(m.to_string()), Cow::Owned(n.to_string()));
-                    self.push(Node::Global { module: m, name: n });
+                    }
+                    self.push(Node::Global { module, name })?;
                 }
                 b'R' | 0x81 => {
                     let args = self.pop(op)?;
                     let func = self.pop(op)?;
-                    self.call(func, args);
+                    self.call(func, args)?;
                 }
                 0x92 => {
                     // NEWOBJ_EX: cls, args, kwargs; the kwargs are kept as
@@ -552,31 +678,28 @@ impl<'a> Machine<'_, 'a> {
                     let kwargs = self.pop(op)?;
                     let args = self.pop(op)?;
                     let cls = self.pop(op)?;
-                    let both = self.g.push(Node::Tuple(vec![args, kwargs]));
-                    self.call(cls, both);
+                    pay::<Id>(&mut self.g.left, 2).map_err(|e| self.spent(e))?;
+                    let both = self.node(Node::Tuple(vec![args, kwargs]))?;
+                    self.call(cls, both)?;
                 }
                 b'o' => {
                     let v = self.pop_mark(op)?;
                     let (&cls, args) = v
                         .split_first()
                         .ok_or_else(|| self.err(at, "OBJ without a class"))?;
-                    let args = self.g.push(Node::Tuple(args.to_vec()));
-                    self.call(cls, args);
+                    pay::<Id>(&mut self.g.left, args.len()).map_err(|e| self.spent(e))?;
+                    let args = self.node(Node::Tuple(args.to_vec()))?;
+                    self.call(cls, args)?;
                 }
                 b'i' => {
-                    let module = self.line()?;
-                    let name = self.line()?;
+                    let cls = self.global_of_lines()?;
                     let v = self.pop_mark(op)?;
-                    let cls = self.g.push(Node::Global {
-                        module: Cow::Borrowed(module),
-                        name: Cow::Borrowed(name),
-                    });
-                    let args = self.g.push(Node::Tuple(v));
-                    self.call(cls, args);
+                    let args = self.node(Node::Tuple(v))?;
+                    self.call(cls, args)?;
                 }
                 b'Q' => {
                     let pid = self.pop(op)?;
-                    self.push(Node::PersId(pid));
+                    self.push(Node::PersId(pid))?;
                 }
                 b'q' => {
                     let k = self.u8()? as u64;
@@ -629,18 +752,12 @@ impl<'a> Machine<'_, 'a> {
     }
 }
 
-fn pairs_of(v: &[Id]) -> Option<Vec<(Id, Id)>> {
-    v.len()
-        .is_multiple_of(2)
-        .then(|| v.chunks(2).map(|c| (c[0], c[1])).collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn read(data: &[u8]) -> Res<(Graph<'_>, Id)> {
-        let mut g = Graph::new();
+        let mut g = Graph::new(data.len());
         let (root, end) = g.read(data, 0)?;
         assert_eq!(end, data.len());
         Ok((g, root))
@@ -674,6 +791,38 @@ mod tests {
         // LONG1 of -1 (one byte 0xff).
         let (g, root) = read(b"\x80\x02\x8a\x01\xff.").unwrap();
         assert_eq!(g.int(root), Some(-1));
+    }
+
+    /// Structure alone (one byte an opcode, 32 or more bytes a value) runs
+    /// out of budget with a clear error instead of growing without bound:
+    /// lists, duplicates on the stack, marks, memo entries, tuples.
+    #[test]
+    fn a_pickle_of_structure_alone_spends_its_budget_and_stops() {
+        let n = 3 * MIN_BUDGET;
+        for (start, unit) in [
+            (&b""[..], &b"]"[..]),
+            (b"N", b"2"),
+            (b"N", b"("),
+            (b"N", b"\x94"),
+            (b"N", b"\x85"),
+        ] {
+            let mut data = b"\x80\x04".to_vec();
+            data.extend_from_slice(start);
+            while data.len() < n {
+                data.extend_from_slice(unit);
+            }
+            data.push(b'.');
+            let mut g = Graph::new(data.len() / 3);
+            let e = g.read(&data, 0).expect_err("must run out").0;
+            assert!(
+                e.contains("budget of 1048576 bytes is spent"),
+                "{unit:?}: {e}"
+            );
+            assert!(g.left < 64, "{unit:?}: {} bytes left unspent", g.left);
+            // A file of that size is within its own budget.
+            let mut g = Graph::new(64 * n);
+            assert!(g.read(&data, 0).is_ok(), "{unit:?}");
+        }
     }
 
     #[test]

@@ -206,7 +206,7 @@ fn is_legacy(data: &[u8]) -> bool {
     if !(found(LONG1) || found(TEXT)) {
         return false;
     }
-    let mut g = Graph::new();
+    let mut g = Graph::new(data.len());
     matches!(g.read(data, 0), Ok((root, _)) if g.int(root) == Some(LEGACY_MAGIC))
 }
 
@@ -252,7 +252,7 @@ impl<'a> TorchFile<'a> {
             return Err("a big-endian checkpoint: re-save it on a little-endian machine".into());
         }
         let pkl = pkl.ok_or("no data.pkl in the archive: not a torch.save file")?;
-        let mut graph = Graph::new();
+        let mut graph = Graph::new(data.len());
         let (root, _) = graph.read(pkl, 0).map_err(|e| format!("data.pkl: {e}"))?;
         Ok(Self::new(graph, root, Store::Zip(entries), data.len()))
     }
@@ -263,7 +263,7 @@ impl<'a> TorchFile<'a> {
             let (graph, root, storages) = legacy(data)?;
             Ok(Self::new(graph, root, Store::Legacy(storages), data.len()))
         } else {
-            let mut graph = Graph::new();
+            let mut graph = Graph::new(data.len());
             let (root, _) = graph.read(data, 0)?;
             Ok(Self::new(graph, root, Store::None, data.len()))
         }
@@ -505,7 +505,7 @@ impl<'a> TorchFile<'a> {
                 };
                 view_of(root, view)
             }
-            Node::Call { .. } => match self.graph.call(id) {
+            Node::Call(_) => match self.graph.call(id) {
                 Some((("torch.storage", "_load_from_bytes"), args)) => {
                     let b = self
                         .graph
@@ -569,7 +569,7 @@ type Legacy<'a> = (Graph<'a>, Id, HashMap<String, Storage<'a>>);
 /// The legacy layout: magic, protocol, system info, object, storage keys,
 /// then per key `int64 count` and `count * element size` bytes.
 fn legacy(data: &[u8]) -> Res<Legacy<'_>> {
-    let mut graph = Graph::new();
+    let mut graph = Graph::new(data.len());
     let (_, pos) = graph.read(data, 0)?; // the magic, checked by is_legacy
     let (proto, pos) = graph.read(data, pos)?;
     if graph.int(proto) != Some(LEGACY_PROTOCOL) {
