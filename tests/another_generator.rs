@@ -149,4 +149,25 @@ fn a_cat_generator_fits_its_text_shift_on_its_own_captions() {
         p(&d.join("collar.png")),
     ]);
     assert!(d.join("collar.png").exists());
+
+    // Without --size the image is the generator's own size; a size above it
+    // is refused with the sizes that work (it used to panic dividing by 0).
+    run(&["imagine", "a cat", "-o", p(&d.join("own.png"))]);
+    let own = image::open(d.join("own.png")).unwrap();
+    assert_eq!((own.width(), own.height()), (32, 32));
+    let o = common::bin()
+        .args(["--config", p(&cfg_path), "imagine", "a cat", "--size", "64"])
+        .args(["-o", p(&d.join("big.png"))])
+        .env_remove("CLIP2GAN_MODELS_DIR")
+        .env_remove("CLIP2GAN_DEVICE")
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}"); // an error, not a panic (101)
+    assert!(
+        err.contains("size 64 is not supported: use 32") && !err.contains("panicked"),
+        "{err}"
+    );
+    assert!(!d.join("big.png").exists());
 }

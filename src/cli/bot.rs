@@ -92,8 +92,12 @@ async fn serve(cfg: Config, token: Token) -> Result<(), BotError> {
     }
     AllowList::parse(&settings.discord.attachment_hosts).map_err(BotError::Config)?;
     let output_size = cfg.engine.output_size;
-    clip2gan::image_io::check_size(output_size, 1024)
-        .map_err(|e| BotError::Config(e.to_string()))?;
+    // Against the resolution the configuration knows; the loaded generator's
+    // is checked again when the engine's backend is built.
+    if let Some(res) = cfg.generator.known_resolution() {
+        clip2gan::image_io::check_size(output_size, res)
+            .map_err(|e| BotError::Config(format!("engine.output_size: {e}")))?;
+    }
     if !cfg.queue.url.is_empty() {
         return serve_front_end(cfg, settings, token, signal).await;
     }

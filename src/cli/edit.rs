@@ -25,14 +25,16 @@ pub struct EditArgs {
     /// Restrict the edit to coarse, middle or fine layers.
     #[arg(long, value_enum, default_value = "all")]
     layers: Layers,
-    #[arg(long, default_value_t = 1024)]
-    size: usize,
+    /// Output side in pixels: the generator's resolution divided by a power
+    /// of two (default: the generator's resolution).
+    #[arg(long)]
+    size: Option<usize>,
     #[arg(long, short = 'o', default_value = "edited.png")]
     output: PathBuf,
 }
 
 pub fn run(cfg: &Config, a: EditArgs) -> anyhow::Result<()> {
-    let p = pipeline::load_for(cfg, a.size, &a.output)?;
+    let (p, size) = pipeline::load_for(cfg, a.size, &a.output)?;
     let w = latent::load_wplus(p.generator.as_ref(), &a.latent, latent::Space::Wplus, 1.0)?;
     if w.dim(0)? != 1 {
         return Err(Error::invalid(format!(
@@ -49,5 +51,5 @@ pub fn run(cfg: &Config, a: EditArgs) -> anyhow::Result<()> {
         layers: a.layers,
     };
     let r = p.edit(std::slice::from_ref(&req))?.remove(0);
-    pipeline::write_results(&a.output, false, a.size, &r)
+    pipeline::write_results(&a.output, false, size, &r)
 }

@@ -23,8 +23,10 @@ pub struct ImagineArgs {
     /// Draw this many candidates and keep the best `count` by CLIP score.
     #[arg(long)]
     candidates: Option<usize>,
-    #[arg(long, default_value_t = 1024)]
-    size: usize,
+    /// Output side in pixels: the generator's resolution divided by a power
+    /// of two (default: the generator's resolution).
+    #[arg(long)]
+    size: Option<usize>,
     /// One grid image instead of out.png, out-1.png, ...
     #[arg(long)]
     grid: bool,
@@ -33,7 +35,7 @@ pub struct ImagineArgs {
 }
 
 pub fn run(cfg: &Config, a: ImagineArgs) -> anyhow::Result<()> {
-    let p = pipeline::load_for(cfg, a.size, &a.output)?;
+    let (p, size) = pipeline::load_for(cfg, a.size, &a.output)?;
     let req = ImagineRequest {
         prompt: a.prompt,
         count: a.count,
@@ -45,5 +47,5 @@ pub fn run(cfg: &Config, a: ImagineArgs) -> anyhow::Result<()> {
     if r.truncated {
         eprintln!("note: the prompt is longer than 77 CLIP tokens; the end was cut");
     }
-    pipeline::write_results(&a.output, a.grid, a.size, &r)
+    pipeline::write_results(&a.output, a.grid, size, &r)
 }

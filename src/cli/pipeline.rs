@@ -8,11 +8,24 @@ use clip2gan::pipeline::{Pipeline, Rendered};
 use clip2gan::{clip, device, fsutil, image_io};
 
 /// [`load`], once the output side and path are known to be good (a bad
-/// flag should not cost a model load).
-pub fn load_for(cfg: &Config, size: usize, output: &std::path::Path) -> anyhow::Result<Pipeline> {
-    image_io::check_size(size, 1024)?;
+/// flag should not cost a model load), and the output side: `size`, or the
+/// generator's own resolution. A size is checked against the resolution
+/// when the configuration knows it, and against the loaded generator's in
+/// any case (a StyleGAN2 checkpoint may be smaller than the size asked for).
+pub fn load_for(
+    cfg: &Config,
+    size: Option<usize>,
+    output: &std::path::Path,
+) -> anyhow::Result<(Pipeline, usize)> {
+    if let (Some(size), Some(res)) = (size, cfg.generator.known_resolution()) {
+        image_io::check_size(size, res)?;
+    }
     fsutil::check_writable(output)?;
-    load(cfg)
+    let p = load(cfg)?;
+    let res = p.generator.resolution();
+    let size = size.unwrap_or(res);
+    image_io::check_size(size, res)?;
+    Ok((p, size))
 }
 
 fn load(cfg: &Config) -> anyhow::Result<Pipeline> {

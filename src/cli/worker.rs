@@ -35,7 +35,10 @@ pub fn run(mut cfg: Config, args: WorkerArgs) -> anyhow::Result<()> {
     // Settings first: a typo should not cost a model load.
     cfg.queue.validate()?;
     let output_size = cfg.engine.output_size;
-    clip2gan::image_io::check_size(output_size, 1024)?;
+    if let Some(res) = cfg.generator.known_resolution() {
+        clip2gan::image_io::check_size(output_size, res)
+            .map_err(|e| anyhow::anyhow!("engine.output_size: {e}"))?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

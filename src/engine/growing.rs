@@ -44,6 +44,15 @@ impl GrowingBackend {
         settings: Settings,
         output_size: usize,
     ) -> crate::error::Result<Self> {
+        // Checked here too, not only against the configured resolution: a
+        // StyleGAN2 checkpoint's is known once it is loaded, and a size above
+        // it would fail every job.
+        let res = generator.resolution();
+        crate::image_io::check_size(output_size, res).map_err(|e| {
+            crate::error::Error::invalid(format!(
+                "engine.output_size: {e} (this generator makes {res} px images)"
+            ))
+        })?;
         let latent_shape = (generator.num_styles(), generator.w_dim());
         let stage = match mapper {
             Some(mapper) => Stage::Ready(Box::new(PipelineBackend {
