@@ -22,9 +22,10 @@
 //! give images made from it, and each user's `/edit` edits a stored image.
 //!
 //! Models: the tiny random generator and CLIP (`common::tiny_bot_models`),
-//! so that a start takes about a second and a job milliseconds. Runtime:
-//! about 1 min on the 2-core machine. `C2G_KILL_ROUNDS` changes the rounds,
-//! `C2G_KILL_SEED` the seed; `C2G_SHOW_LOGS=1` prints each bot's log.
+//! so that a start takes a fraction of a second and a job milliseconds.
+//! Runtime: 7 s on the shared 2-core machine. `C2G_KILL_ROUNDS` changes
+//! the rounds, `C2G_KILL_SEED` the seed; `C2G_SHOW_LOGS=1` prints each
+//! bot's log.
 
 mod common;
 mod fake_discord;
