@@ -150,6 +150,9 @@ pub struct Fake {
     /// A test's hook: the events still to come before it runs, and what it
     /// does (see [`Fake::after_events`]).
     trip: Mutex<Option<Trip>>,
+    /// Whether every answer closes its connection (see
+    /// [`Fake::close_connections`]).
+    close: std::sync::atomic::AtomicBool,
 }
 
 struct Trip {
@@ -181,6 +184,7 @@ impl Fake {
             channel: Mutex::new(777),
             files_base: format!("http://127.0.0.1:{cdn_port}"),
             trip: Mutex::new(None),
+            close: Default::default(),
         });
         let f = fake.clone();
         tokio::spawn(async move {
@@ -207,6 +211,10 @@ impl Fake {
             )
             .route("/api/v10/webhooks/{app}/{token}", post(followup))
             .fallback(unhandled)
+            .layer(axum::middleware::map_response_with_state(
+                fake.clone(),
+                close_if_told,
+            ))
             .with_state(fake.clone());
         tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
@@ -263,6 +271,14 @@ impl Fake {
             counts: Box::new(counts),
             then: Box::new(then),
         });
+    }
+
+    /// Answer every call with `connection: close` (`true`), so that the
+    /// bot keeps no connection open between calls (nor the tasks that
+    /// serve one), or keep them alive as Discord does (`false`, the
+    /// default).
+    pub fn close_connections(&self, close: bool) {
+        self.close.store(close, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Drop the hook if it has not run; whether it had.
@@ -618,6 +634,16 @@ fn message_json(id: u64, content: &str, attachments: &[Value]) -> Value {
         "mention_roles": [], "attachments": attachments, "embeds": [], "pinned": false, "type": 20,
         "components": [],
     })
+}
+
+async fn close_if_told(State(f): St, mut r: Response) -> Response {
+    // Not the gateway's upgrade (101), whose connection becomes the socket.
+    let upgrade = r.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if f.close.load(std::sync::atomic::Ordering::SeqCst) && !upgrade {
+        r.headers_mut()
+            .insert("connection", "close".parse().unwrap());
+    }
+    r
 }
 
 async fn gateway_url(State(f): St) -> Json<Value> {
