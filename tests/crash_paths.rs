@@ -18,13 +18,12 @@ mod common;
 mod fake_discord;
 mod redis_server;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use clip2gan::bot::store::{Store, PAUSE_MARKER, TEST_PAUSE_ENV};
+use common::child::Proc;
 use fake_discord::Fake;
 
 const GRACE_S: u64 = 2;
@@ -50,93 +49,18 @@ fn models() -> &'static Path {
     DIR.get_or_init(common::tiny_pipeline_dir).path()
 }
 
-/// A `clip2gan` process with its stderr read line by line as it comes.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    log: Arc<Mutex<String>>,
-    /// The stderr reader; it ends when the pipe closes with the process.
-    reader: Option<std::thread::JoinHandle<()>>,
+/// SIGTERM with the bound the issue accepts.
+trait TerminateInBound {
+    /// SIGTERM; the process must exit 0 within [`BOUND`].
+    fn terminate_in_bound(&mut self, what: &str) -> Duration;
 }
 
-impl Proc {
-    fn spawn(mut cmd: Command) -> Proc {
-        let mut child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start clip2gan");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        let log = Arc::new(Mutex::new(String::new()));
-        let keep = log.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                keep.lock().unwrap().push_str(&format!("{line}\n"));
-                let _ = tx.send(line);
-            }
-        });
-        Proc {
-            child,
-            lines,
-            log,
-            reader: Some(reader),
-        }
-    }
-
-    /// Wait for a line of stderr containing `needle` (the process is not
-    /// waited for past [`WAIT`]).
-    fn wait_line(&self, needle: &str) -> String {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) if l.contains(needle) => return l,
-                Ok(_) => {}
-                Err(_) => panic!("no line with {needle:?} in:\n{}", self.log()),
-            }
-        }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        // SAFETY: kill(2) on our own child, not yet waited for.
-        let r = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
-        assert_eq!(r, 0, "kill({sig}) failed");
-    }
-
-    /// SIGTERM, then the exit status and how long after the signal it came
-    /// (`None`: still running after `BOUND` + 10 s; it is then killed).
-    fn terminate(&mut self) -> (Option<ExitStatus>, Duration) {
-        let sent = Instant::now();
-        self.signal(libc::SIGTERM);
-        let give_up = sent + BOUND + Duration::from_secs(10);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return (Some(st), sent.elapsed());
-            }
-            if Instant::now() > give_up {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                return (None, sent.elapsed());
-            }
-            // Polling the exit (std has no wait with a timeout): the
-            // figure it gives is at most 5 ms late against a 4 s bound.
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// SIGTERM; the process must exit 0 within [`BOUND`].
+impl TerminateInBound for Proc {
     fn terminate_in_bound(&mut self, what: &str) -> Duration {
-        let (status, took) = self.terminate();
+        let (status, took) = self.terminate(BOUND + Duration::from_secs(10));
         // Everything it printed: the reader ends when the pipe closes, which
         // the exit (or the kill in `terminate`) does.
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
+        self.join_reader();
         let said = status.map_or("still running".to_string(), |s| s.to_string());
         eprintln!("{what}: SIGTERM -> {said} after {took:.2?}");
         if std::env::var_os("C2G_SHOW_LOGS").is_some() {
@@ -154,13 +78,6 @@ impl Proc {
             self.log()
         );
         took
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod child;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -227,4 +229,34 @@ impl Drop for SmallDisk {
             .arg(self.dir.path())
             .status();
     }
+}
+
+/// [`tiny_models`] and a random mapper between them
+/// (`<models>/tiny-mapper.safetensors`): a whole bot or worker process that
+/// starts in about a second and runs a job in milliseconds. Returns (the
+/// generator's directory, the CLIP's, the mapper file); the mapper names
+/// the CLIP by the path as given, as `clip.model` must then be set.
+pub fn tiny_bot_models(models: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (g, c) = tiny_models(models);
+    let gen = MobileStyleGan::load(&g, &Device::Cpu).unwrap();
+    let meta = MapperMeta {
+        clip_model: c.display().to_string(),
+        clip_dim: 32,
+        generator: gen.id().into(),
+        num_styles: gen.num_styles(),
+        w_dim: gen.w_dim(),
+        config: MapperConfig {
+            depth: 1,
+            width: 32,
+            ..Default::default()
+        },
+        step: 0,
+        training: serde_json::Value::Null,
+        metrics: serde_json::Value::Null,
+    };
+    let varmap = candle_nn::VarMap::new();
+    let m = Mapper::init(&varmap, meta, gen.w_avg(), &Device::Cpu).unwrap();
+    let path = models.join("tiny-mapper.safetensors");
+    mapper::save(&path, &varmap, gen.w_avg(), &m.meta).unwrap();
+    (g, c, path)
 }

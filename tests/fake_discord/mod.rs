@@ -147,6 +147,18 @@ pub struct Fake {
     channel: Mutex<u64>,
     /// The fake CDN, `http://127.0.0.1:<port>`.
     pub files_base: String,
+    /// A test's hook: the events still to come before it runs, and what it
+    /// does (see [`Fake::after_events`]).
+    trip: Mutex<Option<Trip>>,
+    /// Whether every answer closes its connection (see
+    /// [`Fake::close_connections`]).
+    close: std::sync::atomic::AtomicBool,
+}
+
+struct Trip {
+    left: usize,
+    counts: Box<dyn Fn(&Event) -> bool + Send>,
+    then: Box<dyn FnOnce() + Send>,
 }
 
 type St = State<Arc<Fake>>;
@@ -171,6 +183,8 @@ impl Fake {
             size_limit: Mutex::new(8 * 1024 * 1024),
             channel: Mutex::new(777),
             files_base: format!("http://127.0.0.1:{cdn_port}"),
+            trip: Mutex::new(None),
+            close: Default::default(),
         });
         let f = fake.clone();
         tokio::spawn(async move {
@@ -197,6 +211,10 @@ impl Fake {
             )
             .route("/api/v10/webhooks/{app}/{token}", post(followup))
             .fallback(unhandled)
+            .layer(axum::middleware::map_response_with_state(
+                fake.clone(),
+                close_if_told,
+            ))
             .with_state(fake.clone());
         tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
@@ -209,6 +227,18 @@ impl Fake {
     }
 
     fn record(&self, token: &str, event: Event) {
+        let due = {
+            let mut trip = self.trip.lock().unwrap();
+            match trip.as_mut() {
+                Some(t) if !(t.counts)(&event) => None,
+                Some(t) if t.left > 1 => {
+                    t.left -= 1;
+                    None
+                }
+                Some(_) => trip.take().map(|t| t.then),
+                None => None,
+            }
+        };
         self.lock()
             .responses
             .entry(token.to_string())
@@ -217,7 +247,52 @@ impl Fake {
                 at: Instant::now(),
                 event,
             });
+        // Inside the handler: the event is recorded (Discord has it) and
+        // not yet answered.
+        if let Some(then) = due {
+            then();
+        }
         self.changed.notify_waiters();
+    }
+
+    /// Run `then` when the `n`-th event from now that `counts` accepts (a
+    /// callback, an edit, a delete, a follow-up) has been recorded, before
+    /// the fake answers that call: a bot killed there has had its call
+    /// received by Discord and never sees the answer. One hook at a time; a
+    /// new one replaces it.
+    pub fn after_events(
+        &self,
+        n: usize,
+        counts: impl Fn(&Event) -> bool + Send + 'static,
+        then: impl FnOnce() + Send + 'static,
+    ) {
+        *self.trip.lock().unwrap() = Some(Trip {
+            left: n.max(1),
+            counts: Box::new(counts),
+            then: Box::new(then),
+        });
+    }
+
+    /// Answer every call with `connection: close` (`true`), so that the
+    /// bot keeps no connection open between calls (nor the tasks that
+    /// serve one), or keep them alive as Discord does (`false`, the
+    /// default).
+    pub fn close_connections(&self, close: bool) {
+        self.close.store(close, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Drop the hook if it has not run; whether it had.
+    pub fn disarm(&self) -> bool {
+        self.trip.lock().unwrap().take().is_none()
+    }
+
+    /// Every event recorded so far, of every token.
+    pub fn all_events(&self) -> Vec<(String, Timed)> {
+        self.lock()
+            .responses
+            .iter()
+            .flat_map(|(t, evs)| evs.iter().map(move |e| (t.clone(), e.clone())))
+            .collect()
     }
 
     pub fn identifies(&self) -> usize {
@@ -518,6 +593,11 @@ impl Fake {
     }
 }
 
+/// Whether an event posts an image (an edit with a file).
+pub fn is_image(e: &Event) -> bool {
+    matches!(e, Event::Edit { files, .. } if !files.is_empty())
+}
+
 /// Whether an event finishes an interaction (as far as the user sees).
 pub fn is_answer(e: &Event) -> bool {
     match e {
@@ -556,6 +636,16 @@ fn message_json(id: u64, content: &str, attachments: &[Value]) -> Value {
     })
 }
 
+async fn close_if_told(State(f): St, mut r: Response) -> Response {
+    // Not the gateway's upgrade (101), whose connection becomes the socket.
+    let upgrade = r.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if f.close.load(std::sync::atomic::Ordering::SeqCst) && !upgrade {
+        r.headers_mut()
+            .insert("connection", "close".parse().unwrap());
+    }
+    r
+}
+
 async fn gateway_url(State(f): St) -> Json<Value> {
     Json(json!({"url": format!("ws://127.0.0.1:{}/gateway", f.port)}))
 }
@@ -591,6 +681,11 @@ async fn register(State(f): St, uri: Uri, Json(body): Json<Value>) -> Json<Value
             c["default_member_permissions"] = Value::Null;
             if c.get("type").is_none() {
                 c["type"] = json!(1);
+            }
+            // Discord answers "" for the description of message commands,
+            // which have none (serenity needs the field).
+            if c.get("description").is_none() {
+                c["description"] = json!("");
             }
             c
         })
