@@ -177,6 +177,58 @@ fn too_many_pixels(w: u64, h: u64, max: u64) -> Option<String> {
     })
 }
 
+/// The sizes of a GIF's first `n` frames, read from their image
+/// descriptors without decoding. A walk that meets something it does not
+/// know (a damaged or cut file) stops there: the decoder then says what is
+/// wrong.
+fn gif_frame_sizes(b: &[u8], n: usize) -> Vec<(u16, u16)> {
+    let u16_at = |i: usize| b.get(i..i + 2).map(|x| u16::from_le_bytes([x[0], x[1]]));
+    let table = |flags: u8| {
+        if flags & 0x80 != 0 {
+            3usize << ((flags & 7) + 1)
+        } else {
+            0
+        }
+    };
+    // Data sub-blocks (a length byte, then that many bytes) up to a 0.
+    let skip_blocks = |mut i: usize| loop {
+        match b.get(i) {
+            Some(0) => return Some(i + 1),
+            Some(&len) => i += 1 + len as usize,
+            None => return None,
+        }
+    };
+    let mut sizes = Vec::new();
+    let Some(&flags) = b.get(10) else {
+        return sizes;
+    };
+    let mut i = 13 + table(flags);
+    while sizes.len() < n {
+        match b.get(i) {
+            // An extension: its label, then its sub-blocks.
+            Some(0x21) => match skip_blocks(i + 2) {
+                Some(next) => i = next,
+                None => break,
+            },
+            // An image: left, top, width, height, flags, a colour table,
+            // the LZW code size, then the data's sub-blocks.
+            Some(0x2c) => {
+                let (Some(w), Some(h), Some(&f)) = (u16_at(i + 5), u16_at(i + 7), b.get(i + 9))
+                else {
+                    break;
+                };
+                sizes.push((w, h));
+                match skip_blocks(i + 10 + table(f) + 1) {
+                    Some(next) => i = next,
+                    None => break,
+                }
+            }
+            _ => break,
+        }
+    }
+    sizes
+}
+
 impl Fetcher {
     pub fn new(allow: AllowList, limits: Limits) -> Result<Self, String> {
         let allow = Arc::new(allow);
@@ -401,6 +453,15 @@ pub fn prepare(bytes: &[u8], max_pixels: u64) -> Result<Prepared, String> {
     let first_frame = "It is an animation: I used its first frame.".to_string();
     let img = match format {
         ImageFormat::Gif => {
+            // The header's size is the screen's; each frame has its own,
+            // and the decoder allocates a whole frame (up to 1 GiB within
+            // the decode limits) whatever the screen. The two frames it
+            // decodes are held to the same bound as the screen.
+            for (fw, fh) in gif_frame_sizes(bytes, 2) {
+                if let Some(why) = too_many_pixels(fw as u64, fh as u64, max_pixels) {
+                    return Err(format!("A frame of the GIF is larger than the GIF: {why}"));
+                }
+            }
             let mut dec =
                 image::codecs::gif::GifDecoder::new(Cursor::new(bytes)).map_err(damaged)?;
             dec.set_limits(decode_limits()).map_err(damaged)?;
@@ -518,6 +579,19 @@ mod tests {
             .unwrap_err()
             .contains("8×6 pixels"));
         assert!(prepare(b"GIF89a but not really", 1000).is_err());
+
+        // A still GIF of 4x4 whose one frame claims 200x100 (more than the
+        // 1,000 pixels allowed): refused before decoding.
+        let mut gif = b"GIF89a\x04\x00\x04\x00\x00\x00\x00".to_vec();
+        gif.extend_from_slice(b"\x21\xf9\x04\x00\x00\x00\x00\x00");
+        gif.extend_from_slice(b"\x2c\x00\x00\x00\x00\xc8\x00\x64\x00\x00");
+        gif.extend_from_slice(b"\x02\x02\x44\x01\x00\x3b");
+        assert_eq!(gif_frame_sizes(&gif, 2), vec![(200, 100)]);
+        let e = prepare(&gif, 1000).unwrap_err();
+        assert!(
+            e.contains("frame of the GIF") && e.contains("200×100"),
+            "{e}"
+        );
         assert!(prepare(b"plain text", 1000)
             .unwrap_err()
             .contains("not an image"));

@@ -22,7 +22,8 @@
 //!   store.
 //! - [`shared`]: the results store in Redis, shared by front ends.
 //! - [`store`]: results, per-user undo history, server settings and quotas,
-//!   in memory and on disk (redb).
+//!   in memory and on disk (redb); `store/open` opens it (an unreadable
+//!   file set aside), `store/save` writes each change (a full disk said).
 //! - [`guild`]: the settings server admins control, merged with the config.
 //! - [`attach`]: downloading and checking the photos users send.
 //! - `ready`: the gateway's part of `/readyz` (every shard connected).

@@ -65,3 +65,22 @@ fn a_mapper_with_an_absurd_depth_is_refused() {
         crate::harness::Outcome::Accepted => panic!("accepted"),
     }
 }
+
+/// A 5 KB GIF whose screen is 64x64 and whose first frame claims
+/// 6053x11491 pixels, far off the screen: the decoder allocated the whole
+/// frame (332 MiB of heap, against the target's bound of 96 MiB at 1 Mpx;
+/// up to 1 GiB within the decode limits) although the header check had
+/// passed. Found by `tools/fuzz.sh 1000000` (photos, case 750421). Now the
+/// frames the bot decodes are held to the photo's pixel bound.
+#[test]
+fn a_gif_frame_larger_than_its_screen_is_refused() {
+    let mut gif = b"GIF89a\x40\x00\x40\x00\x80\x00\x00".to_vec();
+    gif.extend_from_slice(&[0u8; 6]); // a global table of 2 colours
+    gif.extend_from_slice(b"\x21\xf9\x04\x08\x00\x00\x00\x00");
+    gif.extend_from_slice(b"\x2c\x94\x27\xd4\xad\xa5\x17\xe3\x2c\x00");
+    gif.extend_from_slice(b"\x02\x02\x44\x01\x00\x3b");
+    let Err(err) = clip2gan::bot::attach::prepare(&gif, 1_000_000) else {
+        panic!("a GIF with a 70 Mpx frame was accepted");
+    };
+    assert!(err.contains("6053×11491"), "{err}");
+}
