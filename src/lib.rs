@@ -112,7 +112,8 @@
 //!   that serves them with `/healthz` and `/readyz`; [`health`]: what
 //!   `/readyz` checks (models, gateway, Redis).
 //! - [`error`]: typed errors that say what to do; [`fsutil`]: atomic writes;
-//!   [`tensorfile`]: safetensors files with metadata; [`rng`]: named,
+//!   [`memstat`]: the resident set, its peak and the allocator's bytes
+//!   (what `bench memory` and the soak read); [`tensorfile`]: safetensors files with metadata; [`rng`]: named,
 //!   seeded random streams; [`runtime`]: process start-up tuning (allocator);
 //!   [`shutdown`]: the bound on shutdown after a signal (its watchdog).
 //!
@@ -138,6 +139,7 @@ pub mod health;
 pub mod image_io;
 pub mod inference;
 pub mod mapper;
+pub mod memstat;
 pub mod metrics;
 pub mod npy;
 pub mod ops;

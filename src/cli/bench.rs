@@ -56,6 +56,18 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// Where the memory goes (JSON on stdout, a table on stderr): the
+    /// resident set after loading each model, the peak of one engine batch
+    /// of each size up to --max-batch and of a photo job, the allocator's
+    /// slack.
+    Memory {
+        #[arg(long, default_value_t = 8)]
+        max_batch: usize,
+        /// A CLIP checkpoint directory (transformers layout), loaded as the
+        /// bot loads it; default: random ViT-B/32-shaped weights.
+        #[arg(long)]
+        clip: Option<std::path::PathBuf>,
+    },
     /// Time CLIP's text and image encoders at ViT-B/32 shapes (random
     /// weights) against an sgemm of the same run.
     Clip {
@@ -147,6 +159,16 @@ pub fn run(cfg: &Config, command: BenchCommand) -> anyhow::Result<()> {
             let name = "ViT-B/32 shapes, random weights";
             let r = bench::bank(g.as_ref(), &c, name, &spec, pairs, rounds)?;
             eprintln!("{}", r.summary());
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        BenchCommand::Memory { max_batch, clip } => {
+            if max_batch == 0 {
+                return Err(Error::invalid("--max-batch must be at least 1").into());
+            }
+            let dev = device::select(&cfg.device)?;
+            let r = bench::memory(&cfg.bench_setup(), &dev, clip.as_deref(), max_batch)?;
+            eprint!("{}", r.table());
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }

@@ -496,7 +496,12 @@ impl Generator for MobileStyleGan {
         for start in (0..n).step_by(chunk) {
             let len = chunk.min(n - start);
             let w = wplus.narrow(0, start, len)?;
-            let xi = self.blocks_forward(x.narrow(0, start, len)?, &w, split..self.blocks.len(), noise)?;
+            let xi = self.blocks_forward(
+                x.narrow(0, start, len)?,
+                &w,
+                split..self.blocks.len(),
+                noise,
+            )?;
             out.push(self.to_image(&xi, &w)?);
         }
         Ok(Tensor::cat(&out, 0)?)

@@ -1,0 +1,128 @@
+//! What the process holds in memory: its resident set from `/proc`, its
+//! peak (resettable), the allocator's own count of bytes in use, and giving
+//! freed heap back to the system. `bench memory`, the soak and the memory
+//! session read these; the engine trims with [`trim`].
+
+use serde::Serialize;
+
+/// The resident set of this process, from `/proc/self/status`, in bytes.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Rss {
+    /// All resident pages (`VmRSS`): what the kernel's OOM killer and a
+    /// container's limit count.
+    pub total: u64,
+    /// The peak of `total` since start or the last [`reset_peak`] (`VmHWM`).
+    pub peak: u64,
+    /// Anonymous pages (`RssAnon`): heap, stacks.
+    pub anon: u64,
+    /// Mapped file pages (`RssFile`): the binary, memory-mapped weights.
+    pub file: u64,
+}
+
+/// This process's [`Rss`]; zeros where `/proc` cannot be read (not Linux).
+pub fn rss() -> Rss {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| parse_status(&s))
+        .unwrap_or_default()
+}
+
+/// The [`Rss`] of process `pid` (`None` once it has exited).
+pub fn rss_of(pid: u32) -> Option<Rss> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .map(|s| parse_status(&s))
+}
+
+/// The fields of a `/proc/PID/status` text.
+pub fn parse_status(s: &str) -> Rss {
+    let kb = |key: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |k| k * 1024)
+    };
+    Rss {
+        total: kb("VmRSS:"),
+        peak: kb("VmHWM:"),
+        anon: kb("RssAnon:"),
+        file: kb("RssFile:"),
+    }
+}
+
+/// Start [`Rss::peak`] again from the current resident set (Linux: `5` to
+/// `/proc/self/clear_refs`). False where the kernel does not allow it.
+pub fn reset_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// The allocator's view of the heap, in bytes (glibc: `mallinfo2`).
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Heap {
+    /// Bytes handed out and not yet freed: what the program holds.
+    pub in_use: u64,
+    /// Bytes freed but kept by the allocator: slack it may reuse or trim.
+    pub free: u64,
+}
+
+/// The allocator's [`Heap`]; zeros with other allocators than glibc's.
+pub fn heap() -> Heap {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 only reads the allocator's counters.
+        let m = unsafe { libc::mallinfo2() };
+        Heap {
+            in_use: (m.uordblks + m.hblkhd) as u64,
+            free: m.fordblks as u64,
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    Heap::default()
+}
+
+/// Give the free heap pages back to the system (glibc's `malloc_trim`,
+/// which also releases whole free pages inside the heap, not only its top).
+/// The allocator keeps freed memory for reuse (`runtime::tune_allocator`);
+/// after dropping something large that will not be needed again soon (a
+/// model, a batch of a size the memory limit no longer allows) this makes
+/// the resident set fall back.
+pub fn trim() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Bytes as MiB, for tables.
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_proc_status_fields() {
+        let s = "Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\nRssAnon:\t 512 kB\nRssFile:\t 256 kB\n";
+        assert_eq!(
+            parse_status(s),
+            Rss {
+                total: 1 << 20,
+                peak: 2 << 20,
+                anon: 512 << 10,
+                file: 256 << 10,
+            }
+        );
+    }
+
+    #[test]
+    fn this_process_has_a_resident_set_and_a_heap() {
+        let r = rss();
+        assert!(r.total > 0 && r.peak >= r.total, "{r:?}");
+        let before = heap().in_use;
+        let v = vec![1u8; 8 << 20];
+        assert!(heap().in_use >= before + (8 << 20) - 4096);
+        drop(v);
+    }
+}
