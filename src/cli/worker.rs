@@ -36,6 +36,8 @@ pub fn run(mut cfg: Config, args: WorkerArgs) -> anyhow::Result<()> {
     cfg.queue.validate()?;
     let output_size = cfg.engine.output_size;
     clip2gan::image_io::check_size(output_size, 1024)?;
+    let mut cfg = cfg;
+    super::budget::apply(&mut cfg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
