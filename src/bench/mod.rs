@@ -5,7 +5,7 @@
 //! One file a benchmark: `generator` (z -> image), `clip` (CLIP's encoders
 //! against an sgemm), `engine` (concurrent clients against the inference
 //! engine, with the engine the other benchmarks under `benches/` share),
-//! `bank` (the pair bank against its limit), `memory` (where the bytes go); here the process CPU clock and
+//! `bank` (the pair bank against its limit), `memory` (where the bytes go), `soak` (memory over many mixed jobs); here the process CPU clock and
 //! the median they all use.
 
 mod bank;
@@ -13,6 +13,7 @@ mod clip;
 mod engine;
 mod generator;
 mod memory;
+mod soak;
 
 pub use self::bank::{bank, BankBench, BankRound};
 pub use self::clip::{clip, ClipBench, ClipCase};
@@ -22,6 +23,7 @@ pub use self::engine::{
 };
 pub use self::generator::{generator, GeneratorBench};
 pub use self::memory::{memory, BatchPeak, MemoryBench, MemoryStep};
+pub use self::soak::{soak, SoakBench, SoakPoint};
 
 /// CPU time used by this process so far (user + system, all threads), s.
 pub(crate) fn process_cpu_s() -> f64 {

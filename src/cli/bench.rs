@@ -68,6 +68,17 @@ pub enum BenchCommand {
         #[arg(long)]
         clip: Option<std::path::PathBuf>,
     },
+    /// Mixed jobs (imagine, edit, morph, photo) from concurrent clients
+    /// through one engine at the configured settings; the resident set and
+    /// the allocator's bytes in use at each mark (no job in flight there)
+    /// and the drift from the first mark to the last.
+    Soak {
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Job counts at which to measure (ascending).
+        #[arg(long, value_delimiter = ',', default_value = "200,1000,2000")]
+        marks: Vec<usize>,
+    },
     /// Time CLIP's text and image encoders at ViT-B/32 shapes (random
     /// weights) against an sgemm of the same run.
     Clip {
@@ -168,6 +179,21 @@ pub fn run(cfg: &Config, command: BenchCommand) -> anyhow::Result<()> {
             }
             let dev = device::select(&cfg.device)?;
             let r = bench::memory(&cfg.bench_setup(), &dev, clip.as_deref(), max_batch)?;
+            eprint!("{}", r.table());
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        BenchCommand::Soak { concurrency, marks } => {
+            if concurrency == 0 || marks.is_empty() || marks.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(Error::invalid(
+                    "--concurrency must be at least 1 and --marks ascending job counts",
+                )
+                .into());
+            }
+            let dev = device::select(&cfg.device)?;
+            let setup = cfg.bench_setup();
+            let engine = bench::warm_engine(&setup, &dev, concurrency, cfg.engine.max_batch)?;
+            let r = bench::soak(&engine, concurrency, &marks)?;
             eprint!("{}", r.table());
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
