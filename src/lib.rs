@@ -78,7 +78,8 @@
 //!   errors), `validate` (submit-time checks), `schedule` (which jobs form
 //!   the next batch), `worker` (the inference thread's loop, panics
 //!   contained), `backend` (the pipeline as a backend), `growing` (the
-//!   backend that builds and refits the mapper while idle).
+//!   backend that builds and refits the mapper while idle), `budget` (the
+//!   batch settings from `engine.memory_limit`).
 //! - [`inference`]: what the bot needs of image generation (submit,
 //!   position, cancel, wait), served by the engine in this process or by
 //!   [`queue`]: Redis Streams between bot front ends and GPU workers
@@ -104,7 +105,8 @@
 //! - [`image_io`]: area resizing, RGB8 conversion (of generator output, and
 //!   of decoded photos as PIL does it), grids, atomic PNG writes.
 //! - [`bench`]: the `clip2gan bench` measurements (printed as JSON), one
-//!   file per benchmark.
+//!   file per benchmark (`memory` and `soak`: where the bytes go, and
+//!   memory over many jobs).
 //! - [`config`]: `config.toml` + environment + flags, the whole file (for
 //!   the command layer only); [`device`]: CPU/CUDA choice.
 //! - [`metrics`]: the Prometheus metrics' names and buckets, and the

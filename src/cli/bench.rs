@@ -36,7 +36,8 @@ pub enum BenchCommand {
         concurrency: Vec<usize>,
         #[arg(long, default_value_t = 2)]
         jobs_per_client: usize,
-        #[arg(long, default_value_t = 8)]
+        /// The engine's batch (engine.max_batch's default).
+        #[arg(long, default_value_t = 4)]
         max_batch: usize,
         /// Repeat the generator sweep and every case this many times and
         /// quote the median ratios (a few-second run drifts by several
@@ -61,7 +62,7 @@ pub enum BenchCommand {
     /// of each size up to --max-batch and of a photo job, the allocator's
     /// slack.
     Memory {
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = 4)]
         max_batch: usize,
         /// A CLIP checkpoint directory (transformers layout), loaded as the
         /// bot loads it; default: random ViT-B/32-shaped weights.

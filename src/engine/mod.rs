@@ -108,7 +108,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             queue_capacity: 64,
-            max_batch: 8,
+            max_batch: 4,
             max_wait_ms: 25,
             settle_ms: 3,
             per_user_limit: 2,

@@ -52,7 +52,7 @@ impl Default for GeneratorConfig {
             channel_multiplier: None,
             conv_clamp: None,
             truncation: 0.7,
-            max_batch: 8,
+            max_batch: 4,
             high_res_chunk: 1,
             subject: "face".into(),
         }
