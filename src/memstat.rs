@@ -172,12 +172,11 @@ mod tests {
     }
 
     #[test]
-    fn this_process_has_a_resident_set_and_a_heap() {
+    fn this_process_has_a_resident_set() {
+        // The heap's figures move with every test thread's allocations, so
+        // only the resident set is checked here; tests/soak.rs checks the
+        // exact count of `Counting`.
         let r = rss();
-        assert!(r.total > 0 && r.peak >= r.total, "{r:?}");
-        let before = heap().in_use;
-        let v = vec![1u8; 8 << 20];
-        assert!(heap().in_use >= before + (8 << 20) - 4096);
-        drop(v);
+        assert!(r.total > 0 && r.peak >= r.total && r.anon > 0, "{r:?}");
     }
 }
