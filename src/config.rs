@@ -236,7 +236,7 @@ mod tests {
             .map_or_else(|| PathBuf::from("/tmp/m"), PathBuf::from);
         assert_eq!(c.models_dir, want);
         assert_eq!(c.generator.truncation, 0.5);
-        assert_eq!(c.generator.max_batch, 8);
+        assert_eq!(c.generator.max_batch, 4);
         std::fs::write(&p, "[generator]\ntruncation = 7.0\n").unwrap();
         assert!(Config::load(Some(&p))
             .unwrap_err()

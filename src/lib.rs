@@ -78,7 +78,8 @@
 //!   errors), `validate` (submit-time checks), `schedule` (which jobs form
 //!   the next batch), `worker` (the inference thread's loop, panics
 //!   contained), `backend` (the pipeline as a backend), `growing` (the
-//!   backend that builds and refits the mapper while idle).
+//!   backend that builds and refits the mapper while idle), `budget` (the
+//!   batch settings from `engine.memory_limit`).
 //! - [`inference`]: what the bot needs of image generation (submit,
 //!   position, cancel, wait), served by the engine in this process or by
 //!   [`queue`]: Redis Streams between bot front ends and GPU workers
@@ -104,7 +105,8 @@
 //! - [`image_io`]: area resizing, RGB8 conversion (of generator output, and
 //!   of decoded photos as PIL does it), grids, atomic PNG writes.
 //! - [`bench`]: the `clip2gan bench` measurements (printed as JSON), one
-//!   file per benchmark.
+//!   file per benchmark (`memory` and `soak`: where the bytes go, and
+//!   memory over many jobs).
 //! - [`config`]: `config.toml` + environment + flags, the whole file (for
 //!   the command layer only); [`device`]: CPU/CUDA choice.
 //! - [`metrics`]: the Prometheus metrics' names and buckets, and the
@@ -112,7 +114,8 @@
 //!   that serves them with `/healthz` and `/readyz`; [`health`]: what
 //!   `/readyz` checks (models, gateway, Redis).
 //! - [`error`]: typed errors that say what to do; [`fsutil`]: atomic writes;
-//!   [`tensorfile`]: safetensors files with metadata; [`rng`]: named,
+//!   [`memstat`]: the resident set, its peak and the allocator's bytes
+//!   (what `bench memory` and the soak read); [`tensorfile`]: safetensors files with metadata; [`rng`]: named,
 //!   seeded random streams; [`runtime`]: process start-up tuning (allocator);
 //!   [`shutdown`]: the bound on shutdown after a signal (its watchdog).
 //!
@@ -138,6 +141,7 @@ pub mod health;
 pub mod image_io;
 pub mod inference;
 pub mod mapper;
+pub mod memstat;
 pub mod metrics;
 pub mod npy;
 pub mod ops;

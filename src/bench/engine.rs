@@ -33,6 +33,17 @@ pub fn random_pipeline(
     let clip =
         crate::clip::Clip::with_random_weights(crate::clip::config::vit_base_patch32(), device)?;
     let generator = crate::generator::open(&cfg.generator, &cfg.models_dir, device, true)?;
+    random_mapper_pipeline(cfg, clip, generator)
+}
+
+/// The pipeline of `clip` and `generator` with the random mapper of
+/// [`random_pipeline`].
+pub fn random_mapper_pipeline(
+    cfg: &BenchConfig,
+    clip: crate::clip::Clip,
+    generator: Box<dyn crate::generator::Generator>,
+) -> Result<crate::pipeline::Pipeline> {
+    let device = &generator.device().clone();
     let meta = crate::mapper::MapperMeta {
         clip_model: "random".into(),
         clip_dim: clip.embed_dim(),

@@ -5,21 +5,25 @@
 //! One file a benchmark: `generator` (z -> image), `clip` (CLIP's encoders
 //! against an sgemm), `engine` (concurrent clients against the inference
 //! engine, with the engine the other benchmarks under `benches/` share),
-//! `bank` (the pair bank against its limit); here the process CPU clock and
+//! `bank` (the pair bank against its limit), `memory` (where the bytes go), `soak` (memory over many mixed jobs); here the process CPU clock and
 //! the median they all use.
 
 mod bank;
 mod clip;
 mod engine;
 mod generator;
+mod memory;
+mod soak;
 
 pub use self::bank::{bank, BankBench, BankRound};
 pub use self::clip::{clip, ClipBench, ClipCase};
 pub use self::engine::{
-    bench_request, engine, engine_clients, random_pipeline, warm_engine, BenchConfig, EngineBench,
-    EngineCase, EngineRound, EngineRun, EngineSummary, StageTable,
+    bench_request, engine, engine_clients, random_mapper_pipeline, random_pipeline, warm_engine,
+    BenchConfig, EngineBench, EngineCase, EngineRound, EngineRun, EngineSummary, StageTable,
 };
 pub use self::generator::{generator, GeneratorBench};
+pub use self::memory::{memory, BatchPeak, MemoryBench, MemoryStep};
+pub use self::soak::{soak, SoakBench, SoakPoint};
 
 /// CPU time used by this process so far (user + system, all threads), s.
 pub(crate) fn process_cpu_s() -> f64 {

@@ -36,7 +36,8 @@ pub enum BenchCommand {
         concurrency: Vec<usize>,
         #[arg(long, default_value_t = 2)]
         jobs_per_client: usize,
-        #[arg(long, default_value_t = 8)]
+        /// The engine's batch (engine.max_batch's default).
+        #[arg(long, default_value_t = 4)]
         max_batch: usize,
         /// Repeat the generator sweep and every case this many times and
         /// quote the median ratios (a few-second run drifts by several
@@ -55,6 +56,29 @@ pub enum BenchCommand {
         pairs: usize,
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+    },
+    /// Where the memory goes (JSON on stdout, a table on stderr): the
+    /// resident set after loading each model, the peak of one engine batch
+    /// of each size up to --max-batch and of a photo job, the allocator's
+    /// slack.
+    Memory {
+        #[arg(long, default_value_t = 4)]
+        max_batch: usize,
+        /// A CLIP checkpoint directory (transformers layout), loaded as the
+        /// bot loads it; default: random ViT-B/32-shaped weights.
+        #[arg(long)]
+        clip: Option<std::path::PathBuf>,
+    },
+    /// Mixed jobs (imagine, edit, morph, photo) from concurrent clients
+    /// through one engine at the configured settings; the resident set and
+    /// the allocator's bytes in use at each mark (no job in flight there)
+    /// and the drift from the first mark to the last.
+    Soak {
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Job counts at which to measure (ascending).
+        #[arg(long, value_delimiter = ',', default_value = "200,1000,2000")]
+        marks: Vec<usize>,
     },
     /// Time CLIP's text and image encoders at ViT-B/32 shapes (random
     /// weights) against an sgemm of the same run.
@@ -147,6 +171,31 @@ pub fn run(cfg: &Config, command: BenchCommand) -> anyhow::Result<()> {
             let name = "ViT-B/32 shapes, random weights";
             let r = bench::bank(g.as_ref(), &c, name, &spec, pairs, rounds)?;
             eprintln!("{}", r.summary());
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        BenchCommand::Memory { max_batch, clip } => {
+            if max_batch == 0 {
+                return Err(Error::invalid("--max-batch must be at least 1").into());
+            }
+            let dev = device::select(&cfg.device)?;
+            let r = bench::memory(&cfg.bench_setup(), &dev, clip.as_deref(), max_batch)?;
+            eprint!("{}", r.table());
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        BenchCommand::Soak { concurrency, marks } => {
+            if concurrency == 0 || marks.is_empty() || marks.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(Error::invalid(
+                    "--concurrency must be at least 1 and --marks ascending job counts",
+                )
+                .into());
+            }
+            let dev = device::select(&cfg.device)?;
+            let setup = cfg.bench_setup();
+            let engine = bench::warm_engine(&setup, &dev, concurrency, cfg.engine.max_batch)?;
+            let r = bench::soak(&engine, concurrency, &marks)?;
+            eprint!("{}", r.table());
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }

@@ -101,6 +101,8 @@ async fn serve(cfg: Config, token: Token) -> Result<(), BotError> {
     if !cfg.queue.url.is_empty() {
         return serve_front_end(cfg, settings, token, signal).await;
     }
+    let mut cfg = cfg;
+    super::budget::apply(&mut cfg).map_err(|e| BotError::Config(e.to_string()))?;
     let engine_cfg = cfg.engine.clone();
     info!("loading the models");
     let loading = tokio::task::spawn_blocking(move || {

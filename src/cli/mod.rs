@@ -9,6 +9,7 @@
 pub mod adherence;
 pub mod bench;
 pub mod bot;
+pub mod budget;
 pub mod clip_score;
 pub mod edit;
 pub mod eval;

@@ -39,6 +39,7 @@ pub fn run(mut cfg: Config, args: WorkerArgs) -> anyhow::Result<()> {
         clip2gan::image_io::check_size(output_size, res)
             .map_err(|e| anyhow::anyhow!("engine.output_size: {e}"))?;
     }
+    super::budget::apply(&mut cfg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

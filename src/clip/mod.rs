@@ -21,6 +21,7 @@ pub mod preprocess;
 pub mod text;
 pub mod tokenizer;
 pub mod vision;
+mod weights;
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -34,6 +35,7 @@ use crate::error::{Error, Result};
 pub use hub::{ClipConfig, ClipFiles};
 pub use preprocess::Preprocessor;
 pub use tokenizer::{Tokenizer, Tokens};
+use weights::Weights;
 
 pub struct Clip {
     /// candle-transformers' model: the portable path. Built at load on
@@ -46,8 +48,9 @@ pub struct Clip {
     pub preprocessor: Preprocessor,
     pub spec: config::ClipSpec,
     device: Device,
-    /// The weights, kept to build the differentiable tower on first use.
-    vb: VarBuilder<'static>,
+    /// The weights, to build the portable model or the differentiable
+    /// tower on first use.
+    weights: Weights,
     vision_grad: OnceLock<vision::VisionTower>,
 }
 
@@ -64,18 +67,8 @@ impl Clip {
             file: file.clone(),
             detail,
         };
-        let is_pth = files
-            .weights
-            .extension()
-            .is_some_and(|e| e == "bin" || e == "pt" || e == "pth");
-        let vb = if is_pth {
-            VarBuilder::from_pth(&files.weights, DType::F32, device)
-        } else {
-            // SAFETY: the file is memory-mapped read-only; it must not be
-            // modified while loaded (the same contract as every mmap loader).
-            unsafe { VarBuilder::from_mmaped_safetensors(&[&files.weights], DType::F32, device) }
-        }
-        .map_err(|e| bad(format!("cannot read the weights: {e}")))?;
+        let vb = weights::open(&files.weights, device, device.is_cpu())
+            .map_err(|e| bad(format!("cannot read the weights: {e}")))?;
         for name in MUST_EXIST {
             if !vb.contains_tensor(name) {
                 return Err(bad(format!("tensor `{name}` is missing")));
@@ -93,6 +86,14 @@ impl Clip {
             let _ = model.set(m);
             None
         };
+        // On the CPU the fast path holds its own copy (`weights`: why the
+        // file is not kept open).
+        let weights = if fast.is_some() {
+            drop(vb);
+            Weights::File(files.weights.clone())
+        } else {
+            Weights::Held(vb)
+        };
         Ok(Self {
             model,
             fast,
@@ -100,7 +101,7 @@ impl Clip {
             preprocessor,
             spec,
             device: device.clone(),
-            vb,
+            weights,
             vision_grad: OnceLock::new(),
         })
     }
@@ -125,7 +126,7 @@ impl Clip {
             preprocessor: config::preprocessor(None, spec.image_size)?,
             spec,
             device: device.clone(),
-            vb,
+            weights: Weights::Held(vb),
             vision_grad: OnceLock::new(),
         })
     }
@@ -152,7 +153,7 @@ impl Clip {
         if let Some(m) = self.model.get() {
             return Ok(m);
         }
-        let m = ClipModel::new(self.vb.clone(), &self.spec.candle)?;
+        let m = ClipModel::new(self.weights.open(&self.device)?, &self.spec.candle)?;
         Ok(self.model.get_or_init(|| m))
     }
 
@@ -215,7 +216,10 @@ impl Clip {
         if let Some(t) = self.vision_grad.get() {
             return Ok(t);
         }
-        let tower = vision::VisionTower::load(&self.vb, &self.spec.candle.vision_config)?;
+        let tower = vision::VisionTower::load(
+            &self.weights.open(&self.device)?,
+            &self.spec.candle.vision_config,
+        )?;
         Ok(self.vision_grad.get_or_init(|| tower))
     }
 

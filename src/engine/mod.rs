@@ -24,6 +24,7 @@
 
 pub mod backend;
 pub mod blank;
+pub mod budget;
 pub mod growing;
 mod schedule;
 pub mod types;
@@ -63,6 +64,11 @@ pub struct EngineConfig {
     pub per_user_limit: usize,
     /// Side of delivered images in pixels.
     pub output_size: usize,
+    /// A bound on the process's resident memory ("1GiB", "900MB"): the
+    /// command layer lowers `max_batch` and `generator.high_res_chunk` to
+    /// fit it ([`budget`]) and refuses to start when the models alone do
+    /// not fit. Unset: no bound (the settings as they are).
+    pub memory_limit: Option<String>,
     /// Accepted and ignored: the engine once kept latents for follow-up
     /// requests; clients now send them by value (older configs still load).
     pub latent_cache: serde::de::IgnoredAny,
@@ -75,6 +81,10 @@ impl EngineConfig {
             return bad(
                 "engine.queue_capacity, max_batch and per_user_limit must be at least 1".into(),
             );
+        }
+        if let Some(l) = &self.memory_limit {
+            budget::parse_bytes(l)
+                .map_err(|e| crate::error::Error::Config(format!("engine.memory_limit = {e}")))?;
         }
         for (name, d) in self.durations() {
             limits::check_wait(name, d).or_else(bad)?;
@@ -98,11 +108,12 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             queue_capacity: 64,
-            max_batch: 8,
+            max_batch: 4,
             max_wait_ms: 25,
             settle_ms: 3,
             per_user_limit: 2,
             output_size: 512,
+            memory_limit: None,
             latent_cache: serde::de::IgnoredAny,
         }
     }

@@ -31,6 +31,12 @@ pub struct GeneratorConfig {
     pub truncation: f64,
     /// Images per forward pass; bounds memory (about 1 GB per 1024 px image on CPU).
     pub max_batch: usize,
+    /// `mobilestylegan`: images per pass through the layers at 256 px and
+    /// above, within a batch (0 = the whole batch). Those layers hold
+    /// nearly all of a batch's working memory (about 165 MB per 1024 px
+    /// image) and gain nothing from batching; the low-resolution layers
+    /// still run the whole batch. `engine.memory_limit` may lower it.
+    pub high_res_chunk: usize,
     /// What the generator makes, one noun ("face", "cat", "car"): the edit
     /// phrases ("a photo of a cat with ...") and the bot's texts use it.
     pub subject: String,
@@ -46,7 +52,8 @@ impl Default for GeneratorConfig {
             channel_multiplier: None,
             conv_clamp: None,
             truncation: 0.7,
-            max_batch: 8,
+            max_batch: 4,
+            high_res_chunk: 1,
             subject: "face".into(),
         }
     }

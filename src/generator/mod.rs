@@ -145,7 +145,7 @@ pub fn open(
     if auto_fetch {
         mobilestylegan::fetch::ensure(models_dir, &dir)?;
     }
-    Ok(Box::new(mobilestylegan::MobileStyleGan::load(
-        &dir, device,
-    )?))
+    Ok(Box::new(
+        mobilestylegan::MobileStyleGan::load(&dir, device)?.with_high_res_chunk(cfg.high_res_chunk),
+    ))
 }

@@ -51,7 +51,7 @@ impl Default for Settings {
             variation_xi: 0.15,
             fine_mix: 0.5,
             sample_temperature: 0.8,
-            max_batch: 8,
+            max_batch: 4,
             noise: NoiseMode::Fixed,
             subject: instruction::FACE.into(),
         }

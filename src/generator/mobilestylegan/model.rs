@@ -290,9 +290,28 @@ pub struct MobileStyleGan {
     first: FirstConv,
     blocks: Vec<Block>,
     to_img: ToImg,
+    /// Images per pass through the blocks from [`HIGH_RES_FROM`] px on
+    /// (0: the whole batch); see [`MobileStyleGan::with_high_res_chunk`].
+    high_res_chunk: usize,
 }
 
+/// Side (px) from which a block's activations are large enough that
+/// batching them costs memory without saving time: a 1024 px image needs
+/// about 165 MB of working memory, nearly all in the blocks at 256 and 512
+/// px, whose convolutions are as fast one image at a time.
+pub const HIGH_RES_FROM: usize = 128;
+
 impl MobileStyleGan {
+    /// Run the blocks from [`HIGH_RES_FROM`] px on `images` images at a
+    /// time (0: the whole batch). The low-resolution blocks, where
+    /// batching pays (small images, wide channels), still see the whole
+    /// batch; the peak memory of a batch of `n` becomes about that of
+    /// `min(n, images)` images plus the low-resolution activations of `n`.
+    pub fn with_high_res_chunk(mut self, images: usize) -> Self {
+        self.high_res_chunk = images;
+        self
+    }
+
     /// Load `mapping.safetensors` and `synthesis.safetensors` from `dir`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let (mapping, _) = open(&dir.join(MAPPING_FILE), device)?;
@@ -388,6 +407,7 @@ impl MobileStyleGan {
             first,
             blocks,
             to_img,
+            high_res_chunk: 0,
         })
     }
 
@@ -453,15 +473,64 @@ impl Generator for MobileStyleGan {
             )));
         }
         let wplus = wplus.to_dtype(DType::F32)?;
+        let n = wplus.dim(0)?;
         let mut x = self.first.forward(&Self::style(&wplus, 0)?, noise)?;
-        for (i, b) in self.blocks.iter().enumerate() {
-            let w1 = Self::style(&wplus, 3 * i + 1)?;
-            let w2 = Self::style(&wplus, 3 * i + 2)?;
+        // Blocks below HIGH_RES_FROM px on the whole batch; block i outputs
+        // 8 << i px.
+        let split = (0..self.blocks.len())
+            .find(|i| 8 << i >= HIGH_RES_FROM)
+            .unwrap_or(self.blocks.len());
+        x = self.blocks_forward(x, &wplus, 0..split, noise)?;
+        // Random noise is drawn per call for the call's whole batch, so a
+        // chunk would get other noise than its images get in the batch:
+        // that mode (`generate --noise random` only) runs the batch whole.
+        let chunk = match (self.high_res_chunk, noise) {
+            (0, _) | (_, NoiseMode::Random(_)) => n,
+            (c, NoiseMode::Fixed) => c.min(n),
+        };
+        if chunk >= n {
+            let x = self.blocks_forward(x, &wplus, split..self.blocks.len(), noise)?;
+            return self.to_image(&x, &wplus);
+        }
+        let mut out = Vec::with_capacity(n.div_ceil(chunk));
+        for start in (0..n).step_by(chunk) {
+            let len = chunk.min(n - start);
+            let w = wplus.narrow(0, start, len)?;
+            let xi = self.blocks_forward(
+                x.narrow(0, start, len)?,
+                &w,
+                split..self.blocks.len(),
+                noise,
+            )?;
+            out.push(self.to_image(&xi, &w)?);
+        }
+        Ok(Tensor::cat(&out, 0)?)
+    }
+}
+
+impl MobileStyleGan {
+    /// Blocks `range` on `x`, with their styles from `wplus`.
+    fn blocks_forward(
+        &self,
+        mut x: Tensor,
+        wplus: &Tensor,
+        range: std::ops::Range<usize>,
+        noise: NoiseMode,
+    ) -> Result<Tensor> {
+        for i in range {
+            let b = &self.blocks[i];
+            let w1 = Self::style(wplus, 3 * i + 1)?;
+            let w2 = Self::style(wplus, 3 * i + 2)?;
             x = ops::idwt_haar(&x, Some(&b.up.forward(&w1)?))?;
             x = b.conv1.forward(&x, &w1, noise, 2 * i as u64 + 1)?;
             x = b.conv2.forward(&x, &w2, noise, 2 * i as u64 + 2)?;
         }
-        let w_img = Self::style(&wplus, 3 * (self.blocks.len() - 1) + 3)?;
+        Ok(x)
+    }
+
+    /// The last block's output to the image: to_img, then the inverse DWT.
+    fn to_image(&self, x: &Tensor, wplus: &Tensor) -> Result<Tensor> {
+        let w_img = Self::style(wplus, 3 * (self.blocks.len() - 1) + 3)?;
         let (n, c, h, wd) = x.dims4()?;
         let s = self.to_img.affine.forward(&w_img)?; // [n, c]
         let k = self
