@@ -5,13 +5,15 @@
 //! One file a benchmark: `generator` (z -> image), `clip` (CLIP's encoders
 //! against an sgemm), `engine` (concurrent clients against the inference
 //! engine, with the engine the other benchmarks under `benches/` share),
-//! `bank` (the pair bank against its limit); here the process CPU clock and
+//! `bank` (the pair bank against its limit), `refine` (quality mode's
+//! steps, and fast jobs beside them); here the process CPU clock and
 //! the median they all use.
 
 mod bank;
 mod clip;
 mod engine;
 mod generator;
+mod refine;
 
 pub use self::bank::{bank, BankBench, BankRound};
 pub use self::clip::{clip, ClipBench, ClipCase};
@@ -20,6 +22,7 @@ pub use self::engine::{
     EngineCase, EngineRound, EngineRun, EngineSummary, StageTable,
 };
 pub use self::generator::{generator, GeneratorBench};
+pub use self::refine::{refine, FastLatency, RefineBench, RefineCase, EIGHT_STEPS_TARGET_S};
 
 /// CPU time used by this process so far (user + system, all threads), s.
 pub(crate) fn process_cpu_s() -> f64 {

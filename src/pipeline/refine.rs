@@ -55,7 +55,7 @@ pub struct RefineSettings {
 impl Default for RefineSettings {
     fn default() -> Self {
         Self {
-            step_size: 0.05,
+            step_size: 0.01,
             pull: 0.002,
             space: RefineSpace::WPlus,
         }
@@ -66,7 +66,7 @@ impl RefineSettings {
     pub fn validate(&self) -> Result<()> {
         if !(self.step_size.is_finite() && self.step_size > 0.0 && self.step_size <= 10.0) {
             return Err(Error::Config(format!(
-                "pipeline.refine_step_size = {}: use a value in (0, 10] (0.05 is typical)",
+                "pipeline.refine_step_size = {}: use a value in (0, 10] (0.01 is typical)",
                 self.step_size
             )));
         }
@@ -123,6 +123,14 @@ pub struct StepScore {
 }
 
 impl Pipeline {
+    /// The text an edit's refinement aims at: the instruction's target
+    /// ("add smile" -> "a smiling face").
+    pub fn edit_target(&self, instruction: &str) -> Result<String> {
+        super::instruction::parse_about(instruction, &self.settings.subject)
+            .map(|p| p.target)
+            .ok_or_else(|| Error::invalid(limits::EMPTY_EDIT))
+    }
+
     /// The radius refined latents are clamped to: the farthest of the
     /// generator's own samples from `w_avg` (about 10 ms of mapping on a
     /// CPU; callers that refine many times may keep it).
