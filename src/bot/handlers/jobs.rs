@@ -274,7 +274,10 @@ impl Bot {
         }
     }
 
-    /// Wait for the job, then deliver.
+    /// Wait for the job (and, with `refine`, the refinement of its
+    /// latents that follows it), then deliver.
+    // The job's whole context, passed on from `start_then_refine`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn follow(
         &self,
         resp: Responder,
