@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::engine::{Engine, EngineError, JobId, Output, Request, UserId};
+use crate::engine::{Engine, EngineError, JobId, Output, Progress, Request, UserId};
 
 /// The future of one job's output.
 pub type Waiting = Pin<Box<dyn Future<Output = Result<Output, EngineError>> + Send>>;
@@ -21,11 +21,17 @@ pub type Waiting = Pin<Box<dyn Future<Output = Result<Output, EngineError>> + Se
 pub struct Job {
     pub id: JobId,
     waiting: Waiting,
+    /// A refinement's steps as they are done, where the service reports them.
+    pub progress: Option<tokio::sync::mpsc::UnboundedReceiver<Progress>>,
 }
 
 impl Job {
     pub fn new(id: JobId, waiting: Waiting) -> Self {
-        Job { id, waiting }
+        Job {
+            id,
+            waiting,
+            progress: None,
+        }
     }
 
     pub async fn wait(self) -> Result<Output, EngineError> {
@@ -54,9 +60,12 @@ pub trait Inference: Send + Sync + 'static {
 #[async_trait]
 impl Inference for Engine {
     async fn submit(&self, user: UserId, request: Request) -> Result<Job, EngineError> {
-        let handle = Engine::submit(self, user, request)?;
+        let mut handle = Engine::submit(self, user, request)?;
         let id = handle.id;
-        Ok(Job::new(id, Box::pin(handle.wait())))
+        let progress = handle.take_progress();
+        let mut job = Job::new(id, Box::pin(handle.wait()));
+        job.progress = progress;
+        Ok(job)
     }
 
     async fn position(&self, id: JobId) -> Option<usize> {

@@ -69,7 +69,8 @@
 //!   shift and residual sampling; its file format, compatibility checks and
 //!   the `[mapper]` section.
 //! - [`pipeline`]: CLIP -> mapper -> generator for batches of requests
-//!   (imagine, edit, invert, variations, interpolate); `config` (the
+//!   (imagine, edit, invert, variations, interpolate); `refine` (quality
+//!   mode: CLIP-guided Adam steps on latents); `config` (the
 //!   `[pipeline]` section, [`pipeline::PipelineSetup`]), `limits` (request
 //!   limits and their messages, for every layer), `instruction` (edit
 //!   phrases to text pairs).
@@ -79,7 +80,9 @@
 //!   the next batch), `worker` (the inference thread's loop, panics
 //!   contained), `backend` (the pipeline as a backend), `growing` (the
 //!   backend that builds and refits the mapper while idle), `budget` (the
-//!   batch settings from `engine.memory_limit`).
+//!   batch settings from `engine.memory_limit`), `refine` (refinement jobs a
+//!   step at a time between other jobs; the pipeline's side in
+//!   `refine_backend`).
 //! - [`inference`]: what the bot needs of image generation (submit,
 //!   position, cancel, wait), served by the engine in this process or by
 //!   [`queue`]: Redis Streams between bot front ends and GPU workers

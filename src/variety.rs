@@ -14,6 +14,7 @@ use candle_core::{Tensor, D};
 use serde::Serialize;
 
 use crate::error::Result;
+use crate::generator::Generator;
 use crate::pipeline::{ImagineRequest, Pipeline};
 
 #[derive(Debug, Clone, Serialize)]
@@ -55,11 +56,37 @@ fn mean_pairwise(x: &Tensor) -> Result<f64> {
     Ok(sum / count.max(1) as f64)
 }
 
+/// Seeds of the generator's own samples the range is measured on.
+const SAMPLE_SEED: u64 = 1 << 40;
+const SAMPLES: usize = 1024;
+
+/// The generator's own samples (1,024 mapped z, no truncation), `[k, w_dim]`.
+fn own_samples(g: &dyn Generator) -> Result<Tensor> {
+    let z = crate::generator::z_for_seeds(SAMPLE_SEED, SAMPLES, g.z_dim(), g.device())?;
+    g.map(&z)
+}
+
+/// The largest `|w - w_avg|` among the generator's own samples: the radius
+/// a latent's every style should stay within (refinement clamps to it).
+pub fn generator_range(g: &dyn Generator) -> Result<f64> {
+    Ok(distances(&own_samples(g)?, g.w_avg())?
+        .into_iter()
+        .fold(0f32, f32::max) as f64)
+}
+
+/// The farthest style of any latent of `w` (`[n, styles, w_dim]`) from
+/// `w_avg`.
+pub fn farthest_style(w: &Tensor, w_avg: &Tensor) -> Result<f64> {
+    let (n, s, d) = w.dims3()?;
+    Ok(distances(&w.reshape((n * s, d))?, w_avg)?
+        .into_iter()
+        .fold(0f32, f32::max) as f64)
+}
+
 pub fn measure(p: &Pipeline, prompts: &[String], count: usize) -> Result<VarietyReport> {
     let g = p.generator.as_ref();
     let coarse = g.layer_groups()[0].clone();
-    let z = crate::generator::z_for_seeds(1 << 40, 1024, g.z_dim(), g.device())?;
-    let w = g.map(&z)?; // [1024, w_dim]
+    let w = own_samples(g)?; // [1024, w_dim]
     let w_avg = g.w_avg();
     let reference_max_distance = distances(&w, w_avg)?.into_iter().fold(0f32, f32::max) as f64;
     // Random samples use one w for every style, so their coarse styles are
@@ -76,9 +103,8 @@ pub fn measure(p: &Pipeline, prompts: &[String], count: usize) -> Result<Variety
             candidates: count,
         };
         let r = p.imagine(std::slice::from_ref(&req))?.remove(0);
-        let (n, s, d) = r.latents.dims3()?;
-        let all = r.latents.reshape((n * s, d))?;
-        let far = distances(&all, w_avg)?.into_iter().fold(0f32, f32::max) as f64;
+        let (n, _, d) = r.latents.dims3()?;
+        let far = farthest_style(&r.latents, w_avg)?;
         let c = r
             .latents
             .narrow(1, coarse.start, coarse.len())?

@@ -2017,3 +2017,98 @@ async fn a_full_disk_is_said_served_through_and_saving_resumes_once_freed() {
     assert!(opened.warnings.is_empty(), "{:?}", opened.warnings);
     assert_eq!(opened.store.len(), 2, "the first image and the last edit");
 }
+
+/// Quality mode in the bot: the Refine button under a result gives a new
+/// result (made from it, now the user's latest, so `/edit` goes on from it)
+/// with the step progress shown on the way; `/imagine quality: best` is
+/// one job for the quota (two steps here: each is a backward pass through
+/// the 1024 px generator).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refine_button_and_quality_best() {
+    let (fake, _dir, store) = world().await;
+    let mut s = settings(&fake, &store);
+    s.bot.refine_steps = 2;
+    s.bot.daily_quota = 2;
+    let bot = start_default(&fake, s).await;
+
+    let t = fake.command(
+        1,
+        "imagine",
+        json!([{"name": "prompt", "type": 3, "value": "a man with a beard"},
+               {"name": "seed", "type": 4, "value": 7}]),
+    );
+    let (first, img1) = image(&fake, &t).await;
+    let t = fake.button(1, &button(&first, "c2g:refine:"));
+    let (refined, img2) = slow_image(&fake, &t).await;
+    assert!(
+        content(&refined).starts_with("**Refined**") && content(&refined).contains("2 steps"),
+        "{refined}"
+    );
+    assert!(max_diff(&img1, &img2) > 0, "refining changed nothing");
+    let steps: Vec<String> = fake
+        .events(&t)
+        .iter()
+        .filter_map(|e| e.event.content().map(String::from))
+        .filter(|c| c.contains("Refining: step"))
+        .collect();
+    assert!(
+        steps.iter().any(|c| c.contains("step 2/2")),
+        "no progress shown: {:#?}",
+        fake.events(&t)
+    );
+    // The refined image is the latest: /edit acts on it (its parent line
+    // says so) and /undo goes back to the first image.
+    let t = fake.command(1, "undo", json!([]));
+    let (_, back) = image(&fake, &t).await;
+    assert!(
+        max_diff(&img1, &back) <= 2,
+        "undo shows the image before refining"
+    );
+
+    // quality: best on /imagine: refined before the reply, one quota charge
+    // (user 3 has 2 a day: best and one fast imagine use them up).
+    let t = fake.command(
+        3,
+        "imagine",
+        json!([{"name": "prompt", "type": 3, "value": "an old woman"},
+               {"name": "quality", "type": 3, "value": "best"}]),
+    );
+    let (best, _) = slow_image(&fake, &t).await;
+    assert!(content(&best).contains("an old woman"), "{best}");
+    assert!(
+        fake.events(&t)
+            .iter()
+            .any(|e| e.event.content().is_some_and(|c| c.contains("step 1/2"))),
+        "{:#?}",
+        fake.events(&t)
+    );
+    let t = fake.command(
+        3,
+        "imagine",
+        json!([{"name": "prompt", "type": 3, "value": "an old woman"}]),
+    );
+    let (_, _) = image(&fake, &t).await;
+    let t = fake.command(
+        3,
+        "imagine",
+        json!([{"name": "prompt", "type": 3, "value": "an old woman"}]),
+    );
+    assert!(ephemeral(&fake, &t).await.contains("daily quota"));
+
+    assert!(fake.unhandled().is_empty(), "{:?}", fake.unhandled());
+    bot.stop().await.unwrap();
+}
+
+/// [`image`] with room for refinement: a process's first CLIP-guided step
+/// costs tens of seconds on a loaded 2-core machine (first-use costs),
+/// each later one seconds, beyond the 60 s the other answers get.
+async fn slow_image(fake: &Fake, token: &str) -> (Value, image::RgbImage) {
+    if fake
+        .wait_answer(token, Duration::from_secs(600))
+        .await
+        .is_none()
+    {
+        panic!("no answer for {token}: {:#?}", fake.events(token));
+    }
+    image(fake, token).await
+}

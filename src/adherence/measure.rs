@@ -24,6 +24,14 @@ pub enum Method {
     /// `imagine` with this mapper in the pipeline (boxed: a mapper is large
     /// beside the other variant).
     Mapper { name: String, mapper: Box<Mapper> },
+    /// `imagine` with this mapper, then quality mode's `steps` refinement
+    /// steps towards the prompt. `range`: the farthest style of any refined
+    /// latent from `w_avg`, over the generator's farthest sample (so far).
+    Refined {
+        mapper: Box<Mapper>,
+        steps: usize,
+        range: f64,
+    },
     /// The `k` nearest bank latents, mixed with Dirichlet(1) weights drawn
     /// by each seed, or (with `residuals`) their mean plus the residual a
     /// mapper's `imagine` draws for the seed, at its temperature: the
@@ -44,6 +52,7 @@ impl Method {
     pub fn name(&self) -> String {
         match self {
             Method::Mapper { name, .. } => name.clone(),
+            Method::Refined { steps, .. } => format!("this mapper, refined {steps} steps"),
             Method::Retrieval {
                 k, residuals: None, ..
             } => format!("retrieval (k = {k})"),
@@ -62,33 +71,27 @@ pub fn faces(
     n: usize,
 ) -> Result<Tensor> {
     match m {
-        Method::Mapper { mapper, .. } => {
-            // Image k of `imagine --seed s -n n` is the image of seed s + k
-            // alone, so a block of seeds is one request.
-            std::mem::swap(&mut p.mapper, mapper);
-            let mut out = Vec::new();
-            let mut result = Ok(());
-            for start in (0..n).step_by(crate::pipeline::MAX_COUNT) {
-                let count = crate::pipeline::MAX_COUNT.min(n - start);
-                match p.imagine(&[ImagineRequest {
-                    prompt: prompt.to_string(),
-                    count,
-                    seed: first + start as u64,
-                    truncation: None,
-                    candidates: count,
-                }]) {
-                    Ok(mut r) => out.push(r.remove(0).images),
-                    Err(e) => {
-                        result = Err(e);
-                        break;
-                    }
-                }
+        Method::Refined {
+            mapper,
+            steps,
+            range,
+        } => {
+            let (latents, _) = imagine_blocks(p, mapper, prompt, first, n)?;
+            // Four at a time: a step keeps every layer's activations of
+            // the 1024 px generator for the backward pass (GBs per image).
+            let radius = p.latent_radius()?;
+            let mut images = Vec::new();
+            for start in (0..n).step_by(4) {
+                let len = 4.min(n - start);
+                let prompts = vec![prompt; len];
+                let r = p.refine(&latents.narrow(0, start, len)?, &prompts, *steps, |_, _| {})?;
+                let far = crate::variety::farthest_style(&r.latents, p.generator.w_avg())?;
+                *range = range.max(far / radius);
+                images.push(r.images);
             }
-            // The mapper goes back whatever happened.
-            std::mem::swap(&mut p.mapper, mapper);
-            result?;
-            Ok(Tensor::cat(&out, 0)?)
+            Ok(Tensor::cat(&images, 0)?)
         }
+        Method::Mapper { mapper, .. } => Ok(imagine_blocks(p, mapper, prompt, first, n)?.1),
         Method::Retrieval { k, e, w, residuals } => {
             let (t, _) = p.clip.encode_text(&[prompt])?;
             let sims = e
@@ -130,6 +133,47 @@ pub fn faces(
             p.render(&p.generator.broadcast_w(&w)?)
         }
     }
+}
+
+/// `imagine` with `mapper` in the pipeline for seeds `first..first + n`:
+/// latents and images.
+fn imagine_blocks(
+    p: &mut Pipeline,
+    mapper: &mut Box<Mapper>,
+    prompt: &str,
+    first: u64,
+    n: usize,
+) -> Result<(Tensor, Tensor)> {
+    // Image k of `imagine --seed s -n n` is the image of seed s + k
+    // alone, so a block of seeds is one request.
+    std::mem::swap(&mut p.mapper, mapper);
+    let mut lat = Vec::new();
+    let mut out = Vec::new();
+    let mut result = Ok(());
+    for start in (0..n).step_by(crate::pipeline::MAX_COUNT) {
+        let count = crate::pipeline::MAX_COUNT.min(n - start);
+        match p.imagine(&[ImagineRequest {
+            prompt: prompt.to_string(),
+            count,
+            seed: first + start as u64,
+            truncation: None,
+            candidates: count,
+        }]) {
+            Ok(mut r) => {
+                let r = r.remove(0);
+                lat.push(r.latents);
+                out.push(r.images);
+            }
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    // The mapper goes back whatever happened.
+    std::mem::swap(&mut p.mapper, mapper);
+    result?;
+    Ok((Tensor::cat(&lat, 0)?, Tensor::cat(&out, 0)?))
 }
 
 /// One prompt's faces, judged.

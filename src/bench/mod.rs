@@ -5,7 +5,9 @@
 //! One file a benchmark: `generator` (z -> image), `clip` (CLIP's encoders
 //! against an sgemm), `engine` (concurrent clients against the inference
 //! engine, with the engine the other benchmarks under `benches/` share),
-//! `bank` (the pair bank against its limit), `memory` (where the bytes go), `soak` (memory over many mixed jobs); here the process CPU clock and
+//! `bank` (the pair bank against its limit), `memory` (where the bytes go),
+//! `soak` (memory over many mixed jobs), `refine` (quality mode's steps,
+//! and fast jobs beside them); here the process CPU clock and
 //! the median they all use.
 
 mod bank;
@@ -13,6 +15,7 @@ mod clip;
 mod engine;
 mod generator;
 mod memory;
+mod refine;
 mod soak;
 
 pub use self::bank::{bank, BankBench, BankRound};
@@ -23,6 +26,7 @@ pub use self::engine::{
 };
 pub use self::generator::{generator, GeneratorBench};
 pub use self::memory::{memory, BatchPeak, MemoryBench, MemoryStep};
+pub use self::refine::{refine, FastLatency, RefineBench, RefineCase, EIGHT_STEPS_TARGET_S};
 pub use self::soak::{soak, SoakBench, SoakPoint};
 
 /// CPU time used by this process so far (user + system, all threads), s.

@@ -18,6 +18,15 @@ use crate::engine::limits::{strength_ok, strength_span, DEFAULT_STRENGTH, STRENG
 /// Largest seed: Discord integer options stop at 2^53 - 1.
 pub const SEED_MAX: u64 = (1 << 53) - 1;
 
+/// `quality:` on `/imagine` and `/edit`: the mapper alone, or followed by
+/// quality mode's CLIP-guided steps (`bot.refine_steps`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Quality {
+    #[default]
+    Fast,
+    Best,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     Imagine {
@@ -26,12 +35,14 @@ pub enum Command {
         seed: Option<u64>,
         /// A photo: a face like it, moved toward the prompt.
         image: Option<Photo>,
+        quality: Quality,
     },
     Edit {
         instruction: String,
         strength: f64,
         /// A photo to edit instead of the latest image.
         image: Option<Photo>,
+        quality: Quality,
     },
     Undo,
     Morph {
@@ -54,6 +65,18 @@ pub fn definitions(cfg: &BotConfig) -> Vec<CreateCommand> {
     let words = &cfg.words;
     let image = |description: &str| {
         CreateCommandOption::new(CommandOptionType::Attachment, "image", description)
+    };
+    let quality = || {
+        CreateCommandOption::new(
+            CommandOptionType::String,
+            "quality",
+            format!(
+                "fast (default) or best: {} steps that match the text better (slower)",
+                cfg.refine_steps
+            ),
+        )
+        .add_string_choice("fast", "fast")
+        .add_string_choice("best", "best")
     };
     let result = |name: &str, description: &str| {
         CreateCommandOption::new(CommandOptionType::String, name, description).max_length(24)
@@ -91,7 +114,8 @@ pub fn definitions(cfg: &BotConfig) -> Vec<CreateCommand> {
             .add_option(image(&format!(
                 "A photo: makes {} like it, moved toward the prompt",
                 words.one()
-            ))),
+            )))
+            .add_option(quality()),
         CreateCommand::new("edit")
             .description(format!(
                 "Change your latest image: {}",
@@ -121,7 +145,8 @@ pub fn definitions(cfg: &BotConfig) -> Vec<CreateCommand> {
             .add_option(image(&format!(
                 "A photo of {} to edit instead of your latest image",
                 words.one()
-            ))),
+            )))
+            .add_option(quality()),
         CreateCommand::new("undo").description("Go back to your previous image"),
         CreateCommand::new("morph")
             .description("Animate from one of your images to another (default: your last two)")
@@ -233,6 +258,12 @@ pub fn parse(data: &CommandData, cfg: &BotConfig) -> Result<Command, String> {
         };
         check_text(raw, name, cfg)
     };
+    let quality = || match opt("quality") {
+        None => Ok(Quality::Fast),
+        Some(CommandDataOptionValue::String(s)) if s == "fast" => Ok(Quality::Fast),
+        Some(CommandDataOptionValue::String(s)) if s == "best" => Ok(Quality::Best),
+        Some(_) => Err("`quality` must be `fast` or `best`.".to_string()),
+    };
     match data.name.as_str() {
         "imagine" => {
             let prompt = text("prompt")?;
@@ -267,6 +298,7 @@ pub fn parse(data: &CommandData, cfg: &BotConfig) -> Result<Command, String> {
                 count: count as usize,
                 seed,
                 image,
+                quality: quality()?,
             })
         }
         "edit" => {
@@ -286,6 +318,7 @@ pub fn parse(data: &CommandData, cfg: &BotConfig) -> Result<Command, String> {
                 instruction,
                 strength: check_strength(strength)?,
                 image: attachment(data)?,
+                quality: quality()?,
             })
         }
         "undo" => Ok(Command::Undo),

@@ -106,6 +106,9 @@ pub struct BotConfig {
     pub blocklist: Vec<String>,
     /// Images of the Variations button.
     pub variations_count: usize,
+    /// Quality mode: CLIP-guided steps of `quality: best` and the Refine
+    /// button (1 to 32; each about a second on a CPU).
+    pub refine_steps: usize,
     /// How far variations move from their source (0 = not at all, 1 = far).
     pub variation_amount: f64,
     /// How often a queued job's position is refreshed in its message.
@@ -150,6 +153,7 @@ impl Default for BotConfig {
             max_prompt_chars: 500,
             blocklist: Vec::new(),
             variations_count: 4,
+            refine_steps: 8,
             variation_amount: 0.5,
             progress_interval_ms: 1500,
             http_attempts: 5,
@@ -172,6 +176,9 @@ impl BotConfig {
         let bad = |m: &str| Err(BotError::Config(m.to_string()));
         if self.history_depth == 0 || self.max_latents == 0 {
             return bad("bot.history_depth and bot.max_latents must be at least 1");
+        }
+        if !(1..=crate::engine::limits::MAX_REFINE_STEPS).contains(&self.refine_steps) {
+            return bad("bot.refine_steps must be 1 to 32");
         }
         if !(1..=MAX_IMAGES).contains(&self.variations_count) {
             return bad("bot.variations_count must be 1 to 4");

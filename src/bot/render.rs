@@ -46,6 +46,11 @@ pub fn result_content(rec: &Record, shown: Option<usize>, note: Option<&str>) ->
             escape(&clean_input(filename)),
             rec.id
         ),
+        Origin::Refined { steps } => format!(
+            "**Refined** {} · {steps} steps\n{prompt_part}result #{}",
+            parent_text(rec.parent),
+            rec.id
+        ),
     };
     if let Some(k) = shown.filter(|_| rec.latents.len() > 1) {
         head.push_str(&format!(" · image {} of {}", k + 1, rec.latents.len()));
@@ -75,6 +80,10 @@ pub enum Action {
     Undo,
     Delete,
     Pick,
+    /// Quality mode on one image.
+    Refine,
+    /// Quality mode on every image of a grid.
+    RefineAll,
     /// The edit modal was submitted.
     EditSubmit,
 }
@@ -90,6 +99,8 @@ impl Action {
             Action::Undo => "undo",
             Action::Delete => "del",
             Action::Pick => "pick",
+            Action::Refine => "refine",
+            Action::RefineAll => "refineall",
             Action::EditSubmit => "editm",
         }
     }
@@ -110,6 +121,8 @@ impl Action {
             "undo" => Action::Undo,
             "del" => Action::Delete,
             "pick" => Action::Pick,
+            "refine" => Action::Refine,
+            "refineall" => Action::RefineAll,
             "editm" => Action::EditSubmit,
             _ => return None,
         };
@@ -189,6 +202,12 @@ pub fn buttons(rec: &Record, shown: Option<usize>) -> Vec<CreateActionRow> {
                     ButtonStyle::Primary,
                 ));
             }
+            second.push(button(
+                Action::RefineAll,
+                first,
+                "Refine",
+                ButtonStyle::Success,
+            ));
             second.push(delete);
             vec![
                 CreateActionRow::Buttons(picks),
@@ -217,7 +236,12 @@ pub fn buttons(rec: &Record, shown: Option<usize>) -> Vec<CreateActionRow> {
             row.push(button(Action::Edit, r, "Edit…", ButtonStyle::Secondary));
             row.push(button(Action::Undo, r, "Undo", ButtonStyle::Secondary));
             row.push(delete);
-            vec![CreateActionRow::Buttons(row)]
+            // Discord puts at most 5 buttons in a row.
+            let quality = vec![button(Action::Refine, r, "Refine", ButtonStyle::Success)];
+            vec![
+                CreateActionRow::Buttons(row),
+                CreateActionRow::Buttons(quality),
+            ]
         }
     }
 }
@@ -235,6 +259,7 @@ pub fn describe(rec: &Record, index: usize) -> String {
         Origin::Edit { instruction, .. } => format!("/edit {}", short(instruction)),
         Origin::Variations { .. } => "a variation".to_string(),
         Origin::Photo { filename } => format!("photo `{}`", short(filename)),
+        Origin::Refined { .. } => format!("refined {}", short(&rec.prompt)),
     };
     if rec.latents.len() > 1 {
         format!("#{} image {}: {what}", rec.id, index + 1)

@@ -52,6 +52,11 @@ pub struct AdherenceArgs {
     /// 2,048, ... pairs of the bank, up to --bank or all of it.
     #[arg(long)]
     pub curve: bool,
+    /// Quality mode: also this mapper's faces refined by each of these
+    /// step counts (e.g. 0,4,8,16), with how far the refined latents went
+    /// (farthest style from w_avg over the generator's farthest sample).
+    #[arg(long, value_delimiter = ',')]
+    pub refine: Vec<usize>,
 }
 
 #[derive(Debug, Serialize)]
@@ -61,6 +66,8 @@ struct AdherenceReport {
     attributes: AttributeStats,
     bank: Option<usize>,
     retrieval_k: Option<Vec<(usize, f64)>>,
+    /// Refinement steps and the range their latents reached.
+    refined_range: Vec<(usize, f64)>,
     text: Vec<TextReport>,
     edits: EditReport,
 }
@@ -189,6 +196,15 @@ pub fn run(cfg: &Config, path: &Path, json: Option<&Path>, a: &AdherenceArgs) ->
         &Tensor::zeros((1, g.w_dim()), DType::F32, &Device::Cpu)?,
         &dev,
     )?;
+    for &steps in &a.refine {
+        clip2gan::pipeline::limits::check_refine_steps(steps).map_err(Error::InvalidArgument)?;
+        let (m, _) = Mapper::load(path, &compat, &dev)?;
+        methods.push(Method::Refined {
+            mapper: Box::new(m),
+            steps,
+            range: 0.0,
+        });
+    }
     methods.push(Method::Mapper {
         name: format!(
             "this mapper ({:?}, {})",
@@ -256,6 +272,16 @@ pub fn run(cfg: &Config, path: &Path, json: Option<&Path>, a: &AdherenceArgs) ->
         )?);
         eprintln!("measured {}", m.name());
     }
+    let refined_range: Vec<(usize, f64)> = methods
+        .iter()
+        .filter_map(|m| match m {
+            Method::Refined { steps, range, .. } => Some((*steps, *range)),
+            _ => None,
+        })
+        .collect();
+    for (steps, range) in &refined_range {
+        eprintln!("refined {steps} steps: range {range:.3} (farthest style / generator's farthest sample)");
+    }
     // Edits with the mapper itself (the last method).
     if let Some(Method::Mapper { mapper, .. }) = methods.last_mut() {
         std::mem::swap(mapper.as_mut(), &mut p.mapper);
@@ -270,6 +296,7 @@ pub fn run(cfg: &Config, path: &Path, json: Option<&Path>, a: &AdherenceArgs) ->
         attributes: stats,
         bank: bank_size,
         retrieval_k,
+        refined_range,
         text,
         edits,
     };

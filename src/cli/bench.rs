@@ -80,6 +80,20 @@ pub enum BenchCommand {
         #[arg(long, value_delimiter = ',', default_value = "200,1000,2000")]
         marks: Vec<usize>,
     },
+    /// Quality mode: seconds per refinement step at each batch (random
+    /// ViT-B/32-shaped CLIP, the configured generator), eight steps against
+    /// the 10 s target, and fast jobs' p95 with and without a refinement
+    /// running.
+    Refine {
+        #[arg(long, value_delimiter = ',', default_value = "1,4")]
+        batch: Vec<usize>,
+        /// Steps timed per batch (the first is reported but not in the median).
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        /// Fast jobs timed alone and beside a refinement (0: skip).
+        #[arg(long, default_value_t = 6)]
+        fast_jobs: usize,
+    },
     /// Time CLIP's text and image encoders at ViT-B/32 shapes (random
     /// weights) against an sgemm of the same run.
     Clip {
@@ -196,6 +210,37 @@ pub fn run(cfg: &Config, command: BenchCommand) -> anyhow::Result<()> {
             let engine = bench::warm_engine(&setup, &dev, concurrency, cfg.engine.max_batch)?;
             let r = bench::soak(&engine, concurrency, &marks)?;
             eprint!("{}", r.table());
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
+        BenchCommand::Refine {
+            batch,
+            steps,
+            fast_jobs,
+        } => {
+            if batch.contains(&0) || batch.iter().any(|b| *b > 16) {
+                return Err(Error::invalid("--batch: 1 to 16 latents").into());
+            }
+            let dev = device::select(&cfg.device)?;
+            let r = bench::refine(&cfg.bench_setup(), &dev, &batch, steps, fast_jobs)?;
+            for c in &r.cases {
+                eprintln!(
+                    "batch {}: {:.2} s/step (first {:.2} s); 8 steps {:.1} s = {:.2}x the {} s target",
+                    c.batch,
+                    c.median_step_s,
+                    c.step_s[0],
+                    c.eight_steps_s,
+                    c.eight_steps_over_target,
+                    bench::EIGHT_STEPS_TARGET_S
+                );
+            }
+            if let Some(f) = &r.fast {
+                eprintln!(
+                    "fast jobs p95: {:.0} ms alone, {:.0} ms beside a refinement ({:.2}x; {} steps ran meanwhile)",
+                    f.alone_p95_ms, f.during_refinement_p95_ms, f.ratio, f.refinement_steps
+                );
+            }
+            eprintln!("peak RSS {:.0} MB", r.peak_rss_mb);
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }

@@ -31,9 +31,19 @@ pub struct EditArgs {
     size: Option<usize>,
     #[arg(long, short = 'o', default_value = "edited.png")]
     output: PathBuf,
+    /// Quality mode: this many CLIP-guided steps from the edited latent
+    /// towards the instruction's target text (0 = none; at most 32).
+    #[arg(long, default_value_t = 0)]
+    refine: usize,
+    /// Print each refinement step's CLIP score.
+    #[arg(long, short = 'v')]
+    verbose: bool,
 }
 
 pub fn run(cfg: &Config, a: EditArgs) -> anyhow::Result<()> {
+    // Before loading the models: a typo should not cost their start-up.
+    clip2gan::pipeline::limits::check_refine_steps(a.refine)
+        .map_err(clip2gan::error::Error::InvalidArgument)?;
     let (p, size) = pipeline::load_for(cfg, a.size, &a.output)?;
     let w = latent::load_wplus(p.generator.as_ref(), &a.latent, latent::Space::Wplus, 1.0)?;
     if w.dim(0)? != 1 {
@@ -51,5 +61,7 @@ pub fn run(cfg: &Config, a: EditArgs) -> anyhow::Result<()> {
         layers: a.layers,
     };
     let r = p.edit(std::slice::from_ref(&req))?.remove(0);
+    let target = p.edit_target(&req.instruction)?;
+    let r = pipeline::refined(&p, r, &target, a.refine, a.verbose)?;
     pipeline::write_results(&a.output, false, size, &r)
 }

@@ -32,9 +32,19 @@ pub struct ImagineArgs {
     grid: bool,
     #[arg(long, short = 'o', default_value = "imagine.png")]
     output: PathBuf,
+    /// Quality mode: this many CLIP-guided steps from each mapped latent
+    /// towards the prompt (0 = the mapper alone; 8 is typical, at most 32).
+    #[arg(long, default_value_t = 0)]
+    refine: usize,
+    /// Print each refinement step's CLIP score.
+    #[arg(long, short = 'v')]
+    verbose: bool,
 }
 
 pub fn run(cfg: &Config, a: ImagineArgs) -> anyhow::Result<()> {
+    // Before loading the models: a typo should not cost their start-up.
+    clip2gan::pipeline::limits::check_refine_steps(a.refine)
+        .map_err(clip2gan::error::Error::InvalidArgument)?;
     let (p, size) = pipeline::load_for(cfg, a.size, &a.output)?;
     let req = ImagineRequest {
         prompt: a.prompt,
@@ -44,6 +54,7 @@ pub fn run(cfg: &Config, a: ImagineArgs) -> anyhow::Result<()> {
         candidates: a.candidates.unwrap_or(a.count),
     };
     let r = p.imagine(std::slice::from_ref(&req))?.remove(0);
+    let r = pipeline::refined(&p, r, &req.prompt, a.refine, a.verbose)?;
     if r.truncated {
         eprintln!("note: the prompt is longer than 77 CLIP tokens; the end was cut");
     }

@@ -78,3 +78,41 @@ pub fn write_results(
     }
     Ok(())
 }
+
+/// Quality mode for the CLI: `steps` CLIP-guided steps from `r`'s latents
+/// towards `prompt` (0: `r` as it is); with `verbose`, each step's CLIP
+/// score on stderr.
+pub fn refined(
+    p: &Pipeline,
+    r: clip2gan::pipeline::Rendered,
+    prompt: &str,
+    steps: usize,
+    verbose: bool,
+) -> anyhow::Result<clip2gan::pipeline::Rendered> {
+    if steps == 0 {
+        return Ok(r);
+    }
+    let n = r.latents.dim(0)?;
+    let prompts = vec![prompt; n];
+    let started = std::time::Instant::now();
+    let out = p.refine(&r.latents, &prompts, steps, |i, scores| {
+        if verbose {
+            let s: Vec<String> = scores.iter().map(|s| format!("{:.2}", s.score)).collect();
+            eprintln!(
+                "refine step {i}/{steps}: CLIP score {} ({:.1} s)",
+                s.join(" "),
+                started.elapsed().as_secs_f64()
+            );
+        }
+    })?;
+    if verbose {
+        let s: Vec<String> = out.scores.iter().map(|s| format!("{s:.2}")).collect();
+        eprintln!("refined: CLIP score {}", s.join(" "));
+    }
+    Ok(clip2gan::pipeline::Rendered {
+        latents: out.latents,
+        images: out.images,
+        truncated: r.truncated,
+        scores: Some(out.scores),
+    })
+}

@@ -8,6 +8,7 @@ use std::time::Instant;
 use candle_core::Tensor;
 use image::RgbImage;
 
+use super::refine::RefineState;
 use super::types::{EngineError, JobTimes, Latent, Request, Warmup};
 use crate::image_io;
 use crate::pipeline::{EditRequest, ImagineRequest, Pipeline, Rendered, Stages};
@@ -39,7 +40,23 @@ pub trait Backend: Send + 'static {
     fn warming(&self) -> Option<Warmup> {
         None
     }
+    /// Start a [`Request::Refine`] job: the state its steps carry on.
+    fn refine_begin(&mut self, _job: &Request) -> Result<RefineState, EngineError> {
+        Err(EngineError::InvalidRequest(NO_REFINE.into()))
+    }
+    /// One step of each refinement of `states` (one pass for all of them);
+    /// for each, the CLIP score of each of its images before the step.
+    fn refine_step(&mut self, _states: &mut [RefineState]) -> Result<Vec<Vec<f32>>, EngineError> {
+        Err(EngineError::InvalidRequest(NO_REFINE.into()))
+    }
+    /// The refined images and latents of a finished refinement.
+    fn refine_finish(&mut self, _state: RefineState) -> Result<RawOutput, EngineError> {
+        Err(EngineError::InvalidRequest(NO_REFINE.into()))
+    }
 }
+
+/// What a backend without quality mode answers a refinement.
+pub const NO_REFINE: &str = "this image service cannot refine images (quality mode)";
 
 pub struct PipelineBackend {
     pub pipeline: Pipeline,
@@ -49,17 +66,17 @@ pub struct PipelineBackend {
 
 /// The pipeline's (and candle's) errors, sorted by variant: requests the
 /// pipeline refused become [`EngineError::InvalidRequest`].
-fn failed(e: impl Into<crate::error::Error>) -> EngineError {
+pub(super) fn failed(e: impl Into<crate::error::Error>) -> EngineError {
     EngineError::from(e.into())
 }
 
 impl PipelineBackend {
-    fn tensor(&self, l: &Latent) -> Result<Tensor, EngineError> {
+    pub(super) fn tensor(&self, l: &Latent) -> Result<Tensor, EngineError> {
         let dev = self.pipeline.generator.device();
         Tensor::from_vec(l.data.clone(), (l.styles, l.dim), dev).map_err(failed)
     }
 
-    fn output(&self, r: Rendered, animate: bool) -> Result<RawOutput, EngineError> {
+    pub(super) fn output(&self, r: Rendered, animate: bool) -> Result<RawOutput, EngineError> {
         let t0 = Instant::now();
         let images = image_io::to_rgb8_resized(&r.images, self.output_size).map_err(failed)?;
         let resize_ms = t0.elapsed().as_secs_f64() * 1000.0;
@@ -202,6 +219,18 @@ impl Backend for PipelineBackend {
     fn latent_shape(&self) -> (usize, usize) {
         let g = &self.pipeline.generator;
         (g.num_styles(), g.w_dim())
+    }
+
+    fn refine_begin(&mut self, job: &Request) -> Result<RefineState, EngineError> {
+        super::refine_backend::begin(self, job)
+    }
+
+    fn refine_step(&mut self, states: &mut [RefineState]) -> Result<Vec<Vec<f32>>, EngineError> {
+        super::refine_backend::step(self, states)
+    }
+
+    fn refine_finish(&mut self, state: RefineState) -> Result<RawOutput, EngineError> {
+        super::refine_backend::finish(self, state)
     }
 
     fn run(&mut self, batch: &[Request]) -> Vec<Result<RawOutput, EngineError>> {

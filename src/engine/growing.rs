@@ -6,7 +6,12 @@
 //! is a plain [`PipelineBackend`].
 
 use super::backend::{Backend, PipelineBackend, RawOutput};
+use super::refine::RefineState;
 use super::types::{EngineError, Request, Warmup};
+
+/// A refinement reached a backend with no models ready (never once ready:
+/// a refinement starts from a latent the models made).
+const NOT_READY: &str = "the face model is not ready; please try again later";
 use crate::clip::Clip;
 use crate::generator::Generator;
 use crate::mapper::Mapper;
@@ -130,6 +135,27 @@ impl Backend for GrowingBackend {
                 .iter()
                 .map(|_| Err(EngineError::Failed(why.clone())))
                 .collect(),
+        }
+    }
+
+    fn refine_begin(&mut self, job: &Request) -> Result<RefineState, EngineError> {
+        match &mut self.stage {
+            Stage::Ready(b) => b.refine_begin(job),
+            _ => Err(EngineError::Failed(NOT_READY.into())),
+        }
+    }
+
+    fn refine_step(&mut self, states: &mut [RefineState]) -> Result<Vec<Vec<f32>>, EngineError> {
+        match &mut self.stage {
+            Stage::Ready(b) => b.refine_step(states),
+            _ => Err(EngineError::Failed(NOT_READY.into())),
+        }
+    }
+
+    fn refine_finish(&mut self, state: RefineState) -> Result<RawOutput, EngineError> {
+        match &mut self.stage {
+            Stage::Ready(b) => b.refine_finish(state),
+            _ => Err(EngineError::Failed(NOT_READY.into())),
         }
     }
 

@@ -26,24 +26,27 @@ pub mod backend;
 pub mod blank;
 pub mod budget;
 pub mod growing;
+pub mod refine;
+mod refine_backend;
 mod schedule;
 pub mod types;
 mod validate;
 mod worker;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use ::metrics::{gauge, histogram};
 use serde::Deserialize;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::{self as names, record_ms};
 
 pub use backend::{Backend, PipelineBackend, RawOutput};
 pub use growing::GrowingBackend;
+pub use refine::{Progress, RefineState};
 pub use types::*;
 use validate::validate;
 use worker::serve;
@@ -125,6 +128,8 @@ struct Queued {
     submitted: Instant,
     request: Request,
     tx: oneshot::Sender<Result<RawOutput, EngineError>>,
+    /// Refinement steps as they are done (other jobs send nothing).
+    progress: mpsc::UnboundedSender<Progress>,
 }
 
 #[derive(Default)]
@@ -136,6 +141,10 @@ struct State {
     drain: bool,
     /// The backend's warm-up progress, as the worker last saw it.
     warming: Option<Warmup>,
+    /// Refinements the worker is running (out of the queue, between steps).
+    refining: HashSet<JobId>,
+    /// Of those, the ones cancelled: the worker drops them before its next step.
+    cancelled: HashSet<JobId>,
 }
 
 struct Shared {
@@ -173,6 +182,7 @@ pub struct JobHandle {
     pub id: JobId,
     rx: oneshot::Receiver<Result<RawOutput, EngineError>>,
     submitted: Instant,
+    progress: Option<mpsc::UnboundedReceiver<Progress>>,
 }
 
 impl Engine {
@@ -254,6 +264,7 @@ impl Engine {
         s.next_id += 1;
         let id = JobId(s.next_id);
         let (tx, rx) = oneshot::channel();
+        let (progress, progress_rx) = mpsc::unbounded_channel();
         *s.per_user.entry(user).or_default() += 1;
         let submitted = Instant::now();
         s.queue.push_back(Queued {
@@ -262,11 +273,17 @@ impl Engine {
             submitted,
             request,
             tx,
+            progress,
         });
         gauge!(names::QUEUE_DEPTH).set(s.queue.len() as f64);
         drop(s);
         self.shared.wake.notify_all();
-        Ok(JobHandle { id, rx, submitted })
+        Ok(JobHandle {
+            id,
+            rx,
+            submitted,
+            progress: Some(progress_rx),
+        })
     }
 
     /// Jobs ahead of `id` in the queue; `None` once it runs or is done.
@@ -288,9 +305,15 @@ impl Engine {
         self.shared.lock().shutting_down
     }
 
-    /// Cancel a queued job (running jobs finish). True if it was cancelled.
+    /// Cancel a queued job or a running refinement (other running jobs
+    /// finish; a refinement stops before its next step). True if it was
+    /// cancelled.
     pub fn cancel(&self, id: JobId) -> bool {
         let mut s = self.shared.lock();
+        if s.refining.contains(&id) {
+            s.cancelled.insert(id);
+            return true;
+        }
         let Some(i) = s.queue.iter().position(|q| q.id == id) else {
             return false;
         };
@@ -325,6 +348,12 @@ impl Drop for Engine {
 }
 
 impl JobHandle {
+    /// The job's refinement progress, once (a refinement sends one
+    /// [`Progress`] per step; the channel closes when the job ends).
+    pub fn take_progress(&mut self) -> Option<mpsc::UnboundedReceiver<Progress>> {
+        self.progress.take()
+    }
+
     /// Wait for the result; images are encoded (PNG, or GIF for animations)
     /// on a blocking thread.
     pub async fn wait(self) -> Result<Output, EngineError> {

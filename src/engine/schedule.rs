@@ -13,13 +13,16 @@ pub(super) enum Next {
     Batch(Vec<Queued>),
     /// No job waits and the backend has background work.
     Idle,
+    /// No job waits and refinements are running: take their next step.
+    Refine,
     Stop,
 }
 
 /// Take the next batch: the oldest job, plus (if batchable) later jobs of
 /// the same kind up to `max_batch` images, waiting up to `max_wait` for them.
 /// With an empty queue: [`Next::Idle`] if `idle_work`, else wait for a job.
-pub(super) fn next_batch(shared: &Shared, idle_work: bool) -> Next {
+/// With `refining`, an empty queue gives [`Next::Refine`] at once.
+pub(super) fn next_batch(shared: &Shared, idle_work: bool, refining: bool) -> Next {
     let cfg = &shared.config;
     let mut s = shared.lock();
     loop {
@@ -33,6 +36,9 @@ pub(super) fn next_batch(shared: &Shared, idle_work: bool) -> Next {
             return Next::Stop;
         }
         if s.queue.is_empty() {
+            if refining && !s.shutting_down {
+                return Next::Refine;
+            }
             if idle_work {
                 return Next::Idle;
             }

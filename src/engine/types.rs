@@ -52,6 +52,14 @@ pub enum Request {
     /// Render stored latents as they are (one PNG each): showing an earlier
     /// result again, or several of them side by side.
     Render { latents: Vec<Latent> },
+    /// Quality mode: `steps` CLIP-guided steps moving each latent towards
+    /// `prompt`, run a step at a time between other jobs, reporting
+    /// progress (see `engine::refine`).
+    Refine {
+        latents: Vec<Latent>,
+        prompt: String,
+        steps: usize,
+    },
 }
 
 impl Request {
@@ -64,6 +72,7 @@ impl Request {
             Request::Variations { .. } => "variations",
             Request::Interpolate { .. } => "interpolate",
             Request::Render { .. } => "render",
+            Request::Refine { .. } => "refine",
         }
     }
 
@@ -82,7 +91,7 @@ impl Request {
             Request::Imagine { candidates, .. } => *candidates,
             Request::Variations { count, .. } => *count,
             Request::Interpolate { frames, .. } => *frames,
-            Request::Render { latents } => latents.len(),
+            Request::Render { latents } | Request::Refine { latents, .. } => latents.len(),
             Request::Edit { .. } | Request::Invert { .. } => 1,
         }
     }

@@ -71,5 +71,15 @@ pub(super) fn validate(r: &Request, shape: (usize, usize)) -> Result<(), EngineE
             limits::check_render(latents.len()).or_else(bad)?;
             latents.iter().try_for_each(check_latent)
         }
+        Request::Refine {
+            latents,
+            prompt,
+            steps,
+        } => {
+            limits::check_prompt(prompt).or_else(bad)?;
+            limits::check_refine_steps(*steps).or_else(bad)?;
+            limits::check_render(latents.len()).or_else(bad)?;
+            latents.iter().try_for_each(check_latent)
+        }
     }
 }

@@ -9,11 +9,12 @@ use std::time::{Duration, Instant};
 use ::metrics::{counter, histogram};
 use tokio::sync::oneshot;
 
+use super::refine::Refinements;
 use super::schedule::{next_batch, Next};
 use super::{Backend, EngineError, RawOutput, Shared, UserId};
 use crate::metrics::{self as names, record_ms};
 
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+pub(super) fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
@@ -45,15 +46,15 @@ const RESTARTED: &str =
 /// unanswered (a panic unwinding the worker), it answers the job with an
 /// internal error and frees the user's slot, so no client waits for ever
 /// and no user stays "busy".
-struct InFlight {
-    shared: Arc<Shared>,
-    user: UserId,
-    submitted: Instant,
-    tx: Option<oneshot::Sender<Result<RawOutput, EngineError>>>,
+pub(super) struct InFlight {
+    pub(super) shared: Arc<Shared>,
+    pub(super) user: UserId,
+    pub(super) submitted: Instant,
+    pub(super) tx: Option<oneshot::Sender<Result<RawOutput, EngineError>>>,
 }
 
 impl InFlight {
-    fn answer(mut self, r: Result<RawOutput, EngineError>) {
+    pub(super) fn answer(mut self, r: Result<RawOutput, EngineError>) {
         self.shared.finish(self.user);
         if let Some(tx) = self.tx.take() {
             let _ = tx.send(r);
@@ -73,9 +74,23 @@ impl Drop for InFlight {
 fn worker<B: Backend>(shared: &Arc<Shared>, backend: &mut B) {
     // Ask once: a backend without background work answers false.
     let mut idle_work = true;
+    // Refinements run a step at a time: one after each batch of other jobs.
+    let mut refining = Refinements::default();
     loop {
-        let batch = match next_batch(shared, idle_work) {
-            Next::Stop => break,
+        let mut batch = match next_batch(shared, idle_work, !refining.is_empty()) {
+            Next::Stop => {
+                // Draining finishes the refinements too; otherwise they
+                // are answered as the queue was.
+                while shared.lock().drain && !refining.is_empty() {
+                    refining.step(shared, backend);
+                }
+                refining.fail_all(shared, EngineError::ShuttingDown);
+                break;
+            }
+            Next::Refine => {
+                refining.step(shared, backend);
+                continue;
+            }
             Next::Batch(b) => b,
             Next::Idle => {
                 // A panic in background work ends that work, not the worker.
@@ -84,6 +99,10 @@ fn worker<B: Backend>(shared: &Arc<Shared>, backend: &mut B) {
                 continue;
             }
         };
+        if batch.len() == 1 && matches!(batch[0].request, super::Request::Refine { .. }) {
+            refining.begin(shared, batch.pop().expect("one job"), backend);
+            continue;
+        }
         // The requests move into the batch (an uploaded photo is megabytes).
         let (waiting, jobs): (Vec<_>, Vec<_>) = batch
             .into_iter()
@@ -132,6 +151,9 @@ fn worker<B: Backend>(shared: &Arc<Shared>, backend: &mut B) {
                 t.worker_other_ms = (run_ms - t.worker_ms()).max(0.0);
             }
             waiter.answer(r);
+        }
+        if !refining.is_empty() {
+            refining.step(shared, backend);
         }
     }
 }

@@ -25,6 +25,12 @@ pub struct PipelineConfig {
     pub fine_mix: f64,
     /// Share of a drawn fit residual each image adds (mappers with residuals).
     pub sample_temperature: f64,
+    /// Quality mode: Adam's step size on the latent.
+    pub refine_step_size: f64,
+    /// Quality mode: weight of the squared distance to the start latent.
+    pub refine_pull: f64,
+    /// Quality mode: move W+ (one offset per style) or W (one for all).
+    pub refine_space: super::RefineSpace,
 }
 
 impl Default for PipelineConfig {
@@ -35,6 +41,9 @@ impl Default for PipelineConfig {
             variation_xi: s.variation_xi,
             fine_mix: s.fine_mix,
             sample_temperature: s.sample_temperature,
+            refine_step_size: s.refine.step_size,
+            refine_pull: s.refine.pull,
+            refine_space: s.refine.space,
         }
     }
 }
@@ -50,7 +59,17 @@ impl PipelineConfig {
                     .into(),
             ));
         }
+        self.refine().validate()?;
         crate::generator::check_truncation(self.truncation)
+    }
+
+    /// Quality mode's settings.
+    pub fn refine(&self) -> super::RefineSettings {
+        super::RefineSettings {
+            step_size: self.refine_step_size,
+            pull: self.refine_pull,
+            space: self.refine_space,
+        }
     }
 
     /// The run-time settings, with the generator's batch bound.
@@ -63,6 +82,7 @@ impl PipelineConfig {
             max_batch,
             noise: NoiseMode::Fixed,
             subject: super::instruction::FACE.into(),
+            refine: self.refine(),
         }
     }
 }

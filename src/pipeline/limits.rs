@@ -121,6 +121,20 @@ pub fn check_render(latents: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Most refinement steps one request may ask for: each costs a forward and
+/// backward pass through the generator and CLIP (about a second on a CPU),
+/// and past a few dozen the face drifts towards CLIP's adversarial patterns.
+pub const MAX_REFINE_STEPS: usize = 32;
+
+pub fn check_refine_steps(steps: usize) -> Result<(), String> {
+    if steps > MAX_REFINE_STEPS {
+        return Err(format!(
+            "refine: at most {MAX_REFINE_STEPS} steps (8 is typical; 0 = the mapper alone)"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

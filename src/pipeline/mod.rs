@@ -3,14 +3,17 @@
 //! Every operation takes a slice of requests and runs them as one batch
 //! (one CLIP call, one mapper call, generator calls of at most `max_batch`
 //! images), which is what lets the engine merge concurrent users' work.
-//! Results are tensors; the engine turns them into plain bytes.
+//! Results are tensors; the engine turns them into plain bytes. `refine`
+//! is quality mode: CLIP-guided steps from a latent towards its prompt.
 
 pub mod config;
 pub mod instruction;
 pub mod limits;
+pub mod refine;
 
 pub use config::{PipelineConfig, PipelineSetup};
 pub use limits::{MAX_COUNT, STRENGTH_RANGE};
+pub use refine::{RefineSettings, RefineSpace, Refined, Refining};
 
 use std::time::Instant;
 
@@ -42,6 +45,8 @@ pub struct Settings {
     /// What the generator makes (`generator.subject`): the noun of the
     /// edit phrases.
     pub subject: String,
+    /// How quality mode's CLIP-guided steps move a latent.
+    pub refine: RefineSettings,
 }
 
 impl Default for Settings {
@@ -54,6 +59,7 @@ impl Default for Settings {
             max_batch: 4,
             noise: NoiseMode::Fixed,
             subject: instruction::FACE.into(),
+            refine: RefineSettings::default(),
         }
     }
 }

@@ -26,6 +26,13 @@ use super::link::{Link, Quiet};
 use super::wire::{self, JobEntry};
 use super::{random_name, unix_ms, QueueConfig, QueueError, GROUP};
 
+/// Quality mode through the queue is refused: workers would run it, but
+/// its step-by-step progress and its cancelling between steps do not cross
+/// the stream (yet), and a worker of an older version could not read it.
+pub const NO_REFINE_IN_QUEUE: &str =
+    "quality mode (refining) is not available on this bot: it runs with a queue of workers \
+     (`bot --queue`); use quality: fast, or ask the bot's admin to run it without --queue";
+
 /// Lua, shared by the scripts below: `group_read(stream, name)` says
 /// whether the stream has the consumer group `name`, and how many entries
 /// it has read (0 while Redis has not counted them).
@@ -153,6 +160,9 @@ impl Inference for QueueClient {
         let inner = &self.inner;
         if inner.closing.load(Ordering::SeqCst) {
             return Err(EngineError::ShuttingDown);
+        }
+        if matches!(request, Request::Refine { .. }) {
+            return Err(EngineError::InvalidRequest(NO_REFINE_IN_QUEUE.into()));
         }
         let cfg = &inner.cfg;
         let id: u64 = inner

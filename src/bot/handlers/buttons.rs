@@ -110,6 +110,8 @@ impl Bot {
         match action {
             Action::Variations => self.variations(resp, ctx, &rec, r).await,
             Action::Reroll => self.reroll(resp, ctx, &rec).await,
+            Action::Refine => self.refine(resp, ctx, &rec, r, false).await,
+            Action::RefineAll => self.refine(resp, ctx, &rec, r, true).await,
             Action::Edit => {
                 if let Err(e) = resp.modal(edit_modal(r, self.cfg.max_prompt_chars)).await {
                     warn!(error = %e, "could not open the edit dialog");

@@ -14,6 +14,7 @@ use crate::metrics as names;
 
 use super::jobs::{failure, sentence, stored, Ctx, Then, GONE};
 use crate::bot::attach::{self, Photo};
+use crate::bot::commands::Quality;
 use crate::bot::respond::Responder;
 use crate::bot::store::{Origin, Ref};
 use crate::bot::Bot;
@@ -49,6 +50,21 @@ impl Bot {
         instruction: String,
         strength: f64,
     ) {
+        self.edit_refined(resp, ctx, r, instruction, strength, Quality::Fast)
+            .await
+    }
+
+    /// An edit of a stored image; with `quality: best`, refined towards
+    /// the instruction's target afterwards.
+    pub(super) async fn edit_refined(
+        self: &Arc<Self>,
+        resp: Responder,
+        ctx: &Ctx,
+        r: Ref,
+        instruction: String,
+        strength: f64,
+        quality: Quality,
+    ) {
         let Some((rec, latent)) = stored!(self, resp, self.store.latent(r)) else {
             return self.say(&resp, GONE).await;
         };
@@ -59,6 +75,9 @@ impl Bot {
             strength,
             layers: Layers::All,
         };
+        let target = crate::pipeline::instruction::parse_about(&instruction, self.cfg.words.noun())
+            .map_or_else(|| instruction.clone(), |p| p.target);
+        let refine = self.refine_after(quality, &target);
         let then = Then::New {
             prompt: rec.prompt.clone(),
             origin: Origin::Edit {
@@ -67,7 +86,8 @@ impl Bot {
             },
             parent: Some(r),
         };
-        self.start(resp, ctx, request, then).await
+        self.start_then_refine(resp, ctx, request, then, refine)
+            .await
     }
 
     /// `/edit` without a photo: the user's current image, edited.
@@ -77,9 +97,13 @@ impl Bot {
         ctx: &Ctx,
         instruction: String,
         strength: f64,
+        quality: Quality,
     ) {
         match stored!(self, resp, self.store.current(ctx.user)) {
-            Some(r) => self.edit(resp, ctx, r, instruction, strength).await,
+            Some(r) => {
+                self.edit_refined(resp, ctx, r, instruction, strength, quality)
+                    .await
+            }
             None => {
                 self.say(
                     &resp,

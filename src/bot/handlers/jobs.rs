@@ -180,6 +180,20 @@ impl Bot {
         request: Request,
         then: Then,
     ) {
+        self.start_then_refine(resp, ctx, request, then, None).await
+    }
+
+    /// [`Bot::start`], and with `refine` (target text, steps: `quality:
+    /// best`) the job's latents refined towards the text before the reply,
+    /// as one job for the quota and the cooldown.
+    pub(super) async fn start_then_refine(
+        self: &Arc<Self>,
+        resp: Responder,
+        ctx: &Ctx,
+        request: Request,
+        then: Then,
+        refine: Option<(String, usize)>,
+    ) {
         let user = ctx.user;
         let command = request.kind();
         let refused = || counter!(names::JOBS, "command" => command, "outcome" => "refused");
@@ -212,7 +226,7 @@ impl Bot {
         let bot = self.clone();
         let received = ctx.received;
         self.inflight.spawn(async move {
-            bot.follow(resp, user, job, then, charge, (command, received))
+            bot.follow(resp, user, job, then, charge, (command, received), refine)
                 .await;
         });
     }
@@ -221,10 +235,11 @@ impl Bot {
     pub(super) async fn wait(
         &self,
         resp: &Responder,
-        job: Job,
+        mut job: Job,
         shown: &mut Option<String>,
     ) -> Result<Output, EngineError> {
         let id = job.id;
+        let mut progress = job.progress.take();
         let wait = job.wait();
         tokio::pin!(wait);
         let mut tick = tokio::time::interval(Duration::from_millis(
@@ -233,6 +248,14 @@ impl Bot {
         loop {
             tokio::select! {
                 r = &mut wait => return r,
+                Some(p) = async { progress.as_mut()?.recv().await } => {
+                    let text = format!(
+                        "🔧 Refining: step {}/{} (CLIP score {:.1})",
+                        p.step, p.steps, p.score
+                    );
+                    resp.progress(&text).await;
+                    *shown = Some(text);
+                }
                 _ = tick.tick() => {
                     // Worth a message only when others are ahead; after
                     // that, each change until it runs.
@@ -251,7 +274,10 @@ impl Bot {
         }
     }
 
-    /// Wait for the job, then deliver.
+    /// Wait for the job (and, with `refine`, the refinement of its
+    /// latents that follows it), then deliver.
+    // The job's whole context, passed on from `start_then_refine`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn follow(
         &self,
         resp: Responder,
@@ -260,9 +286,26 @@ impl Bot {
         then: Then,
         charge: Option<Charge>,
         started: (&'static str, Instant),
+        refine: Option<(String, usize)>,
     ) {
-        let id = job.id;
-        let result = self.wait(&resp, job, &mut None).await;
+        let mut id = job.id;
+        let mut shown = None;
+        let mut result = self.wait(&resp, job, &mut shown).await;
+        if let (Some((prompt, steps)), Ok(out)) = (refine, &result) {
+            // Quality mode: the new latents, refined, are the result.
+            let request = Request::Refine {
+                latents: out.latents.clone(),
+                prompt,
+                steps,
+            };
+            result = match self.engine.submit(user, request).await {
+                Ok(job) => {
+                    id = job.id;
+                    self.wait(&resp, job, &mut shown).await
+                }
+                Err(e) => Err(e),
+            };
+        }
         let reply = match result {
             Ok(out) => self.result_reply(&resp, user, out, then).await,
             Err(e) => {

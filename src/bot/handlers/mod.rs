@@ -35,7 +35,7 @@ use std::time::Instant;
 use serenity::all::{CommandInteraction, Http, Interaction, Member};
 use tracing::info;
 
-use super::commands::{self, Command};
+use super::commands::{self, Command, Quality};
 use super::config::BotConfig;
 use super::guild::{self, Effective};
 use super::respond::Responder;
@@ -46,6 +46,11 @@ fn role_ids(m: Option<&Member>) -> Vec<u64> {
     m.map(|m| m.roles.iter().map(|r| r.get()).collect())
         .unwrap_or_default()
 }
+
+/// `quality: best` with a photo: the photo's face is made first; its
+/// result's Refine button then does the rest.
+const PHOTO_BEST: &str = "`quality: best` works on stored images only: send the photo with \
+     `quality: fast` (or leave it out), then press **Refine** under the result.";
 
 impl Bot {
     pub(super) async fn handle(self: Arc<Self>, http: Arc<Http>, interaction: Interaction) {
@@ -166,6 +171,19 @@ impl Bot {
             Ok(cmd) => cmd,
             Err(text) => return self.say(&resp, &text).await,
         };
+        if let Command::Imagine {
+            image: Some(_),
+            quality: Quality::Best,
+            ..
+        }
+        | Command::Edit {
+            image: Some(_),
+            quality: Quality::Best,
+            ..
+        } = cmd
+        {
+            return self.say(&resp, PHOTO_BEST).await;
+        }
         match cmd {
             Command::Imagine {
                 prompt,
@@ -182,11 +200,13 @@ impl Bot {
                 count,
                 seed,
                 image: None,
-            } => self.imagine(resp, ctx, prompt, count, seed).await,
+                quality,
+            } => self.imagine(resp, ctx, prompt, count, seed, quality).await,
             Command::Edit {
                 instruction,
                 strength,
                 image: Some(photo),
+                ..
             } => {
                 self.edit_photo(resp, ctx, &photo, instruction, strength)
                     .await
@@ -195,7 +215,11 @@ impl Bot {
                 instruction,
                 strength,
                 image: None,
-            } => self.edit_current(resp, ctx, instruction, strength).await,
+                quality,
+            } => {
+                self.edit_current(resp, ctx, instruction, strength, quality)
+                    .await
+            }
             Command::Undo => self.undo(resp, ctx).await,
             Command::Morph { from, to, frames } => {
                 self.morph_recent(resp, ctx, from, to, frames).await

@@ -37,6 +37,11 @@ pub enum Origin {
     Photo {
         filename: String,
     },
+    /// Quality mode's CLIP-guided steps from the parent image (the Refine
+    /// button).
+    Refined {
+        steps: usize,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
