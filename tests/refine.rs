@@ -104,13 +104,19 @@ fn refinement_raises_the_clip_score_step_by_step() {
 
 /// A batch is what its latents would get alone: the same steps, one at a
 /// time, give the same latents (what lets the engine join refinements of
-/// different users at any step).
+/// different users at any step), whether the batch is differentiated in
+/// one pass (`refine_chunk` 4) or a latent at a time (the default, 1).
 #[test]
 fn a_batch_of_refinements_equals_each_refined_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let p = pipeline(dir.path(), RefineSpace::WPlus);
+    let mut p = pipeline(dir.path(), RefineSpace::WPlus);
     let all = latents(&p);
+    p.settings.refine.chunk = PROMPTS.len();
     let together = p.refine(&all, &PROMPTS, 2, |_, _| {}).unwrap();
+    p.settings.refine.chunk = 1;
+    let chunked = p.refine(&all, &PROMPTS, 2, |_, _| {}).unwrap();
+    let diff = common::max_abs(&chunked.latents, &together.latents);
+    assert!(diff < 1e-4, "chunks of 1 against one pass: {diff}");
     for i in [0, 3] {
         let alone = p
             .refine(&all.narrow(0, i, 1).unwrap(), &PROMPTS[i..=i], 2, |_, _| {})

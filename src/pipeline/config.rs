@@ -31,6 +31,8 @@ pub struct PipelineConfig {
     pub refine_pull: f64,
     /// Quality mode: move W+ (one offset per style) or W (one for all).
     pub refine_space: super::RefineSpace,
+    /// Quality mode: latents per forward and backward pass within a step.
+    pub refine_chunk: usize,
 }
 
 impl Default for PipelineConfig {
@@ -44,6 +46,7 @@ impl Default for PipelineConfig {
             refine_step_size: s.refine.step_size,
             refine_pull: s.refine.pull,
             refine_space: s.refine.space,
+            refine_chunk: s.refine.chunk,
         }
     }
 }
@@ -69,6 +72,7 @@ impl PipelineConfig {
             step_size: self.refine_step_size,
             pull: self.refine_pull,
             space: self.refine_space,
+            chunk: self.refine_chunk,
         }
     }
 

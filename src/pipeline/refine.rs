@@ -50,6 +50,12 @@ pub struct RefineSettings {
     /// Weight of the squared distance to the start latent (per style).
     pub pull: f64,
     pub space: RefineSpace,
+    /// Latents per forward and backward pass within one step. The backward
+    /// keeps every activation of the generator at full resolution (about
+    /// 8 GB for one 1024 px MobileStyleGAN image on a CPU), so a batch of
+    /// refinements is differentiated a chunk at a time: the same gradients
+    /// (the loss is a sum of per-latent terms), memory bounded by the chunk.
+    pub chunk: usize,
 }
 
 impl Default for RefineSettings {
@@ -58,6 +64,7 @@ impl Default for RefineSettings {
             step_size: 0.01,
             pull: 0.002,
             space: RefineSpace::WPlus,
+            chunk: 1,
         }
     }
 }
@@ -74,6 +81,13 @@ impl RefineSettings {
             return Err(Error::Config(format!(
                 "pipeline.refine_pull = {}: use 0 or a positive number",
                 self.pull
+            )));
+        }
+        if self.chunk == 0 || self.chunk > limits::MAX_COUNT {
+            return Err(Error::Config(format!(
+                "pipeline.refine_chunk = {}: use 1 to {} (latents per backward pass)",
+                self.chunk,
+                limits::MAX_COUNT
             )));
         }
         Ok(())
@@ -183,9 +197,21 @@ impl Pipeline {
             .collect()
     }
 
-    /// One Adam step for every latent of `states`, in one forward and
-    /// backward pass; the CLIP score of each latent before the step.
+    /// One Adam step for every latent of `states`, one forward and backward
+    /// pass per [`RefineSettings::chunk`] latents; the CLIP score of each
+    /// latent before the step.
     pub fn refine_step(&self, states: &mut [Refining], radius: f64) -> Result<Vec<StepScore>> {
+        let chunk = self.settings.refine.chunk.max(1);
+        let mut scores = Vec::with_capacity(states.len());
+        for part in states.chunks_mut(chunk) {
+            scores.extend(self.refine_step_together(part, radius)?);
+        }
+        Ok(scores)
+    }
+
+    /// One Adam step for every latent of `states` in one forward and
+    /// backward pass.
+    fn refine_step_together(&self, states: &mut [Refining], radius: f64) -> Result<Vec<StepScore>> {
         if states.is_empty() {
             return Ok(Vec::new());
         }
