@@ -204,3 +204,32 @@ async fn refinements_are_refused_where_they_cannot_run() {
         other => panic!("expected a refusal, got {:?}", other.map(|h| h.id)),
     }
 }
+
+/// An engine whose memory limit cannot hold a refinement (the command
+/// layer set `refinement_refused`) refuses one at submit with that reason,
+/// and serves fast jobs as usual.
+#[tokio::test]
+async fn a_memory_limit_too_small_for_refinement_refuses_it_at_submit() {
+    let why =
+        "quality mode (refinement) is off on this server: one refinement step needs about 8.9 GB";
+    let cfg = EngineConfig {
+        refinement_refused: Some(why.into()),
+        ..EngineConfig::default()
+    };
+    let e = Engine::start(cfg, || Ok(blank::Blank)).unwrap();
+    let (styles, dim) = e.latent_shape();
+    let req = Request::Refine {
+        latents: vec![Latent {
+            styles,
+            dim,
+            data: vec![0.0; styles * dim],
+        }],
+        prompt: "a face".into(),
+        steps: 2,
+    };
+    match e.submit(1, req) {
+        Err(EngineError::InvalidRequest(m)) => assert_eq!(m, why),
+        other => panic!("expected a refusal, got {:?}", other.map(|h| h.id)),
+    }
+    assert!(e.submit(1, imagine()).unwrap().wait().await.is_ok());
+}

@@ -36,6 +36,11 @@ fn models(cfg: &Config) -> Result<Models> {
         Some(p) if g.kind == "stylegan2" => p,
         _ => g.weights_dir(&cfg.models_dir),
     };
+    if g.kind != "stylegan2" {
+        // The bot fetches the default generator on its first start; the
+        // estimate needs its files, so fetch them now as loading would.
+        clip2gan::generator::mobilestylegan::fetch::ensure(&cfg.models_dir, &generator)?;
+    }
     let mut files = vec![
         ("CLIP".to_string(), size_of(&clip.weights)),
         ("generator".to_string(), size_of(&generator)),
@@ -79,5 +84,34 @@ pub fn apply(cfg: &mut Config) -> Result<()> {
     }
     cfg.engine.max_batch = p.max_batch;
     cfg.generator.high_res_chunk = p.high_res_chunk;
+    // Quality mode: differentiate fewer latents at once, or refuse it.
+    let wanted = cfg.pipeline.refine_chunk;
+    let chunk = (1..=wanted)
+        .rev()
+        .find(|&c| m.refine_peak(c) <= limit)
+        .unwrap_or(0);
+    if chunk == 0 {
+        let why = refinement_refused(limit, m.refine_peak(1));
+        tracing::warn!("{why}");
+        cfg.engine.refinement_refused = Some(why);
+    } else if chunk != wanted {
+        tracing::info!(
+            refine_chunk = chunk,
+            "engine.memory_limit: refinement chunk lowered to fit"
+        );
+        cfg.pipeline.refine_chunk = chunk;
+    }
     Ok(())
+}
+
+/// What a user asking for quality mode hears when the limit cannot hold
+/// one refinement step.
+fn refinement_refused(limit: u64, needs: u64) -> String {
+    let gb = |b: u64| b as f64 / 1e9;
+    format!(
+        "quality mode (refinement) is off on this server: one refinement step needs about \
+         {:.1} GB of memory and engine.memory_limit is {:.1} GB; quality: fast works as usual",
+        gb(needs),
+        gb(limit)
+    )
 }

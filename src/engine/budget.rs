@@ -32,6 +32,12 @@ pub const CHUNK_IMAGE: u64 = 164 * MIB;
 /// to one of 8, rounded up).
 pub const BATCH_IMAGE: u64 = 24 * MIB;
 
+/// Working memory of one latent's refinement step (quality mode) at 1024
+/// px: the backward keeps every activation of the generator and of CLIP's
+/// vision tower (measured with `clip2gan bench refine --batch 1`: a peak of
+/// 8.2 GB with the models loaded; rounded up).
+pub const REFINE_IMAGE: u64 = 7680 * MIB;
+
 /// A byte size as written in the settings: a number and a unit, `B`,
 /// `KB`/`MB`/`GB` (powers of 1000) or `KiB`/`MiB`/`GiB` (powers of 1024),
 /// e.g. "1GiB", "900MB", "1.5 GiB".
@@ -83,6 +89,12 @@ impl Models {
     fn scaled(&self, bytes: u64) -> u64 {
         let px = (self.resolution * self.resolution) as f64 / (1024.0 * 1024.0);
         (bytes as f64 * px).ceil() as u64
+    }
+
+    /// The estimated peak of a refinement step that differentiates `chunk`
+    /// latents together (`pipeline.refine_chunk`).
+    pub fn refine_peak(&self, chunk: usize) -> u64 {
+        self.resident() + self.scaled(REFINE_IMAGE) * chunk.max(1) as u64
     }
 
     /// The estimated peak of a batch of `batch` images in chunks of `chunk`.
@@ -172,6 +184,19 @@ mod tests {
         for bad in ["1", "GiB", "1 parsec", "-1GiB", "0MB", ""] {
             assert!(parse_bytes(bad).is_err(), "{bad:?} parsed");
         }
+    }
+
+    #[test]
+    fn a_refinement_needs_gigabytes_and_scales_with_its_chunk() {
+        let m = vit_b32();
+        let one = m.refine_peak(1);
+        assert!(one > 8 << 30 && one < 9 << 30, "{one}");
+        assert_eq!(m.refine_peak(2) - one, REFINE_IMAGE);
+        let small = Models {
+            resolution: 256,
+            ..vit_b32()
+        };
+        assert_eq!(small.refine_peak(1) - small.resident(), REFINE_IMAGE / 16);
     }
 
     #[test]

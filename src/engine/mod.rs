@@ -72,6 +72,11 @@ pub struct EngineConfig {
     /// fit it ([`budget`]) and refuses to start when the models alone do
     /// not fit. Unset: no bound (the settings as they are).
     pub memory_limit: Option<String>,
+    /// Set by the command layer when `memory_limit` cannot hold a
+    /// refinement (quality mode): why, said to whoever asks for one. Not a
+    /// setting of the file.
+    #[serde(skip)]
+    pub refinement_refused: Option<String>,
     /// Accepted and ignored: the engine once kept latents for follow-up
     /// requests; clients now send them by value (older configs still load).
     pub latent_cache: serde::de::IgnoredAny,
@@ -117,6 +122,7 @@ impl Default for EngineConfig {
             per_user_limit: 2,
             output_size: 512,
             memory_limit: None,
+            refinement_refused: None,
             latent_cache: serde::de::IgnoredAny,
         }
     }
@@ -243,6 +249,11 @@ impl Engine {
     /// full, the user has too many jobs, or the engine is shutting down.
     pub fn submit(&self, user: UserId, request: Request) -> Result<JobHandle, EngineError> {
         validate(&request, self.shared.latent_shape)?;
+        if let (Request::Refine { .. }, Some(why)) =
+            (&request, &self.shared.config.refinement_refused)
+        {
+            return Err(EngineError::InvalidRequest(why.clone()));
+        }
         let mut s = self.shared.lock();
         if s.shutting_down {
             return Err(EngineError::ShuttingDown);
